@@ -1,0 +1,140 @@
+"""T5 hyperparameters as a frozen, validated dataclass.
+
+One `T5Config` describes every checkpoint family calm_jax supports:
+
+- T5 v1.0: ReLU feed-forward, LM head tied to the shared embedding, decoder output
+  scaled by d_model**-0.5 before the head.
+- T5 v1.1 / Flan-T5 / the CALM paper's model: gated-GELU feed-forward, untied LM head,
+  no output scaling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gelu", "gated-relu", "gated-silu", "silu")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Shape and numerics of a T5 encoder-decoder."""
+
+  vocab_size: int = 32128  # rows of the shared embedding (and the LM head)
+  d_model: int = 512  # width of the residual stream
+  d_kv: int = 64  # width of one attention head; num_heads * d_kv may differ from d_model
+  d_ff: int = 2048  # hidden width of the feed-forward block
+  num_layers: int = 6  # encoder layers
+  num_decoder_layers: int = 6  # decoder layers (L in the CALM papers)
+  num_heads: int = 8  # attention heads
+  relative_attention_num_buckets: int = 32  # relative position buckets
+  relative_attention_max_distance: int = 128  # distance beyond which buckets saturate
+  dropout_rate: float = 0.1  # dropout used only when deterministic=False
+  layer_norm_epsilon: float = 1e-6  # RMSNorm epsilon
+  feed_forward_proj: str = "relu"  # 'relu' (v1.0) or 'gated-gelu' (v1.1, Flan-T5)
+  tie_word_embeddings: bool = True  # LM head is the transposed shared embedding
+  scale_decoder_outputs: bool = True  # multiply the head's input by d_model**-0.5 (v1.0)
+  pad_token_id: int = 0  # padding id, also T5's decoder start id
+  eos_token_id: int = 1  # end-of-sequence id
+  decoder_start_token_id: int = 0  # first decoder input id
+  dtype: str = "float32"  # activation dtype: 'float32' or 'bfloat16'
+  param_dtype: str = "float32"  # parameter dtype: 'float32' or 'bfloat16'
+
+  def __post_init__(self):
+    positive = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
+                "num_decoder_layers", "num_heads", "relative_attention_num_buckets",
+                "relative_attention_max_distance")
+    for name in positive:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"T5Config.{name} must be a positive integer, got {value!r}")
+    if self.relative_attention_num_buckets < 4:
+      raise ValueError("T5Config.relative_attention_num_buckets must be at least 4, got "
+                       f"{self.relative_attention_num_buckets}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+    if self.layer_norm_epsilon <= 0:
+      raise ValueError(f"T5Config.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
+    if self.feed_forward_proj not in FEED_FORWARD_KINDS:
+      raise ValueError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not supported; "
+                       f"allowed: {', '.join(FEED_FORWARD_KINDS)}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"T5Config.{name}={getattr(self, name)!r} is not supported; "
+                         f"allowed: {', '.join(DTYPES)}")
+    for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+      value = getattr(self, name)
+      if not 0 <= value < self.vocab_size:
+        raise ValueError(f"T5Config.{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+
+  @property
+  def is_gated(self) -> bool:
+    return self.feed_forward_proj.startswith("gated-")
+
+  @property
+  def activation(self) -> str:
+    return self.feed_forward_proj.split("-")[-1]
+
+  @property
+  def inner_dim(self) -> int:
+    """Width of the concatenated attention heads."""
+    return self.num_heads * self.d_kv
+
+  @property
+  def jnp_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def jnp_param_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "T5Config":
+    """Builds a config from a mapping, refusing keys this dataclass does not have."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown T5Config fields {unknown}; allowed: {sorted(known)}")
+    return cls(**dict(values))
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
+  """Translates a Hugging Face `config.json` dictionary of a T5 model.
+
+  Older configs mark v1.1 models with `tie_word_embeddings: false`; transformers 5 writes
+  `tie_word_embeddings: true` with `scale_decoder_outputs: false` instead. Both are read.
+  """
+  num_layers = int(hf.get("num_layers", 6))
+  num_decoder_layers = hf.get("num_decoder_layers")
+  tie = hf.get("tie_word_embeddings", True) is not False
+  scale = hf.get("scale_decoder_outputs", tie)
+  pad = int(hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0)
+  eos = hf.get("eos_token_id", 1)
+  if isinstance(eos, (list, tuple)):
+    eos = eos[0]
+  start = hf.get("decoder_start_token_id")
+  return T5Config(
+      vocab_size=int(hf.get("vocab_size", 32128)),
+      d_model=int(hf.get("d_model", 512)),
+      d_kv=int(hf.get("d_kv", 64)),
+      d_ff=int(hf.get("d_ff", 2048)),
+      num_layers=num_layers,
+      num_decoder_layers=int(num_decoder_layers) if num_decoder_layers is not None else num_layers,
+      num_heads=int(hf.get("num_heads", 8)),
+      relative_attention_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
+      relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)),
+      dropout_rate=float(hf.get("dropout_rate", 0.1)),
+      layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
+      feed_forward_proj=str(hf.get("feed_forward_proj", "relu")),
+      tie_word_embeddings=tie,
+      scale_decoder_outputs=bool(scale),
+      pad_token_id=pad,
+      eos_token_id=int(eos if eos is not None else 1),
+      decoder_start_token_id=int(start if start is not None else pad),
+  )
