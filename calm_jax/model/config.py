@@ -11,7 +11,7 @@ One `T5Config` describes every checkpoint family calm_jax supports:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
@@ -54,6 +54,10 @@ class T5Config:
     if self.relative_attention_num_buckets < 4:
       raise ValueError("T5Config.relative_attention_num_buckets must be at least 4, got "
                        f"{self.relative_attention_num_buckets}")
+    for name in ("dropout_rate", "layer_norm_epsilon"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"T5Config.{name} must be a number, got {value!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
     if self.layer_norm_epsilon <= 0:
@@ -67,8 +71,9 @@ class T5Config:
                          f"allowed: {', '.join(DTYPES)}")
     for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
       value = getattr(self, name)
-      if not 0 <= value < self.vocab_size:
-        raise ValueError(f"T5Config.{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+      if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
+        raise ValueError(f"T5Config.{name}={value!r} must be an integer id in the vocabulary "
+                         f"[0, {self.vocab_size})")
 
   @property
   def is_gated(self) -> bool:
@@ -104,37 +109,65 @@ class T5Config:
     return cls(**dict(values))
 
 
+def _hf_int(hf: Mapping[str, Any], name: str, default: Optional[int]) -> Optional[int]:
+  """An integer field of config.json; null means the default; a list means its first item."""
+  value = hf.get(name)
+  if isinstance(value, list) and name == "eos_token_id":
+    if not value:
+      raise ValueError("field eos_token_id must be an integer or a non-empty list, got []")
+    value = value[0]
+  if value is None:
+    return default
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    raise ValueError(f"field {name} must be an integer, got {value!r}")
+  return int(value)
+
+
+def _hf_bool(hf: Mapping[str, Any], name: str, default: bool) -> bool:
+  value = hf.get(name)
+  if value is None:
+    return default
+  if not isinstance(value, bool):
+    raise ValueError(f"field {name} must be true or false, got {value!r}")
+  return value
+
+
+def _hf_float(hf: Mapping[str, Any], name: str, default: float) -> float:
+  value = hf.get(name, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"field {name} must be a number, got {value!r}")
+  return float(value)
+
+
 def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
   """Translates a Hugging Face `config.json` dictionary of a T5 model.
 
   Older configs mark v1.1 models with `tie_word_embeddings: false`; transformers 5 writes
   `tie_word_embeddings: true` with `scale_decoder_outputs: false` instead. Both are read.
+  Fields of the wrong type are errors that name the field.
   """
-  num_layers = int(hf.get("num_layers", 6))
-  num_decoder_layers = hf.get("num_decoder_layers")
-  tie = hf.get("tie_word_embeddings", True) is not False
-  scale = hf.get("scale_decoder_outputs", tie)
-  pad = int(hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0)
-  eos = hf.get("eos_token_id", 1)
-  if isinstance(eos, (list, tuple)):
-    eos = eos[0]
-  start = hf.get("decoder_start_token_id")
+  num_layers = _hf_int(hf, "num_layers", 6)
+  tie = _hf_bool(hf, "tie_word_embeddings", True)
+  pad = _hf_int(hf, "pad_token_id", 0)
+  feed_forward = hf.get("feed_forward_proj", "relu")
+  if not isinstance(feed_forward, str):
+    raise ValueError(f"field feed_forward_proj must be a string, got {feed_forward!r}")
   return T5Config(
-      vocab_size=int(hf.get("vocab_size", 32128)),
-      d_model=int(hf.get("d_model", 512)),
-      d_kv=int(hf.get("d_kv", 64)),
-      d_ff=int(hf.get("d_ff", 2048)),
+      vocab_size=_hf_int(hf, "vocab_size", 32128),
+      d_model=_hf_int(hf, "d_model", 512),
+      d_kv=_hf_int(hf, "d_kv", 64),
+      d_ff=_hf_int(hf, "d_ff", 2048),
       num_layers=num_layers,
-      num_decoder_layers=int(num_decoder_layers) if num_decoder_layers is not None else num_layers,
-      num_heads=int(hf.get("num_heads", 8)),
-      relative_attention_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
-      relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)),
-      dropout_rate=float(hf.get("dropout_rate", 0.1)),
-      layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
-      feed_forward_proj=str(hf.get("feed_forward_proj", "relu")),
+      num_decoder_layers=_hf_int(hf, "num_decoder_layers", num_layers),
+      num_heads=_hf_int(hf, "num_heads", 8),
+      relative_attention_num_buckets=_hf_int(hf, "relative_attention_num_buckets", 32),
+      relative_attention_max_distance=_hf_int(hf, "relative_attention_max_distance", 128),
+      dropout_rate=_hf_float(hf, "dropout_rate", 0.1),
+      layer_norm_epsilon=_hf_float(hf, "layer_norm_epsilon", 1e-6),
+      feed_forward_proj=feed_forward,
       tie_word_embeddings=tie,
-      scale_decoder_outputs=bool(scale),
+      scale_decoder_outputs=_hf_bool(hf, "scale_decoder_outputs", tie),
       pad_token_id=pad,
-      eos_token_id=int(eos if eos is not None else 1),
-      decoder_start_token_id=int(start if start is not None else pad),
+      eos_token_id=_hf_int(hf, "eos_token_id", 1),
+      decoder_start_token_id=_hf_int(hf, "decoder_start_token_id", pad),
   )

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 import jax
 import numpy as np
 
-from calm_jax.model.config import T5Config, config_from_hf
+from calm_jax.model.config import DTYPES, T5Config, config_from_hf
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -34,6 +34,7 @@ class CheckpointError(ValueError):
 
 def resolve_checkpoint_dir(path: str) -> str:
   """A local directory as is; otherwise a Hub model name resolved to its local snapshot."""
+  path = os.path.expanduser(str(path))
   if os.path.isdir(path):
     return path
   if os.path.exists(path):
@@ -66,6 +67,8 @@ def _read_hf_config(directory: str) -> dict:
       hf = json.load(f)
   except json.JSONDecodeError as error:
     raise CheckpointError(f"{config_path} line {error.lineno}: not valid JSON ({error.msg})") from error
+  if not isinstance(hf, dict):
+    raise CheckpointError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
   model_type = hf.get("model_type")
   if model_type != "t5":
     raise CheckpointError(f"{config_path}: model_type is {model_type!r}; only 't5' "
@@ -83,13 +86,25 @@ def _weight_files(directory: str) -> List[str]:
       continue
     if not name.endswith(".index.json"):
       return [path]
-    with open(path, encoding="utf-8") as f:
-      shards = sorted(set(json.load(f).get("weight_map", {}).values()))
+    shards = _index_shards(path)
     missing = [s for s in shards if not os.path.isfile(os.path.join(directory, s))]
     if missing or not shards:
       raise CheckpointError(f"{path} names shard files that are missing: {missing or 'none listed'}")
     return [os.path.join(directory, s) for s in shards]
   raise CheckpointError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _index_shards(index_path: str) -> List[str]:
+  """Shard file names listed in a `*.index.json` weight map."""
+  try:
+    with open(index_path, encoding="utf-8") as f:
+      index = json.load(f)
+  except json.JSONDecodeError as error:
+    raise CheckpointError(f"{index_path} line {error.lineno}: not valid JSON ({error.msg})") from error
+  weight_map = index.get("weight_map") if isinstance(index, dict) else None
+  if not isinstance(weight_map, dict):
+    raise CheckpointError(f"{index_path}: expected an object with a 'weight_map' object")
+  return sorted(set(weight_map.values()))
 
 
 def _read_safetensors(path: str) -> Iterator[Tuple[str, np.ndarray]]:
@@ -121,7 +136,13 @@ def read_hf_tensors(directory: str) -> Dict[str, np.ndarray]:
   tensors: Dict[str, np.ndarray] = {}
   for path in _weight_files(directory):
     reader = _read_safetensors if path.endswith(".safetensors") else _read_torch_bin
-    tensors.update(reader(path))
+    try:
+      tensors.update(reader(path))
+    except CheckpointError:
+      raise
+    except Exception as error:  # safetensors and torch raise their own error types
+      raise CheckpointError(f"{path} cannot be read as a weight file "
+                            f"({type(error).__name__}: {error})") from error
   return tensors
 
 
@@ -237,13 +258,15 @@ def load_hf_t5(path: str, *, dtype: str = "float32", param_dtype: str = "float32
   `path` is a local directory with config.json and model.safetensors or
   pytorch_model.bin (sharded or not), or a Hub model name when the machine is online.
   """
+  for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+    if value not in DTYPES:
+      raise ValueError(f"load_hf_t5 {name}={value!r} is not supported; allowed: {', '.join(DTYPES)}")
   directory = resolve_checkpoint_dir(path)
+  hf = _read_hf_config(directory)
   try:
-    config = config_from_hf(_read_hf_config(directory)).replace(dtype=dtype,
-                                                                param_dtype=param_dtype)
-  except (TypeError, ValueError) as error:
-    if isinstance(error, CheckpointError):
-      raise
+    config = config_from_hf(hf)
+  except (TypeError, ValueError, IndexError) as error:
     raise CheckpointError(f"{os.path.join(directory, 'config.json')}: {error}") from error
+  config = config.replace(dtype=dtype, param_dtype=param_dtype)
   params = params_from_hf_tensors(config, read_hf_tensors(directory))
   return config, params

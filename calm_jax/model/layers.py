@@ -162,6 +162,11 @@ class DecoderLayer(nn.Module):
     """Cross-attention keys and values of the encoder output [B, S, d]: each [B, H, S, dh]."""
     return self.cross_attn.keys_values(encoded)
 
+  def init_all(self, x: Array, bias: Array) -> Array:
+    """Touches every parameter (the cross K/V projections included) for `init`."""
+    cross_k, cross_v = self.cross_kv(x)
+    return self(x, bias, cross_k, cross_v, bias)
+
   def __call__(self, x: Array, self_bias: Array, cross_k: Array, cross_v: Array,
                cross_bias: Array, self_k: Optional[Array] = None,
                self_v: Optional[Array] = None, deterministic: bool = True) -> Array:

@@ -44,5 +44,5 @@ def relative_position_bias(bias_table: jnp.ndarray, query_length: int, key_lengt
   key = jnp.arange(key_length)[None, :]  # [1, Tk]
   buckets = relative_position_bucket(key - query, bidirectional=bidirectional,
                                      num_buckets=num_buckets, max_distance=max_distance)
-  values = bias_table[buckets]  # [Tq, Tk, H]
+  values = jnp.take(jnp.asarray(bias_table), buckets, axis=0)  # [Tq, Tk, H]
   return jnp.transpose(values, (2, 0, 1))  # [H, Tq, Tk]

@@ -45,9 +45,9 @@ def _final_norm(cfg: T5Config) -> RMSNorm:
   return RMSNorm(cfg.layer_norm_epsilon, cfg.jnp_dtype, cfg.jnp_param_dtype)
 
 
-def _stacked_init(layer: nn.Module, rng: Array, count: int, *args) -> Params:
+def _stacked_init(layer: nn.Module, rng: Array, count: int, *args, method=None) -> Params:
   """Initialises `count` independent copies of a layer, stacked on a leading axis."""
-  init_one = lambda key: layer.init(key, *args)["params"]
+  init_one = lambda key: layer.init(key, *args, method=method)["params"]
   return jax.vmap(init_one)(jax.random.split(rng, count))
 
 
@@ -58,7 +58,6 @@ def init_params(config: T5Config, rng: Array) -> Params:
   pdt = cfg.jnp_param_dtype
   b, s = 1, 2
   x = jnp.zeros((b, s, cfg.d_model), cfg.jnp_dtype)
-  heads_kv = jnp.zeros((b, cfg.num_heads, s, cfg.d_kv), cfg.jnp_dtype)
   bias = jnp.zeros((1, cfg.num_heads, s, s), jnp.float32)
   bias_init = lambda key: (jax.random.normal(key, (cfg.relative_attention_num_buckets,
                                                    cfg.num_heads)) * cfg.d_model ** -0.5)
@@ -73,7 +72,7 @@ def init_params(config: T5Config, rng: Array) -> Params:
       "decoder": {
           "relative_bias": bias_init(keys[3]).astype(pdt),
           "layers": _stacked_init(DecoderLayer(cfg), keys[4], cfg.num_decoder_layers, x, bias,
-                                  heads_kv, heads_kv, bias),
+                                  method=DecoderLayer.init_all),
           "final_norm": norm_params,
       },
   }

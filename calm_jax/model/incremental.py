@@ -1,0 +1,120 @@
+"""Incremental decoding: one output position at a time, one decoder layer at a time.
+
+The self-attention cache holds every decoder layer's keys and values for every output
+position, [L, B, H, T, dh], written in place at (layer, position). Cross-attention keys and
+values are computed once per input for all layers. Layers are addressed by a (possibly
+traced) index into the stacked parameters, so a `lax.while_loop` over layers runs one
+traced body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from calm_jax.model.config import T5Config
+from calm_jax.model.layers import NEG_INF, DecoderLayer
+from calm_jax.model.position import relative_position_bias
+from calm_jax.model.t5 import cross_kv_all_layers, embed, padding_bias
+
+Params = Any
+Array = jnp.ndarray
+
+
+@flax.struct.dataclass
+class DecoderCache:
+  """Attention state of the decoder during generation."""
+
+  self_k: Array  # [L, B, H, T, dh] self-attention keys of every layer and output position
+  self_v: Array  # [L, B, H, T, dh] self-attention values, same layout
+  cross_k: Array  # [L, B, H, S, dh] cross-attention keys from the encoder output
+  cross_v: Array  # [L, B, H, S, dh] cross-attention values
+  cross_bias: Array  # [B, 1, 1, S] float32 additive mask of encoder padding
+
+  @property
+  def max_decode_len(self) -> int:
+    return self.self_k.shape[3]
+
+
+def init_decoder_cache(config: T5Config, params: Params, encoded: Array,
+                       attention_mask: Optional[Array], max_decode_len: int) -> DecoderCache:
+  """An empty self-attention cache and the cross-attention K/V of every layer."""
+  batch = encoded.shape[0]
+  if attention_mask is None:
+    attention_mask = jnp.ones(encoded.shape[:2], jnp.int32)
+  cross_k, cross_v = cross_kv_all_layers(config, params, encoded)
+  shape = (config.num_decoder_layers, batch, config.num_heads, max_decode_len, config.d_kv)
+  zeros = jnp.zeros(shape, config.jnp_dtype)
+  return DecoderCache(self_k=zeros, self_v=zeros, cross_k=cross_k, cross_v=cross_v,
+                      cross_bias=padding_bias(attention_mask))
+
+
+def step_self_bias(config: T5Config, params: Params, position: Array,
+                   max_decode_len: int) -> Array:
+  """Self-attention bias of output `position` over the cache: [1, H, 1, T].
+
+  Relative position bias for keys 0..position; keys after `position` are masked.
+  """
+  bias = relative_position_bias(params["decoder"]["relative_bias"], 1, max_decode_len,
+                                bidirectional=False,
+                                max_distance=config.relative_attention_max_distance,
+                                query_offset=position)  # [H, 1, T]
+  visible = jnp.arange(max_decode_len) <= position  # [T]
+  return jnp.where(visible, bias.astype(jnp.float32), NEG_INF)[None]
+
+
+def layer_params(params: Params, layer: Array) -> Params:
+  """Parameters of decoder layer `layer` (0-based, may be traced) from the stacked tree."""
+  take = lambda stacked: jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
+  return jax.tree.map(take, params["decoder"]["layers"])
+
+
+def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: Array,
+                  x: Array, position: Array) -> DecoderCache:
+  """Writes layer `layer`'s self-attention K/V of inputs x [B, 1, d] at `position`.
+
+  This is the whole of what a skipped layer contributes to later positions, so state
+  propagation calls it with the exit state in place of the layer's true input.
+  """
+  keys, values = DecoderLayer(config).apply({"params": layer_params(params, layer)}, x,
+                                            method=DecoderLayer.self_kv)  # [B, H, 1, dh]
+  start = (layer, 0, 0, position, 0)
+  return cache.replace(
+      self_k=jax.lax.dynamic_update_slice(cache.self_k, keys[None].astype(cache.self_k.dtype), start),
+      self_v=jax.lax.dynamic_update_slice(cache.self_v, values[None].astype(cache.self_v.dtype), start))
+
+
+def decoder_layer_step(config: T5Config, params: Params, cache: DecoderCache, layer: Array,
+                       x: Array, position: Array, self_bias: Array) -> Tuple[Array, DecoderCache]:
+  """Runs decoder layer `layer` on x [B, 1, d] at `position`; returns its output and the
+  cache with this position's K/V written."""
+  cache = write_self_kv(config, params, cache, layer, x, position)
+  pick = lambda stacked: jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
+  y = DecoderLayer(config).apply(
+      {"params": layer_params(params, layer)}, x, self_bias, pick(cache.cross_k),
+      pick(cache.cross_v), cache.cross_bias, self_k=pick(cache.self_k),
+      self_v=pick(cache.self_v))
+  return y, cache  # y [B, 1, d]
+
+
+def decoder_step(config: T5Config, params: Params, cache: DecoderCache, token: Array,
+                 position: Array) -> Tuple[Array, DecoderCache]:
+  """Runs every decoder layer for input tokens [B] at `position`.
+
+  Returns each layer's output [L, B, d] and the updated cache.
+  """
+  num_layers = config.num_decoder_layers
+  self_bias = step_self_bias(config, params, position, cache.max_decode_len)
+  x = embed(config, params, token[:, None])  # [B] -> [B, 1, d]
+  states = jnp.zeros((num_layers,) + x.shape[:1] + x.shape[2:], x.dtype)  # [L, B, d]
+
+  def body(layer, carry):
+    x, states, cache = carry
+    x, cache = decoder_layer_step(config, params, cache, layer, x, position, self_bias)
+    return x, states.at[layer].set(x[:, 0]), cache
+
+  _, states, cache = jax.lax.fori_loop(0, num_layers, body, (x, states, cache))
+  return states, cache
