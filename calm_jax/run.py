@@ -1,0 +1,69 @@
+"""Library entry of the main job: one function per mode, chosen by `config.mode`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Callable, Dict
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from calm_jax.data import byte_vocab
+from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.decoding.greedy import greedy_decode
+from calm_jax.model.source import load_model
+
+
+def write_jsonl_atomically(path: str, records) -> None:
+  """Writes JSON Lines to a temporary file beside `path`, then renames it into place."""
+  directory = os.path.dirname(os.path.abspath(path))
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
+  try:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+  except BaseException:
+    os.unlink(temporary)
+    raise
+
+
+def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Greedily decodes generated examples with the full model; writes decode.jsonl."""
+  model_config, params = load_model(config.model, config.seed)
+  examples = sample_examples(config.data.num_examples, config.seed)
+  input_ids, mask = byte_vocab.encode_batch([e.inputs for e in examples],
+                                            config.data.max_input_len)
+  tokens = np.asarray(greedy_decode(model_config, params, input_ids, mask,
+                                    max_decode_len=config.decode.max_decode_len))
+  records = [{"inputs": e.inputs, "targets": e.targets, "output": byte_vocab.decode(row),
+              "output_ids": row.tolist()} for e, row in zip(examples, tokens)]
+  path = os.path.join(workdir, "decode.jsonl")
+  if jax.process_index() == 0:
+    write_jsonl_atomically(path, records)
+    source = config.model.hf_path or f"fresh random initialisation (seed {config.seed}, untrained)"
+    print(f"Greedy decoding with the full {model_config.num_decoder_layers}-layer decoder; "
+          f"model: {source}")
+    for record in records:
+      print(f"{record['inputs']!r:28} -> {record['output']!r} (target {record['targets']!r})")
+    logging.info("wrote %s", path)
+  return path
+
+
+MODES: Dict[str, Callable[[ml_collections.ConfigDict, str], str]] = {
+    "decode": decode_examples,
+}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Validates the mode and workdir, then runs the mode; returns its main output path."""
+  if config.mode not in MODES:
+    raise ValueError(f"config.mode={config.mode!r} is not a mode; allowed: {', '.join(MODES)}")
+  if not workdir:
+    raise ValueError("--workdir is required: the directory where outputs are written")
+  os.makedirs(workdir, exist_ok=True)
+  return MODES[config.mode](config, workdir)

@@ -1,0 +1,39 @@
+"""The embedded offline default: a small T5 built here, decoding generated examples on CPU.
+
+Run: ./launch/local.sh --config=configs/demo.py --workdir=workdir/demo
+Override any field: --config.decode.max_decode_len=32 --config.model.d_model=128
+"""
+
+import ml_collections
+
+from calm_jax.data import byte_vocab
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.mode = "decode"  # what to run; see calm_jax.run.MODES
+  config.seed = 0  # seeds parameter initialisation and the generated examples
+
+  config.model = ml_collections.ConfigDict()
+  config.model.hf_path = ""  # local Hugging Face T5 directory or Hub name; "" = fresh init
+  config.model.vocab_size = byte_vocab.VOCAB_SIZE  # byte vocabulary rows
+  config.model.d_model = 64  # residual width
+  config.model.d_kv = 16  # width of one attention head
+  config.model.d_ff = 128  # feed-forward hidden width
+  config.model.num_layers = 2  # encoder layers
+  config.model.num_decoder_layers = 4  # decoder layers (exit points)
+  config.model.num_heads = 4  # attention heads
+  config.model.feed_forward_proj = "gated-gelu"  # 'relu' (T5 v1.0) or 'gated-gelu' (v1.1)
+  config.model.tie_word_embeddings = False  # untied LM head, as in T5 v1.1
+  config.model.scale_decoder_outputs = False  # d_model**-0.5 before the head (T5 v1.0 only)
+  config.model.dropout_rate = 0.0  # dropout used only in training
+  config.model.dtype = "float32"  # activations: 'float32' or 'bfloat16'
+  config.model.param_dtype = "float32"  # parameters: 'float32' or 'bfloat16'
+
+  config.data = ml_collections.ConfigDict()
+  config.data.num_examples = 4  # generated examples to decode
+  config.data.max_input_len = 32  # input length in bytes (+EOS), padded/truncated
+
+  config.decode = ml_collections.ConfigDict()
+  config.decode.max_decode_len = 16  # output positions generated per example
+  return config

@@ -1,0 +1,107 @@
+"""The main job's library entry, its demo config and the main module's flag handling."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from calm_jax import run
+from calm_jax.data import byte_vocab
+from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.decoding.greedy import greedy_decode
+from calm_jax.model.source import load_model, t5_config_from
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(**decode):
+  sys.path.insert(0, ROOT)
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  config.data.num_examples = 3
+  config.decode.max_decode_len = 5
+  config.model.num_decoder_layers = 2
+  config.lock()
+  return config
+
+
+def test_demo_decode_writes_the_greedy_outputs(tmp_path):
+  config = demo_config()
+  path = run.run(config, str(tmp_path / "out"))
+  records = [json.loads(line) for line in open(path, encoding="utf-8")]
+  examples = sample_examples(3, config.seed)
+  assert [r["inputs"] for r in records] == [e.inputs for e in examples]
+  model_config, params = load_model(config.model, config.seed)
+  ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
+  expected = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
+  assert [r["output_ids"] for r in records] == expected.tolist()
+  assert [r["output"] for r in records] == [byte_vocab.decode(row) for row in expected]
+  assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".tmp-")]
+
+
+def test_unknown_mode_and_missing_workdir_fail_clearly(tmp_path):
+  config = demo_config()
+  with config.unlocked():
+    config.mode = "fly"
+  with pytest.raises(ValueError, match="config.mode='fly' is not a mode; allowed: decode"):
+    run.run(config, str(tmp_path))
+  with pytest.raises(ValueError, match="--workdir is required"):
+    run.run(demo_config(), "")
+
+
+def test_model_section_rejects_unknown_fields():
+  model = ml_collections.ConfigDict(dict(demo_config().model))
+  model.d_modle = 3
+  with pytest.raises(ValueError, match=r"unknown T5Config fields \['d_modle'\]"):
+    t5_config_from(model)
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+  target = tmp_path / "out.jsonl"
+  target.write_text("old\n")
+  with pytest.raises(TypeError):
+    run.write_jsonl_atomically(str(target), [{"ok": 1}, {"bad": object()}])
+  assert target.read_text() == "old\n"
+  assert os.listdir(tmp_path) == ["out.jsonl"]
+
+
+def test_byte_vocab_round_trip_and_padding():
+  ids, mask = byte_vocab.encode_batch(["ab", "é"], 4)
+  np.testing.assert_array_equal(ids, [[100, 101, 1, 0], [198, 172, 1, 0]])
+  np.testing.assert_array_equal(mask, [[1, 1, 1, 0], [1, 1, 1, 0]])
+  assert byte_vocab.decode([100, 101, 1, 102]) == "ab"
+  assert byte_vocab.decode(ids[1]) == "é"
+
+
+def test_generated_examples_are_deterministic_and_correct():
+  first, again = sample_examples(20, seed=7), sample_examples(20, seed=7)
+  assert first == again
+  assert first != sample_examples(20, seed=8)
+  for example in first:
+    kind, payload = example.inputs.split(": ")
+    if kind == "add":
+      a, b = payload.split("+")
+      assert example.targets == str(int(a) + int(b))
+    else:
+      assert example.targets == (payload if kind == "copy" else payload[::-1])
+
+
+def test_main_flags_override_and_reject_bad_values(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  command = [sys.executable, "-m", "calm_jax.main", "--config=configs/demo.py",
+             f"--workdir={tmp_path}", "--config.data.num_examples=2",
+             "--config.decode.max_decode_len=3", "--config.model.num_decoder_layers=1"]
+  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert len(open(tmp_path / "decode.jsonl", encoding="utf-8").readlines()) == 2
+  bad = subprocess.run(command[:-1] + ["--config.model.num_decoder_layers=two"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0
+  assert "num_decoder_layers" in bad.stderr
+  unknown = subprocess.run(command + ["--config.model.widht=3"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert unknown.returncode != 0 and "widht" in unknown.stderr
