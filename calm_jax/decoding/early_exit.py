@@ -1,0 +1,210 @@
+"""The early-exit decoder: a while_loop over output positions whose body runs a while_loop
+over decoder layers with per-example exits and state propagation (DESIGN section 2).
+
+Per output position t:
+  1. (oracle only) a full pass learns the final layer's top-1.
+  2. The layer loop runs layer i for the whole batch. An example that has exited keeps its
+     exit state h_e frozen as its input, so running layer i on it writes exactly the K/V that
+     state propagation prescribes (layer i's own norm and K/V projection of h_e). The loop
+     stops once every still-generating example has exited; finished sequences start exited.
+  3. The layers no example reached get their K/V from each example's exit state.
+  4. The token comes from the exit layer's logits (greedy or sampled).
+With propagation='full_compute' the layer loop always runs all L layers on true states, so
+the cache holds what the full model would have written; exits only choose the token.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
+from calm_jax.decoding.measures import Measure, MeasureInputs, get_measure
+from calm_jax.decoding.sampling import SamplingConfig, select_tokens
+from calm_jax.model.config import T5Config
+from calm_jax.model.incremental import (DecoderCache, decoder_layer_step, decoder_step,
+                                        init_decoder_cache, step_self_bias, write_self_kv)
+from calm_jax.model.t5 import embed, encode, exit_logits
+
+Array = jnp.ndarray
+
+
+@flax.struct.dataclass
+class GenerateOutput:
+  """What `generate` returns."""
+
+  tokens: Array  # [B, T] int32 emitted ids; pad after EOS
+  exit_layers: Array  # [B, T] int32 layers run per token (1..L); 0 after EOS
+  confidences: Array  # [B, T] float32 confidence at the exit layer; 0 after EOS
+  trace: Optional[Array] = None  # [B, T, L] float32 per-layer confidences; NaN where not computed
+
+
+@flax.struct.dataclass
+class LayerLoopState:
+  """State of the layer loop for one output position."""
+
+  layers_run: Array  # [] int32, layers computed so far (the next layer's 0-based index)
+  hidden: Array  # [B, 1, d] input of the next layer; frozen at h_e after exit (copy_state)
+  exited: Array  # [B] bool, the example has left (finished sequences start True)
+  exit_layer: Array  # [B] int32, 1-based exit layer; 0 while running or when finished
+  exit_hidden: Array  # [B, 1, d] state at the exit layer
+  confidence: Array  # [B] float32, confidence at the exit layer
+  exit_logits: Array  # [B, V] float32 logits at the exit layer ([B, 0] if not computed)
+  measure_state: Any  # the measure's own state across layers
+  trace: Array  # [B, L] float32 per-layer confidence, NaN where not computed ([B, 0] if off)
+  cache: DecoderCache
+
+
+@flax.struct.dataclass
+class TokenLoopState:
+  """State of the loop over output positions."""
+
+  position: Array  # [] int32, the output position being generated
+  last_token: Array  # [B] int32, decoder input at `position`
+  done: Array  # [B] bool, the sequence has emitted EOS
+  tokens: Array  # [B, T] int32
+  exit_layers: Array  # [B, T] int32
+  confidences: Array  # [B, T] float32
+  trace: Array  # [B, T, L] float32 ([B, T, 0] when the trace is off)
+  cache: DecoderCache
+  rng: Array  # PRNG key, split once per position when sampling
+
+
+def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
+                state: LayerLoopState, position: Array, self_bias: Array, lambda_t: Array,
+                final_top1: Optional[Array]) -> LayerLoopState:
+  num_layers = config.num_decoder_layers
+  full_compute = exit_config.propagation == "full_compute"
+  allow_early = lambda_t < 1.0 if measure.thresholded else jnp.array(True)
+
+  def measure_at(layer_no: Array, hidden: Array, measure_state: Any):
+    logits = exit_logits(config, params, hidden) if measure.uses_logits else None
+    inputs = MeasureInputs(layer=layer_no, hidden=hidden, logits=logits, final_top1=final_top1,
+                           static_exit_layer=exit_config.static_exit_layer)
+    confidence, measure_state = measure.confidence(inputs, measure_state)
+    return confidence.astype(jnp.float32), measure_state, (
+        logits if logits is not None else jnp.zeros(hidden.shape[:1] + (0,), jnp.float32))
+
+  def skip(layer_no, hidden, measure_state):
+    del layer_no
+    batch = hidden.shape[0]
+    width = config.vocab_size if measure.uses_logits else 0
+    return (jnp.zeros((batch,), jnp.float32), measure_state,
+            jnp.zeros((batch, width), jnp.float32))
+
+  def keep_going(s: LayerLoopState) -> Array:
+    if full_compute:
+      return s.layers_run < num_layers
+    return (s.layers_run < num_layers) & ~jnp.all(s.exited)
+
+  def run_layer(s: LayerLoopState) -> LayerLoopState:
+    layer_no = s.layers_run + 1
+    output, cache = decoder_layer_step(config, params, s.cache, s.layers_run, s.hidden,
+                                       position, self_bias)  # [B, 1, d]
+    exit_point = is_exit_point(layer_no, exit_config, num_layers)
+    confidence, measure_state, logits = jax.lax.cond(
+        exit_point, measure_at, skip, layer_no, output[:, 0], s.measure_state)
+    passes = confidence >= (lambda_t if measure.thresholded else 1.0)
+    leaves = ~s.exited & exit_point & ((passes & allow_early) | (layer_no == num_layers))
+    frozen = s.exited[:, None, None] & (not full_compute)
+    computed_here = exit_point & (~s.exited | full_compute)
+    trace = s.trace
+    if trace.shape[1]:
+      trace = trace.at[:, s.layers_run].set(jnp.where(computed_here, confidence, jnp.nan))
+    return s.replace(
+        layers_run=layer_no,
+        hidden=jnp.where(frozen, s.hidden, output),
+        exited=s.exited | leaves,
+        exit_layer=jnp.where(leaves, layer_no, s.exit_layer),
+        exit_hidden=jnp.where(leaves[:, None, None], output, s.exit_hidden),
+        confidence=jnp.where(leaves, confidence, s.confidence),
+        exit_logits=jnp.where(leaves[:, None], logits, s.exit_logits),
+        measure_state=measure_state, trace=trace, cache=cache)
+
+  return jax.lax.while_loop(keep_going, run_layer, state)
+
+
+def propagate_state(config: T5Config, params: Any, cache: DecoderCache, exit_hidden: Array,
+                    first_layer: Array, position: Array) -> DecoderCache:
+  """Writes K/V computed from each example's exit state [B, 1, d] into layers
+  first_layer..L-1 (0-based) at `position`: the layers no example of the batch ran."""
+  def write(layer, cache):
+    return write_self_kv(config, params, cache, layer, exit_hidden, position)
+  return jax.lax.fori_loop(first_layer, config.num_decoder_layers, write, cache)
+
+
+def _oracle_final_top1(config, params, cache, token, position):
+  states, cache = decoder_step(config, params, cache, token, position)
+  return jnp.argmax(exit_logits(config, params, states[-1]), axis=-1).astype(jnp.int32), cache
+
+
+def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfig,
+                           sampling: SamplingConfig, max_decode_len: int, threshold: Array,
+                           tau: Array, state: TokenLoopState) -> TokenLoopState:
+  measure = get_measure(exit_config.measure)
+  position, cache = state.position, state.cache
+  final_top1 = None
+  if measure.needs_final_top1:
+    final_top1, cache = _oracle_final_top1(config, params, cache, state.last_token, position)
+  embedded = embed(config, params, state.last_token[:, None])  # [B, 1, d]
+  batch = embedded.shape[0]
+  trace_width = config.num_decoder_layers if state.trace.shape[2] else 0
+  layers = _layer_loop(
+      config, params, exit_config, measure,
+      LayerLoopState(
+          layers_run=jnp.array(0, jnp.int32), hidden=embedded, exited=state.done,
+          exit_layer=jnp.zeros((batch,), jnp.int32), exit_hidden=embedded,
+          confidence=jnp.zeros((batch,), jnp.float32),
+          exit_logits=jnp.zeros((batch, config.vocab_size if measure.uses_logits else 0),
+                                jnp.float32),
+          measure_state=measure.init_state(embedded[:, 0]),
+          trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
+      position, step_self_bias(config, params, position, max_decode_len),
+      threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1)
+  cache = layers.cache
+  if exit_config.propagation == "copy_state":
+    cache = propagate_state(config, params, cache, layers.exit_hidden, layers.layers_run, position)
+  logits = (layers.exit_logits if measure.uses_logits
+            else exit_logits(config, params, layers.exit_hidden[:, 0]))  # [B, V]
+  rng, token_rng = jax.random.split(state.rng)
+  token = select_tokens(logits, token_rng, sampling)
+  token = jnp.where(state.done, config.pad_token_id, token)
+  at = (slice(None), position)
+  return state.replace(
+      position=position + 1, last_token=token, done=state.done | (token == config.eos_token_id),
+      tokens=state.tokens.at[at].set(token),
+      exit_layers=state.exit_layers.at[at].set(jnp.where(state.done, 0, layers.exit_layer)),
+      confidences=state.confidences.at[at].set(jnp.where(state.done, 0.0, layers.confidence)),
+      trace=state.trace.at[at].set(layers.trace) if trace_width else state.trace,
+      cache=cache, rng=rng)
+
+
+def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
+                  max_decode_len: int, return_trace: bool, params: Any, input_ids: Array,
+                  attention_mask: Array, threshold: Array, tau: Array,
+                  rng: Array) -> GenerateOutput:
+  """The traced body of `generate`; threshold and tau are runtime values (vmappable)."""
+  batch = input_ids.shape[0]
+  encoded = encode(config, params, input_ids, attention_mask)
+  trace_width = config.num_decoder_layers if return_trace else 0
+  state = TokenLoopState(
+      position=jnp.array(0, jnp.int32),
+      last_token=jnp.full((batch,), config.decoder_start_token_id, jnp.int32),
+      done=jnp.zeros((batch,), bool),
+      tokens=jnp.full((batch, max_decode_len), config.pad_token_id, jnp.int32),
+      exit_layers=jnp.zeros((batch, max_decode_len), jnp.int32),
+      confidences=jnp.zeros((batch, max_decode_len), jnp.float32),
+      trace=jnp.full((batch, max_decode_len, trace_width), jnp.nan, jnp.float32),
+      cache=init_decoder_cache(config, params, encoded, attention_mask, max_decode_len),
+      rng=rng)
+  step = functools.partial(_generate_one_position, config, params, exit_config, sampling,
+                           max_decode_len, threshold, tau)
+  not_finished = lambda s: (s.position < max_decode_len) & ~jnp.all(s.done)
+  state = jax.lax.while_loop(not_finished, step, state)
+  return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,
+                        confidences=state.confidences,
+                        trace=state.trace if return_trace else None)

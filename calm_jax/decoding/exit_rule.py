@@ -1,0 +1,80 @@
+"""The exit rule: which layers are exit points and the threshold at each output position.
+
+Layers are numbered 1..L. Layer i is an exit point when i >= min_exit_layer and
+(i - min_exit_layer) is a multiple of exit_interval; layer L always is. A token leaves
+after exit point i when its confidence c_i >= lambda_t (or, for static and oracle exits,
+where the measure says so). lambda >= 1 never exits early: the output is the full model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from calm_jax.decoding.measures import get_measure
+
+DECAYS = ("paper", "code")
+PROPAGATIONS = ("copy_state", "full_compute")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitConfig:
+  """How tokens leave the decoder early. Hashable; the threshold and tau are runtime values."""
+
+  measure: str = "softmax_diff"  # a name in calm_jax.decoding.measures.MEASURES
+  threshold: float = 1.0  # lambda; >= 1 never exits early
+  tau: float = 0.0  # decay speed of the threshold over output positions; 0 = constant lambda
+  decay: str = "paper"  # 'paper': clip(0.9 lambda + 0.1 e^(-tau t/N)); 'code': lambda (0.9 + 0.1 e^(-tau t/N))
+  min_exit_layer: int = 1  # first layer a token may leave after
+  exit_interval: int = 1  # exit points every this many layers from min_exit_layer
+  static_exit_layer: int = 0  # the layer of the 'static' measure (1..L)
+  propagation: str = "copy_state"  # skipped layers' K/V: from the exit state, or computed in full
+
+  def validate(self, num_layers: int) -> None:
+    """Raises ValueError naming the bad field; call before compiling anything."""
+    get_measure(self.measure)
+    if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
+      raise ValueError(f"ExitConfig.threshold (lambda) must be >= 0, got {self.threshold!r}")
+    if not isinstance(self.tau, (int, float)) or not self.tau >= 0:
+      raise ValueError(f"ExitConfig.tau must be >= 0, got {self.tau!r}")
+    if self.decay not in DECAYS:
+      raise ValueError(f"ExitConfig.decay={self.decay!r}; allowed: {', '.join(DECAYS)}")
+    if self.propagation not in PROPAGATIONS:
+      raise ValueError(f"ExitConfig.propagation={self.propagation!r}; allowed: "
+                       f"{', '.join(PROPAGATIONS)}")
+    if not isinstance(self.min_exit_layer, int) or not 1 <= self.min_exit_layer <= num_layers:
+      raise ValueError(f"ExitConfig.min_exit_layer={self.min_exit_layer!r} must be in "
+                       f"[1, {num_layers}] (the decoder has {num_layers} layers)")
+    if not isinstance(self.exit_interval, int) or self.exit_interval < 1:
+      raise ValueError(f"ExitConfig.exit_interval must be a positive integer, got "
+                       f"{self.exit_interval!r}")
+    if self.measure == "static" and not 1 <= self.static_exit_layer <= num_layers:
+      raise ValueError(f"ExitConfig.static_exit_layer={self.static_exit_layer!r} must be in "
+                       f"[1, {num_layers}] for the 'static' measure")
+
+  def compiled_part(self) -> "ExitConfig":
+    """This config without its runtime values, so that changing them never recompiles."""
+    return dataclasses.replace(self, threshold=0.0, tau=0.0)
+
+
+def is_exit_point(layer, exit_config: ExitConfig, num_layers: int):
+  """Whether 1-based `layer` (may be traced) is an exit point."""
+  on_grid = ((layer >= exit_config.min_exit_layer)
+             & ((layer - exit_config.min_exit_layer) % exit_config.exit_interval == 0))
+  return on_grid | (layer == num_layers)
+
+
+def threshold_at(threshold, tau, position, max_decode_len: int, decay: str):
+  """lambda_t for output `position` t (0-based) of at most `max_decode_len` tokens.
+
+  With tau = 0 the threshold is lambda itself, in both forms.
+  """
+  threshold = jnp.asarray(threshold, jnp.float32)
+  tau = jnp.asarray(tau, jnp.float32)
+  fading = jnp.exp(-tau * position / max_decode_len)
+  if decay == "paper":
+    decayed = jnp.clip(0.9 * threshold + 0.1 * fading, 0.0, 1.0)
+  else:
+    decayed = threshold * (0.9 + 0.1 * fading)
+  return jnp.where(tau > 0, decayed, threshold)
