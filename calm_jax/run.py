@@ -14,7 +14,8 @@ from absl import logging
 
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
-from calm_jax.decoding.greedy import greedy_decode
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.generate import generate
 from calm_jax.model.source import load_model
 
 
@@ -32,24 +33,35 @@ def write_jsonl_atomically(path: str, records) -> None:
     raise
 
 
+def exit_config_from(config: ml_collections.ConfigDict) -> ExitConfig:
+  """ExitConfig from the `exit` section of a run config."""
+  return ExitConfig(**dict(config.exit))
+
+
 def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Greedily decodes generated examples with the full model; writes decode.jsonl."""
+  """Greedy early-exit decoding of generated examples; writes decode.jsonl with the
+  exit layer of every token."""
+  exit_config = exit_config_from(config)
   model_config, params = load_model(config.model, config.seed)
+  exit_config.validate(model_config.num_decoder_layers)
   examples = sample_examples(config.data.num_examples, config.seed)
   input_ids, mask = byte_vocab.encode_batch([e.inputs for e in examples],
                                             config.data.max_input_len)
-  tokens = np.asarray(greedy_decode(model_config, params, input_ids, mask,
-                                    max_decode_len=config.decode.max_decode_len))
+  out = generate(model_config, params, input_ids, mask, exit=exit_config,
+                 max_decode_len=config.decode.max_decode_len)
+  tokens, exit_layers = np.asarray(out.tokens), np.asarray(out.exit_layers)
   records = [{"inputs": e.inputs, "targets": e.targets, "output": byte_vocab.decode(row),
-              "output_ids": row.tolist()} for e, row in zip(examples, tokens)]
+              "output_ids": row.tolist(), "exit_layers": layers[layers > 0].tolist()}
+             for e, row, layers in zip(examples, tokens, exit_layers)]
   path = os.path.join(workdir, "decode.jsonl")
   if jax.process_index() == 0:
     write_jsonl_atomically(path, records)
     source = config.model.hf_path or f"fresh random initialisation (seed {config.seed}, untrained)"
-    print(f"Greedy decoding with the full {model_config.num_decoder_layers}-layer decoder; "
-          f"model: {source}")
+    print(f"Early-exit greedy decoding ({exit_config.measure}, lambda={exit_config.threshold}) "
+          f"with a {model_config.num_decoder_layers}-layer decoder; model: {source}")
     for record in records:
-      print(f"{record['inputs']!r:28} -> {record['output']!r} (target {record['targets']!r})")
+      print(f"{record['inputs']!r:28} -> {record['output']!r} (target {record['targets']!r}); "
+            f"exit layers {record['exit_layers']}")
     logging.info("wrote %s", path)
   return path
 

@@ -36,4 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.decode = ml_collections.ConfigDict()
   config.decode.max_decode_len = 16  # output positions generated per example
+
+  config.exit = ml_collections.ConfigDict()
+  config.exit.measure = "softmax_diff"  # confidence measure (calm_jax.decoding.measures)
+  config.exit.threshold = 0.9  # lambda; >= 1 never exits early
+  config.exit.tau = 0.0  # threshold decay over positions; 0 = constant
+  config.exit.decay = "paper"  # 'paper' or 'code' form of the decaying threshold
+  config.exit.min_exit_layer = 1  # first layer a token may leave after
+  config.exit.exit_interval = 1  # exit points every this many layers
+  config.exit.static_exit_layer = 0  # layer of the 'static' measure
+  config.exit.propagation = "copy_state"  # 'copy_state' or 'full_compute'
   return config

@@ -12,35 +12,56 @@ import pytest
 from calm_jax import run
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.source import load_model, t5_config_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_config(**decode):
+def demo_config(threshold=0.9):
   sys.path.insert(0, ROOT)
   from configs import demo  # pylint: disable=import-outside-toplevel
   config = demo.get_config()
   config.data.num_examples = 3
   config.decode.max_decode_len = 5
-  config.model.num_decoder_layers = 2
+  config.model.num_decoder_layers = 3
+  config.exit.threshold = threshold
   config.lock()
   return config
 
 
-def test_demo_decode_writes_the_greedy_outputs(tmp_path):
+def _decoded(tmp_path, config):
+  path = run.run(config, str(tmp_path))
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+  return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_demo_decode_writes_the_early_exit_outputs(tmp_path):
   config = demo_config()
-  path = run.run(config, str(tmp_path / "out"))
-  records = [json.loads(line) for line in open(path, encoding="utf-8")]
+  records = _decoded(tmp_path, config)
   examples = sample_examples(3, config.seed)
   assert [r["inputs"] for r in records] == [e.inputs for e in examples]
   model_config, params = load_model(config.model, config.seed)
   ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
-  expected = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
-  assert [r["output_ids"] for r in records] == expected.tolist()
-  assert [r["output"] for r in records] == [byte_vocab.decode(row) for row in expected]
-  assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".tmp-")]
+  expected = generate(model_config, params, ids, mask, max_decode_len=5,
+                      exit=ExitConfig(measure="softmax_diff", threshold=0.9))
+  assert [r["output_ids"] for r in records] == np.asarray(expected.tokens).tolist()
+  assert [r["output"] for r in records] == [byte_vocab.decode(row) for row in expected.tokens]
+  layers = np.asarray(expected.exit_layers)
+  assert [r["exit_layers"] for r in records] == [row[row > 0].tolist() for row in layers]
+
+
+def test_demo_with_threshold_one_is_the_full_greedy_model(tmp_path):
+  config = demo_config(threshold=1.0)
+  records = _decoded(tmp_path, config)
+  model_config, params = load_model(config.model, config.seed)
+  examples = sample_examples(3, config.seed)
+  ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
+  full = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
+  assert [r["output_ids"] for r in records] == full.tolist()
+  assert all(set(r["exit_layers"]) == {3} for r in records)
 
 
 def test_unknown_mode_and_missing_workdir_fail_clearly(tmp_path):

@@ -106,12 +106,15 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     output, cache = decoder_layer_step(config, params, s.cache, s.layers_run, s.hidden,
                                        position, self_bias)  # [B, 1, d]
     exit_point = is_exit_point(layer_no, exit_config, num_layers)
+    # Confidence is only worth computing where it can decide an exit, where the trace
+    # records it, or at layer L (its logits give the token).
+    wanted = exit_point & (allow_early | (s.trace.shape[1] > 0) | (layer_no == num_layers))
     confidence, measure_state, logits = jax.lax.cond(
-        exit_point, measure_at, skip, layer_no, output[:, 0], s.measure_state)
+        wanted, measure_at, skip, layer_no, output[:, 0], s.measure_state)
     passes = confidence >= (lambda_t if measure.thresholded else 1.0)
     leaves = ~s.exited & exit_point & ((passes & allow_early) | (layer_no == num_layers))
     frozen = s.exited[:, None, None] & (not full_compute)
-    computed_here = exit_point & (~s.exited | full_compute)
+    computed_here = wanted & (~s.exited | full_compute)
     trace = s.trace
     if trace.shape[1]:
       trace = trace.at[:, s.layers_run].set(jnp.where(computed_here, confidence, jnp.nan))
