@@ -75,11 +75,12 @@ class TokenLoopState:
 
 
 def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
-                state: LayerLoopState, position: Array, self_bias: Array, lambda_t: Array,
-                final_top1: Optional[Array]) -> LayerLoopState:
+                state: LayerLoopState, position: Array, self_bias: Array, threshold: Array,
+                lambda_t: Array, final_top1: Optional[Array]) -> LayerLoopState:
   num_layers = config.num_decoder_layers
   full_compute = exit_config.propagation == "full_compute"
-  allow_early = lambda_t < 1.0 if measure.thresholded else jnp.array(True)
+  # lambda >= 1 never exits early, whatever the decay makes of it at this position.
+  allow_early = threshold < 1.0 if measure.thresholded else jnp.array(True)
 
   def measure_at(layer_no: Array, hidden: Array, measure_state: Any):
     logits = exit_logits(config, params, hidden) if measure.uses_logits else None
@@ -166,7 +167,7 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
                                 jnp.float32),
           measure_state=measure.init_state(embedded[:, 0]),
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
-      position, step_self_bias(config, params, position, max_decode_len),
+      position, step_self_bias(config, params, position, max_decode_len), threshold,
       threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1)
   cache = layers.cache
   if exit_config.propagation == "copy_state":
@@ -182,7 +183,8 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
       tokens=state.tokens.at[at].set(token),
       exit_layers=state.exit_layers.at[at].set(jnp.where(state.done, 0, layers.exit_layer)),
       confidences=state.confidences.at[at].set(jnp.where(state.done, 0.0, layers.confidence)),
-      trace=state.trace.at[at].set(layers.trace) if trace_width else state.trace,
+      trace=(state.trace.at[at].set(jnp.where(state.done[:, None], jnp.nan, layers.trace))
+             if trace_width else state.trace),
       cache=cache, rng=rng)
 
 
