@@ -207,10 +207,24 @@ def test_threshold_at_least_one_is_the_full_model(model, greedy, run, measure, t
 
 
 def test_threshold_one_with_decay_is_the_full_model(model, greedy, run):
+  """lambda >= 1 never exits although the decay takes lambda_t = 0.9 + 0.1 exp(-tau t/N)
+  below 1 after position 0."""
   out = run(ExitConfig(threshold=1.0, tau=3.0))
   generated = _generated(out.tokens, model.config.eos_token_id)
   np.testing.assert_array_equal(out.exit_layers, np.where(generated, L, 0))
   np.testing.assert_array_equal(out.tokens, greedy)
+
+
+@pytest.mark.parametrize("measure", ["softmax_diff", "softmax_max", "state_saturation"])
+def test_outputs_do_not_depend_on_return_trace(model, run, measure):
+  for threshold in [1.0, _median_confidence(model, run, measure)]:
+    traced = run(ExitConfig(measure=measure, threshold=threshold))
+    plain = run(ExitConfig(measure=measure, threshold=threshold), return_trace=False)
+    assert plain.trace is None
+    np.testing.assert_array_equal(plain.tokens, traced.tokens)
+    np.testing.assert_array_equal(plain.exit_layers, traced.exit_layers)
+    np.testing.assert_allclose(plain.confidences, traced.confidences, atol=1e-6, rtol=0,
+                               err_msg=f"threshold {threshold}")
 
 
 # --- 2. and 3. the exit rule end to end ---------------------------------------------------
@@ -355,6 +369,7 @@ def test_oracle_with_full_compute_is_greedy_and_exits_at_first_agreeing_layer(mo
 
 
 def test_full_compute_trace_is_nan_after_eos(model, greedy, run):
+  """Finished rows have no confidences, even where full_compute runs every layer."""
   out = _oracle(model, run)
   finished = ~_generated(greedy, model.config.eos_token_id)
   assert finished.any()

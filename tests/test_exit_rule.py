@@ -118,6 +118,14 @@ def test_exit_config_validate_accepts(fields):
   ExitConfig(**fields).validate(6)
 
 
+@pytest.mark.parametrize("fields", [
+    dict(threshold=np.float32(0.5)), dict(threshold=np.int64(1)), dict(tau=np.float32(2.0)),
+    dict(min_exit_layer=np.int64(2)),
+])
+def test_exit_config_validate_accepts_numpy_scalars(fields):
+  ExitConfig(**fields).validate(6)
+
+
 def test_compiled_part_drops_only_runtime_values():
   config = ExitConfig(measure="softmax_max", threshold=0.4, tau=2.0, decay="code",
                       min_exit_layer=2, exit_interval=2, propagation="full_compute")

@@ -107,9 +107,11 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     output, cache = decoder_layer_step(config, params, s.cache, s.layers_run, s.hidden,
                                        position, self_bias)  # [B, 1, d]
     exit_point = is_exit_point(layer_no, exit_config, num_layers)
-    # Confidence is only worth computing where it can decide an exit, where the trace
-    # records it, or at layer L (its logits give the token).
-    wanted = exit_point & (allow_early | (s.trace.shape[1] > 0) | (layer_no == num_layers))
+    # Logit-based confidence (the costly head) is only computed where it can decide an
+    # exit, where the trace records it, or at layer L (its logits give the token); cheap
+    # measures run at every exit point so their state stays current.
+    wanted = exit_point & (allow_early | (s.trace.shape[1] > 0) | (layer_no == num_layers)
+                           | (not measure.uses_logits))
     confidence, measure_state, logits = jax.lax.cond(
         wanted, measure_at, skip, layer_no, output[:, 0], s.measure_state)
     passes = confidence >= (lambda_t if measure.thresholded else 1.0)

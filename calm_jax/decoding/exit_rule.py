@@ -9,6 +9,7 @@ where the measure says so). lambda >= 1 never exits early: the output is the ful
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax.numpy as jnp
 
@@ -34,19 +35,19 @@ class ExitConfig:
   def validate(self, num_layers: int) -> None:
     """Raises ValueError naming the bad field; call before compiling anything."""
     get_measure(self.measure)
-    if not isinstance(self.threshold, (int, float)) or not self.threshold >= 0:
+    if not isinstance(self.threshold, numbers.Real) or not self.threshold >= 0:
       raise ValueError(f"ExitConfig.threshold (lambda) must be >= 0, got {self.threshold!r}")
-    if not isinstance(self.tau, (int, float)) or not self.tau >= 0:
+    if not isinstance(self.tau, numbers.Real) or not self.tau >= 0:
       raise ValueError(f"ExitConfig.tau must be >= 0, got {self.tau!r}")
     if self.decay not in DECAYS:
       raise ValueError(f"ExitConfig.decay={self.decay!r}; allowed: {', '.join(DECAYS)}")
     if self.propagation not in PROPAGATIONS:
       raise ValueError(f"ExitConfig.propagation={self.propagation!r}; allowed: "
                        f"{', '.join(PROPAGATIONS)}")
-    if not isinstance(self.min_exit_layer, int) or not 1 <= self.min_exit_layer <= num_layers:
+    if not isinstance(self.min_exit_layer, numbers.Integral) or not 1 <= self.min_exit_layer <= num_layers:
       raise ValueError(f"ExitConfig.min_exit_layer={self.min_exit_layer!r} must be in "
                        f"[1, {num_layers}] (the decoder has {num_layers} layers)")
-    if not isinstance(self.exit_interval, int) or self.exit_interval < 1:
+    if not isinstance(self.exit_interval, numbers.Integral) or self.exit_interval < 1:
       raise ValueError(f"ExitConfig.exit_interval must be a positive integer, got "
                        f"{self.exit_interval!r}")
     if self.measure == "static" and not 1 <= self.static_exit_layer <= num_layers:
