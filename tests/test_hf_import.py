@@ -100,15 +100,20 @@ def test_gated_config_and_unscaled_head(v11, v11_params):
                                 linear(v11[0], "decoder.block.3.layer.2.DenseReluDense.wi_1.weight"))
 
 
+def assert_imports_as(directory, expected):
+  """The checkpoint in `directory` imports to exactly the expected (config, params)."""
+  config, params = load_hf_t5(str(directory))
+  assert config == expected[0]
+  assert_trees_identical(params, expected[1])
+
+
 def test_sharded_safetensors_equals_unsharded(tmp_path, v11, v11_params):
   model, _ = v11
   model.save_pretrained(str(tmp_path), max_shard_size="20KB")
   shards = [f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]
   assert "model.safetensors.index.json" in os.listdir(tmp_path)
   assert len(shards) > 1 and "model.safetensors" not in shards
-  config, params = load_hf_t5(str(tmp_path))
-  assert config == v11_params[0]
-  assert_trees_identical(params, v11_params[1])
+  assert_imports_as(tmp_path, v11_params)
 
 
 def test_pytorch_bin_equals_safetensors(tmp_path, v11, v11_params):
@@ -116,9 +121,7 @@ def test_pytorch_bin_equals_safetensors(tmp_path, v11, v11_params):
   shutil.copy(os.path.join(directory, "config.json"), tmp_path / "config.json")
   torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
   assert not any("safetensors" in f for f in os.listdir(tmp_path))
-  config, params = load_hf_t5(str(tmp_path))
-  assert config == v11_params[0]
-  assert_trees_identical(params, v11_params[1])
+  assert_imports_as(tmp_path, v11_params)
 
 
 def test_sharded_pytorch_bin_equals_safetensors(tmp_path, v11, v11_params):

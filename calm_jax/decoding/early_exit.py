@@ -183,8 +183,9 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
   return state.replace(
       position=position + 1, last_token=token, done=state.done | (token == config.eos_token_id),
       tokens=state.tokens.at[at].set(token),
-      exit_layers=state.exit_layers.at[at].set(jnp.where(state.done, 0, layers.exit_layer)),
-      confidences=state.confidences.at[at].set(jnp.where(state.done, 0.0, layers.confidence)),
+      # Finished rows start exited with exit layer 0 and confidence 0, so they record zeros.
+      exit_layers=state.exit_layers.at[at].set(layers.exit_layer),
+      confidences=state.confidences.at[at].set(layers.confidence),
       trace=(state.trace.at[at].set(jnp.where(state.done[:, None], jnp.nan, layers.trace))
              if trace_width else state.trace),
       cache=cache, rng=rng)

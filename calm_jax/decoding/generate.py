@@ -8,7 +8,6 @@ grid of thresholds.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Optional, Sequence
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 
 from calm_jax.decoding.early_exit import GenerateOutput, generate_impl
 from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.config import T5Config
 
@@ -34,41 +34,9 @@ def _generate_grid_jit(config, exit_config, sampling, max_decode_len, return_tra
   return jax.vmap(one)(thresholds)
 
 
-def prepare_inputs(config: T5Config, input_ids, attention_mask, max_input_len: Optional[int]):
-  """Checks shapes and ids; truncates inputs longer than `max_input_len` with a warning.
-
-  Truncation keeps the first `max_input_len` tokens of every example (the end is cut, as
-  T5's preprocessing does); an EOS cut off is not re-added.
-  """
-  input_ids = np.asarray(input_ids)
-  if input_ids.ndim != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
-    raise ValueError(f"input_ids must have shape [batch, length] with both >= 1, got "
-                     f"{input_ids.shape}")
-  if not np.issubdtype(input_ids.dtype, np.integer):
-    raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-  if input_ids.min() < 0 or input_ids.max() >= config.vocab_size:
-    raise ValueError(f"input_ids must lie in [0, {config.vocab_size}), got values in "
-                     f"[{input_ids.min()}, {input_ids.max()}]")
-  mask = (np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask))
-  if mask.shape != input_ids.shape:
-    raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape "
-                     f"{input_ids.shape}")
-  if max_input_len is not None:
-    if max_input_len < 1:
-      raise ValueError(f"max_input_len must be >= 1, got {max_input_len}")
-    if input_ids.shape[1] > max_input_len:
-      longest = int(mask.sum(axis=1).max())
-      if longest > max_input_len:
-        warnings.warn(f"inputs of up to {longest} tokens truncated to max_input_len="
-                      f"{max_input_len} (the first tokens are kept)", stacklevel=3)
-      input_ids, mask = input_ids[:, :max_input_len], mask[:, :max_input_len]
-  return jnp.asarray(input_ids, jnp.int32), jnp.asarray(mask, jnp.int32)
-
-
 def _check(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
            max_decode_len: int, rng) -> None:
-  if not isinstance(max_decode_len, int) or isinstance(max_decode_len, bool) or max_decode_len < 1:
-    raise ValueError(f"max_decode_len must be a positive integer, got {max_decode_len!r}")
+  check_max_decode_len(max_decode_len)
   exit_config.validate(config.num_decoder_layers)
   sampling.validate(config.vocab_size)
   if not sampling.greedy and rng is None:

@@ -13,6 +13,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
 from calm_jax.model.config import T5Config
 from calm_jax.model.incremental import DecoderCache, decoder_step, init_decoder_cache
 from calm_jax.model.t5 import encode, exit_logits
@@ -29,17 +30,6 @@ class GreedyState:
   tokens: Array  # [B, T] int32, generated ids; pad after EOS
   done: Array  # [B] bool, sequences that have emitted EOS
   cache: DecoderCache
-
-
-def check_decode_inputs(config: T5Config, input_ids, max_decode_len: int) -> None:
-  """Clear errors for bad decoding arguments, before anything is compiled."""
-  if not isinstance(max_decode_len, int) or isinstance(max_decode_len, bool) or max_decode_len < 1:
-    raise ValueError(f"max_decode_len must be a positive integer, got {max_decode_len!r}")
-  shape = getattr(input_ids, "shape", None)
-  if shape is None or len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
-    raise ValueError(f"input_ids must have shape [batch, length] with both >= 1, got {shape}")
-  if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-    raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_decode_len"))
@@ -72,9 +62,6 @@ def _greedy_decode(config: T5Config, params: Any, input_ids: Array, attention_ma
 def greedy_decode(config: T5Config, params: Any, input_ids: Array,
                   attention_mask: Optional[Array] = None, *, max_decode_len: int) -> Array:
   """Greedy output ids [B, max_decode_len] (EOS included, pad after it)."""
-  check_decode_inputs(config, input_ids, max_decode_len)
-  input_ids = jnp.asarray(input_ids, jnp.int32)
-  if attention_mask is None:
-    attention_mask = jnp.ones_like(input_ids)
-  return _greedy_decode(config, params, input_ids, jnp.asarray(attention_mask, jnp.int32),
-                        max_decode_len)
+  check_max_decode_len(max_decode_len)
+  input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, None)
+  return _greedy_decode(config, params, input_ids, attention_mask, max_decode_len)
