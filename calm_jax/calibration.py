@@ -30,7 +30,9 @@ CORRECTIONS = ("fixed_sequence", "bonferroni")
 NEVER_EXIT = 1.0  # the threshold returned when no candidate is certified
 
 # n * mean closer than this (relative to n) to an integer is taken to be that integer, so
-# that a mean of 3/10 stored as 0.30000000000000004 counts 3 losses, not 4.
+# that a mean of 3/10 stored as 0.30000000000000004 counts 3 losses, not 4. Means computed
+# from n losses carry rounding errors near 1e-16, far below this tolerance; a true mean that
+# lies within 1e-9 of k/n without equalling it is counted as k (a negligible liberality).
 _COUNT_TOLERANCE = 1e-9
 
 
@@ -69,12 +71,12 @@ def check_thresholds(thresholds) -> np.ndarray:
     raise ValueError(f"thresholds must be a non-empty 1-D sequence; got shape {grid.shape}")
   bad = np.flatnonzero(~np.isfinite(grid) | (grid < 0.0) | (grid > 1.0))
   if bad.size:
-    raise ValueError(f"thresholds must lie in [0, 1]; thresholds[{bad[0]}] = {grid[bad[0]]!r}")
+    raise ValueError(f"thresholds must lie in [0, 1]; thresholds[{bad[0]}] = {float(grid[bad[0]])!r}")
   rises = np.flatnonzero(np.diff(grid) >= 0.0)
   if rises.size:
     j = rises[0]
     raise ValueError(f"thresholds must be strictly decreasing (largest first); thresholds[{j}]"
-                     f" = {grid[j]!r} is followed by {grid[j + 1]!r}")
+                     f" = {float(grid[j])!r} is followed by {float(grid[j + 1])!r}")
   return grid
 
 
@@ -93,7 +95,7 @@ def check_losses(losses, num_thresholds: Optional[int] = None) -> np.ndarray:
   if bad.size:
     i, j = bad[0]
     raise ValueError(f"losses must be finite and in [0, 1]; losses[{i}, {j}] = "
-                     f"{matrix[i, j]!r} ({len(bad)} bad entries)")
+                     f"{float(matrix[i, j])!r} ({len(bad)} bad entries)")
   return matrix
 
 
@@ -113,7 +115,7 @@ def _loss_counts(mean_loss: np.ndarray, n: int, exact: bool) -> np.ndarray:
   nearest = np.round(count)
   near = np.abs(count - nearest) <= _COUNT_TOLERANCE * max(n, 1)
   if exact and not np.all(near):
-    bad = np.asarray(mean_loss).flat[np.flatnonzero(~near)[0]]
+    bad = float(np.asarray(mean_loss).flat[np.flatnonzero(~near)[0]])
     raise ValueError(f"method='binomial' needs 0/1 losses, so mean_loss * n must be a whole "
                      f"number; got mean_loss={bad!r} with n={n}")
   return np.where(near, nearest, count)
@@ -201,10 +203,18 @@ class CalibrationResult:
     return None if self.chosen_index is None else self.table[self.chosen_index]
 
   def to_dict(self) -> dict:
-    """Plain JSON-ready form."""
-    out = dataclasses.asdict(self)
-    out["table"] = [dataclasses.asdict(row) for row in self.table]
-    return out
+    """Strict-JSON form (NaN, used by the naive rule for 'no p-value', becomes None)."""
+    return _nan_to_none(dataclasses.asdict(self))
+
+
+def _nan_to_none(value):
+  if isinstance(value, dict):
+    return {key: _nan_to_none(item) for key, item in value.items()}
+  if isinstance(value, list):
+    return [_nan_to_none(item) for item in value]
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  return value
 
 
 def _table(grid: np.ndarray, means: np.ndarray, p: np.ndarray,
@@ -288,6 +298,9 @@ def calibrate(losses, thresholds, delta: float, epsilon: float,
 def calibrate_many(losses, thresholds, delta: float, epsilon: float,
                    rules: Sequence[str]) -> List[CalibrationResult]:
   """`calibrate` for several rules on the same losses."""
+  if isinstance(rules, str):
+    raise ValueError(f"rules must be a list of rule names, got the string {rules!r}")
+  _check_open_unit("epsilon", epsilon)
   results = []
   for rule in rules:
     if rule == "naive":
