@@ -57,7 +57,7 @@ def textual_consistency_losses(early_outputs: Sequence[Sequence], full_outputs: 
     seen = {}
     for j, column in enumerate(early_outputs):
       early = column[i]
-      key = tuple(early) if not isinstance(early, str) else early
+      key = _hashable(early)
       if key not in seen:
         seen[key] = 0.0 if _same(early, full) else 1.0 - _checked(score(early, full), similarity)
       losses[i, j] = seen[key]
@@ -73,6 +73,9 @@ def risk_consistency_losses(early_outputs: Sequence[Sequence[str]], full_outputs
     -> [0, 1]; R = 1 - metric, so the loss is the metric the early output gave up.
   """
   score = _similarity_fn(metric)
+  if isinstance(references, (str, bytes)) or not hasattr(references, "__len__"):
+    raise ValueError(f"references must be a list with one entry per example, got "
+                     f"{type(references).__name__} {references!r:.60}")
   if len(references) != len(full_outputs):
     raise ValueError(f"references has {len(references)} entries but there are "
                      f"{len(full_outputs)} full-model outputs; give one per example")
@@ -83,10 +86,11 @@ def risk_consistency_losses(early_outputs: Sequence[Sequence[str]], full_outputs
     seen = {}
     for j, column in enumerate(early_outputs):
       early = column[i]
-      if early not in seen:
-        quality = full_quality if early == full else _checked(score(early, refs), metric)
-        seen[early] = max(0.0, full_quality - quality)
-      losses[i, j] = seen[early]
+      key = _hashable(early)
+      if key not in seen:
+        quality = full_quality if _same(early, full) else _checked(score(early, refs), metric)
+        seen[key] = max(0.0, full_quality - quality)
+      losses[i, j] = seen[key]
   return losses
 
 
@@ -100,6 +104,10 @@ def consistency_losses(objective: str, early_outputs, full_outputs, references=N
       raise ValueError("objective='risk' needs the gold references of every example")
     return risk_consistency_losses(early_outputs, full_outputs, references, similarity)
   raise ValueError(f"objective={objective!r} is not allowed; allowed: {', '.join(OBJECTIVES)}")
+
+
+def _hashable(output):
+  return output if isinstance(output, str) else tuple(output)
 
 
 def _same(a, b) -> bool:

@@ -470,10 +470,12 @@ def test_bad_arguments_are_rejected_before_compiling(model, change, message):
           generate_module._generate_grid_jit._cache_size()) == before
 
 
-@pytest.mark.parametrize("thresholds", [[], [0.5, -0.1], [float("nan")], [[0.5]]])
-def test_generate_grid_rejects_bad_thresholds(model, thresholds):
-  with pytest.raises(ValueError, match="thresholds must be a non-empty 1-D list of finite "
-                     "values >= 0"):
+@pytest.mark.parametrize("thresholds, message", [
+    ([], r"non-empty 1-D list, got shape \(0,\)"), ([[0.5]], r"non-empty 1-D list"),
+    ([0.5, -0.1], r"finite and >= 0; thresholds\[1\] = -0.1"),
+    ([float("nan")], r"finite and >= 0; thresholds\[0\] = nan")])
+def test_generate_grid_rejects_bad_thresholds(model, thresholds, message):
+  with pytest.raises(ValueError, match=message):
     generate_grid(model.config, model.params, model.ids, model.mask, thresholds=thresholds,
                   max_decode_len=T)
 

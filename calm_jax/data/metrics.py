@@ -24,7 +24,12 @@ _PUNCTUATION = frozenset(string.punctuation)
 
 
 def _as_references(references: References) -> list:
-  refs = [references] if isinstance(references, str) else list(references)
+  if isinstance(references, str):
+    return [references]
+  if isinstance(references, bytes) or not isinstance(references, (list, tuple)):
+    raise ValueError(f"references must be a string or a list of strings; got "
+                     f"{type(references).__name__} {references!r:.60}")
+  refs = list(references)
   if not refs:
     raise ValueError("references is empty: each example needs at least one reference")
   for ref in refs:
@@ -121,7 +126,8 @@ TEXT_SIMILARITIES: Dict[str, Callable[[str, References], float]] = {
 
 
 def get_text_similarity(name: str) -> Callable[[str, References], float]:
-  if name not in TEXT_SIMILARITIES:
+  """The similarity function registered under `name`."""
+  if not isinstance(name, str) or name not in TEXT_SIMILARITIES:
     raise ValueError(f"similarity={name!r} is not a text similarity; allowed: "
                      f"{', '.join(TEXT_SIMILARITIES)} (or 'token_agreement' on token ids)")
   return TEXT_SIMILARITIES[name]

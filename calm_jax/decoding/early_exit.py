@@ -80,6 +80,7 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
   num_layers = config.num_decoder_layers
   full_compute = exit_config.propagation == "full_compute"
   # lambda >= 1 never exits early, whatever the decay makes of it at this position.
+  # threshold and lambda_t are [] (one for the batch) or [B] (one per example).
   allow_early = threshold < 1.0 if measure.thresholded else jnp.array(True)
 
   def measure_at(layer_no: Array, hidden: Array, measure_state: Any):
@@ -110,8 +111,8 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     # Logit-based confidence (the costly head) is only computed where it can decide an
     # exit, where the trace records it, or at layer L (its logits give the token); cheap
     # measures run at every exit point so their state stays current.
-    wanted = exit_point & (allow_early | (s.trace.shape[1] > 0) | (layer_no == num_layers)
-                           | (not measure.uses_logits))
+    wanted = exit_point & (jnp.any(allow_early) | (s.trace.shape[1] > 0)
+                           | (layer_no == num_layers) | (not measure.uses_logits))
     confidence, measure_state, logits = jax.lax.cond(
         wanted, measure_at, skip, layer_no, output[:, 0], s.measure_state)
     passes = confidence >= (lambda_t if measure.thresholded else 1.0)
@@ -195,7 +196,10 @@ def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingC
                   max_decode_len: int, return_trace: bool, params: Any, input_ids: Array,
                   attention_mask: Array, threshold: Array, tau: Array,
                   rng: Array) -> GenerateOutput:
-  """The traced body of `generate`; threshold and tau are runtime values (vmappable)."""
+  """The traced body of `generate`; threshold and tau are runtime values (vmappable).
+
+  threshold is [] (the whole batch) or [B] (each example its own lambda).
+  """
   batch = input_ids.shape[0]
   encoded = encode(config, params, input_ids, attention_mask)
   trace_width = config.num_decoder_layers if return_trace else 0

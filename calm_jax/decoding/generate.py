@@ -60,16 +60,45 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
                        jnp.float32(exit.tau), rng if rng is not None else jax.random.PRNGKey(0))
 
 
+def check_threshold_grid(thresholds) -> np.ndarray:
+  """Thresholds as float32 [K]: a non-empty 1-D list of finite values >= 0."""
+  thresholds = np.asarray(thresholds, np.float32)
+  if thresholds.ndim != 1 or thresholds.size < 1:
+    raise ValueError(f"thresholds must be a non-empty 1-D list, got shape {thresholds.shape}")
+  bad = np.flatnonzero(~np.isfinite(thresholds) | (thresholds < 0))
+  if bad.size:
+    raise ValueError(f"thresholds must be finite and >= 0; thresholds[{bad[0]}] = "
+                     f"{float(thresholds[bad[0]])!r}")
+  return thresholds
+
+
+def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention_mask=None, *,
+                             thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
+                             max_decode_len: int, return_trace: bool = False,
+                             max_input_len: Optional[int] = None) -> GenerateOutput:
+  """Greedy `generate` where example b uses its own threshold thresholds[b] ([B]).
+
+  Each row equals decoding that example alone at its threshold (batch invariance), so
+  (example, threshold) pairs from a grid can be packed into one batch.
+  """
+  thresholds = check_threshold_grid(thresholds)
+  _check(config, exit, SamplingConfig(), max_decode_len, None)
+  input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
+  if thresholds.size != input_ids.shape[0]:
+    raise ValueError(f"thresholds has {thresholds.size} entries but the batch has "
+                     f"{input_ids.shape[0]} examples; give one threshold per example")
+  return _generate_jit(config, exit.compiled_part(), SamplingConfig(), max_decode_len,
+                       return_trace, params, input_ids, attention_mask,
+                       jnp.asarray(thresholds), jnp.float32(exit.tau), jax.random.PRNGKey(0))
+
+
 def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,
                   thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
                   max_decode_len: int, sampling: SamplingConfig = SamplingConfig(),
                   rng: Optional[jax.Array] = None, return_trace: bool = False,
                   max_input_len: Optional[int] = None) -> GenerateOutput:
   """`generate` under K thresholds in one compiled call: every field gets a leading [K]."""
-  thresholds = np.asarray(thresholds, np.float32)
-  if thresholds.ndim != 1 or thresholds.size < 1 or (thresholds < 0).any() or not np.isfinite(thresholds).all():
-    raise ValueError(f"thresholds must be a non-empty 1-D list of finite values >= 0, got "
-                     f"{thresholds.tolist()}")
+  thresholds = check_threshold_grid(thresholds)
   _check(config, exit, sampling, max_decode_len, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   return _generate_grid_jit(config, exit.compiled_part(), sampling, max_decode_len,

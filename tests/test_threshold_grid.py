@@ -1,0 +1,138 @@
+"""Decoding under a grid of thresholds: the packed, deduplicated decoder equals the vmapped
+`generate_grid` exactly, and per-example thresholds equal decoding each example alone."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.generate import generate, generate_grid, generate_with_thresholds
+from calm_jax.decoding.threshold_grid import decode_threshold_grid, early_exit_possible
+from calm_jax.model.config import T5Config
+from calm_jax.model.t5 import init_params
+
+CONFIG = T5Config(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2,
+                  num_decoder_layers=5, num_heads=4, feed_forward_proj="gated-gelu",
+                  tie_word_embeddings=False, relative_attention_num_buckets=8,
+                  relative_attention_max_distance=16)
+L = CONFIG.num_decoder_layers
+T = 8
+B = 6
+
+
+@pytest.fixture(scope="module")
+def model():
+  params = init_params(CONFIG, jax.random.PRNGKey(3))
+  # Scale the weights up so that the random model's confidences spread over layers.
+  params = jax.tree.map(lambda w: w * 1.5, params)
+  rng = np.random.RandomState(1)
+  ids = rng.randint(2, CONFIG.vocab_size, (B, 7)).astype(np.int32)
+  mask = np.ones_like(ids)
+  ids[1, 4:], mask[1, 4:] = 0, 0
+  return params, ids, mask
+
+
+def _grid_from_trace(model, exit_config, size):
+  """Thresholds spread over the quantiles of the never-exit confidences (largest first),
+  so the grid mixes pairs that never exit with pairs that exit at various layers."""
+  params, ids, mask = model
+  trace = np.asarray(generate(CONFIG, params, ids, mask,
+                              exit=dataclasses.replace(exit_config, threshold=1.0),
+                              max_decode_len=T, return_trace=True).trace)[..., :-1]
+  values = trace[np.isfinite(trace)]
+  return np.concatenate([[1.0, values.max() + 1e-3],
+                         np.quantile(values, np.linspace(0.95, 0.05, size - 2))]).astype(np.float32)
+
+
+@pytest.mark.parametrize("exit_config", [
+    ExitConfig(measure="softmax_diff"),
+    ExitConfig(measure="state_saturation", min_exit_layer=2),
+    ExitConfig(measure="softmax_max", tau=4.0),
+    ExitConfig(measure="softmax_diff", tau=2.0, decay="code", exit_interval=2),
+    ExitConfig(measure="state_saturation", propagation="full_compute"),
+], ids=["softmax_diff", "saturation_min2", "max_tau", "diff_code_decay", "full_compute"])
+def test_packed_grid_equals_vmapped_grid(model, exit_config):
+  params, ids, mask = model
+  thresholds = _grid_from_trace(model, exit_config, 8)
+  expected = generate_grid(CONFIG, params, ids, mask, thresholds=thresholds, exit=exit_config,
+                           max_decode_len=T)
+  got = decode_threshold_grid(CONFIG, params, ids, mask, thresholds=thresholds,
+                              exit=exit_config, max_decode_len=T, batch_size=4)
+  np.testing.assert_array_equal(got.tokens, np.asarray(expected.tokens))
+  np.testing.assert_array_equal(got.exit_layers, np.asarray(expected.exit_layers))
+  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), atol=1e-6)
+  # Some pairs were copied from the never-exit pass, some decoded, some exit early.
+  assert 0 < got.decoded_pairs < thresholds.size * B
+  assert (got.exit_layers[0] == L * (got.exit_layers[0] > 0)).all()  # lambda = 1
+  assert ((got.exit_layers > 0) & (got.exit_layers < L)).any()
+  np.testing.assert_array_equal(got.full_tokens, got.tokens[0])
+
+
+def test_layer_sums_and_token_counts(model):
+  params, ids, mask = model
+  thresholds = np.array([1.0, 0.2, 0.0], np.float32)
+  got = decode_threshold_grid(CONFIG, params, ids, mask, thresholds=thresholds,
+                              exit=ExitConfig(), max_decode_len=T)
+  np.testing.assert_array_equal(got.layer_sums, got.exit_layers.sum(-1))
+  np.testing.assert_array_equal(got.num_tokens, (got.exit_layers > 0).sum(-1))
+  assert (got.num_tokens >= 1).all()
+  # lambda = 0 with softmax_diff (confidence >= 0 always) exits every token at layer 1.
+  assert set(np.unique(got.exit_layers[2])) <= {0, 1}
+
+
+def test_static_measure_decodes_once_for_the_whole_grid(model):
+  params, ids, mask = model
+  exit_config = ExitConfig(measure="static", static_exit_layer=2)
+  got = decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.9, 0.1],
+                              exit=exit_config, max_decode_len=T)
+  once = generate(CONFIG, params, ids, mask, exit=exit_config, max_decode_len=T)
+  for k in range(2):
+    np.testing.assert_array_equal(got.tokens[k], np.asarray(once.tokens))
+    np.testing.assert_array_equal(got.exit_layers[k], np.asarray(once.exit_layers))
+
+
+def test_per_example_thresholds_equal_decoding_each_alone(model):
+  params, ids, mask = model
+  exit_config = ExitConfig(measure="softmax_diff")
+  thresholds = _grid_from_trace(model, exit_config, B)[::-1].copy()  # one per example
+  both = generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
+                                  exit=exit_config, max_decode_len=T)
+  for b in range(B):
+    alone = generate(CONFIG, params, ids[b:b + 1], mask[b:b + 1],
+                     exit=dataclasses.replace(exit_config, threshold=float(thresholds[b])),
+                     max_decode_len=T)
+    np.testing.assert_array_equal(np.asarray(both.tokens)[b], np.asarray(alone.tokens)[0])
+    np.testing.assert_array_equal(np.asarray(both.exit_layers)[b],
+                                  np.asarray(alone.exit_layers)[0])
+  assert len(set(np.asarray(both.exit_layers)[:, 0].tolist())) > 1  # exits really differ
+
+
+def test_early_exit_possible_on_a_hand_made_trace():
+  exit_config = ExitConfig(min_exit_layer=2)
+  trace = np.full((2, 3, 4), np.nan, np.float32)  # [B, T, L]
+  trace[0, 0] = [0.99, 0.2, 0.3, 0.99]  # layer 1 is no exit point; layer L does not count
+  trace[1, 1] = [0.1, 0.1, 0.7, 0.1]
+  thresholds = np.array([1.0, 0.8, 0.7, 0.25], np.float32)
+  got = early_exit_possible(trace, thresholds, exit_config, 4, 3, margin=0.0)
+  np.testing.assert_array_equal(got, [[False, False], [False, False], [False, True],
+                                      [True, True]])
+  # The margin makes a near miss count as reachable.
+  near = early_exit_possible(trace, np.array([0.7001], np.float32), exit_config, 4, 3, 1e-3)
+  np.testing.assert_array_equal(near, [[False, True]])
+
+
+def test_bad_arguments(model):
+  params, ids, mask = model
+  with pytest.raises(ValueError, match=r"margin must be >= 0, got -1"):
+    decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.5], max_decode_len=T,
+                          margin=-1)
+  with pytest.raises(ValueError, match=r"thresholds\[1\] = nan"):
+    decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.5, np.nan], max_decode_len=T)
+  with pytest.raises(ValueError, match="batch_size must be a positive integer, got -2"):
+    decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.5], max_decode_len=T,
+                          batch_size=-2)
+  with pytest.raises(ValueError, match="thresholds has 2 entries but the batch has 6"):
+    generate_with_thresholds(CONFIG, params, ids, mask, thresholds=[0.5, 0.4],
+                             max_decode_len=T)
