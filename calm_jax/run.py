@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from typing import Callable, Dict
 
 import jax
@@ -12,25 +10,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from calm_jax.calibrate_mode import calibrate_examples
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
+from calm_jax.files import write_jsonl_atomically
 from calm_jax.model.source import load_model
-
-
-def write_jsonl_atomically(path: str, records) -> None:
-  """Writes JSON Lines to a temporary file beside `path`, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
-  try:
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-      for record in records:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
 
 
 def exit_config_from(config: ml_collections.ConfigDict) -> ExitConfig:
@@ -68,6 +54,7 @@ def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 MODES: Dict[str, Callable[[ml_collections.ConfigDict, str], str]] = {
     "decode": decode_examples,
+    "calibrate": calibrate_examples,
 }
 
 

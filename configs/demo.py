@@ -11,7 +11,7 @@ from calm_jax.data import byte_vocab
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "decode"  # what to run; see calm_jax.run.MODES
+  config.mode = "decode"  # what to run: 'decode' or 'calibrate' (calm_jax.run.MODES)
   config.seed = 0  # seeds parameter initialisation and the generated examples
 
   config.model = ml_collections.ConfigDict()
@@ -46,4 +46,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.exit.exit_interval = 1  # exit points every this many layers
   config.exit.static_exit_layer = 0  # layer of the 'static' measure
   config.exit.propagation = "copy_state"  # 'copy_state' or 'full_compute'
+
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.num_examples = 200  # generated examples decoded for calibration
+  # Candidate thresholds, strictly decreasing: 1.0, 0.95, ..., 0.05.
+  config.calibration.thresholds = tuple(round(1.0 - 0.05 * i, 2) for i in range(20))
+  config.calibration.deltas = (0.05, 0.1, 0.2, 0.3)  # tolerated expected losses
+  config.calibration.epsilon = 0.1  # allowed probability that the guarantee fails
+  # Rules compared: 'naive' or 'ltt_<hoeffding|bentkus|hoeffding_bentkus|binomial>[_bonferroni]'
+  config.calibration.rules = ("ltt_hoeffding_bentkus", "ltt_hoeffding", "naive")
+  config.calibration.objective = "textual"  # 'textual' (vs the full model) or 'risk' (vs targets)
+  # Loss = 1 - similarity: rouge_l, token_f1, exact_match, bleu, chrf, or token_agreement (ids)
+  config.calibration.similarity = "token_agreement"
+  config.calibration.num_splits = 100  # random calibration/test splits of the validity study
+  config.calibration.calibration_fraction = 0.8  # share of examples calibrating each split
+  config.calibration.batch_size = 0  # rows per packed grid decode call; 0 = num_examples
   return config

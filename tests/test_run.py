@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from calm_jax import run
+from calm_jax import files, run
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
 from calm_jax.decoding.exit_rule import ExitConfig
@@ -85,7 +85,7 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
   target = tmp_path / "out.jsonl"
   target.write_text("old\n")
   with pytest.raises(TypeError):
-    run.write_jsonl_atomically(str(target), [{"ok": 1}, {"bad": object()}])
+    files.write_jsonl_atomically(str(target), [{"ok": 1}, {"bad": object()}])
   assert target.read_text() == "old\n"
   assert os.listdir(tmp_path) == ["out.jsonl"]
 

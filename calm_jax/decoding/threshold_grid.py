@@ -45,6 +45,7 @@ class GridDecode:
   exit_layers: np.ndarray  # [K, B, T] int32, 1..L per token, 0 after EOS
   confidences: np.ndarray  # [K, B, T] float32 confidence at the exit layer
   full_tokens: np.ndarray  # [B, T] int32, the never-exit (full model) decode
+  full_exit_layers: np.ndarray  # [B, T] int32, L per generated token, 0 after EOS
   num_layers: int  # L
   decoded_pairs: int  # (threshold, example) pairs that needed their own decode
 
@@ -104,7 +105,7 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                     max_decode_len=max_decode_len)
     return GridDecode(thresholds, stack(once.tokens), stack(once.exit_layers),
                       stack(once.confidences), np.asarray(full.tokens),
-                      config.num_decoder_layers, batch)
+                      np.asarray(full.exit_layers), config.num_decoder_layers, batch)
   needed = early_exit_possible(np.asarray(full.trace), thresholds, exit,
                                config.num_decoder_layers, max_decode_len, margin)  # [K, B]
   pairs = np.argwhere(needed)  # [P, 2] (k, b)
@@ -120,4 +121,4 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
     exit_layers[k, b] = np.asarray(out.exit_layers)[:len(chunk)]
     confidences[k, b] = np.asarray(out.confidences)[:len(chunk)]
   return GridDecode(thresholds, tokens, exit_layers, confidences, np.asarray(full.tokens),
-                    config.num_decoder_layers, len(pairs))
+                    np.asarray(full.exit_layers), config.num_decoder_layers, len(pairs))

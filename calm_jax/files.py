@@ -1,0 +1,34 @@
+"""Atomic output files: written to a temporary file beside the target, then renamed, so a
+failed or interrupted write never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+  directory = os.path.dirname(os.path.abspath(path))
+  suffix = os.path.splitext(path)[1]
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  try:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(temporary, path)
+  except BaseException:
+    os.unlink(temporary)
+    raise
+
+
+def write_jsonl_atomically(path: str, records: Iterable[Any]) -> None:
+  """One JSON object per line."""
+  lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+  write_text_atomically(path, "".join(lines))
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  """Indented strict JSON (NaN or infinity is an error, not a non-standard token)."""
+  write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
