@@ -100,6 +100,10 @@ def validity_study(losses, thresholds, layer_sums, token_counts, num_layers: int
   matrix = calibration.check_losses(losses, grid.size)
   layer_sums, token_counts, calibration_size = _check_inputs(
       matrix, layer_sums, token_counts, num_layers, num_splits, calibration_fraction)
+  if isinstance(rules, str) or not rules:
+    raise ValueError(f"rules must be a non-empty list of rule names, got {rules!r}")
+  if isinstance(deltas, str) or not len(deltas):
+    raise ValueError(f"deltas must be a non-empty list of tolerances, got {deltas!r}")
   for rule in rules:
     if rule != "naive":
       calibration.parse_rule(rule)

@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from calm_jax import files, run
+from calm_jax import calibrate_mode, calibration, consistency, files, run
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate
+from calm_jax.decoding.generate import generate, generate_grid
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.source import load_model, t5_config_from
 
@@ -126,3 +126,70 @@ def test_main_flags_override_and_reject_bad_values(tmp_path):
   unknown = subprocess.run(command + ["--config.model.widht=3"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
   assert unknown.returncode != 0 and "widht" in unknown.stderr
+
+
+def calibrate_config(**calibration):
+  config = demo_config()
+  config.unlock()
+  config.mode = "calibrate"
+  config.calibration.update({**dict(num_examples=12, thresholds=(1.0, 0.6, 0.3, 0.1),
+                                    deltas=(0.1, 0.4), num_splits=4, calibration_fraction=0.75),
+                             **calibration})
+  config.lock()
+  return config
+
+
+@pytest.mark.parametrize("objective, similarity", [("textual", "token_agreement"),
+                                                   ("risk", "chrf")])
+def test_calibrate_mode_chooses_what_ltt_chooses_on_the_decoded_grid(tmp_path, objective,
+                                                                     similarity):
+  config = calibrate_config(objective=objective, similarity=similarity)
+  path = run.run(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["calibration.json", "validity.json", "validity.md",
+                                          "validity.png"]
+  summary = json.load(open(path, encoding="utf-8"))
+  # Decode the grid independently (vmapped decoder) and recompute the losses.
+  examples = sample_examples(12, config.seed)
+  model_config, params = load_model(config.model, config.seed)
+  ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
+  thresholds = list(config.calibration.thresholds)
+  grid = generate_grid(model_config, params, ids, mask, thresholds=thresholds,
+                       exit=run.exit_config_from(config), max_decode_len=5)
+  full = greedy_decode(model_config, params, ids, mask, max_decode_len=5)
+  if similarity == "token_agreement":
+    ids_of = lambda row: [int(t) for t in row[:list(row).index(1) + 1]] if 1 in row else [
+        int(t) for t in row]
+    early = [[ids_of(list(np.asarray(r))) for r in tokens] for tokens in grid.tokens]
+    reference = [ids_of(list(np.asarray(r))) for r in full]
+  else:
+    early = [[byte_vocab.decode(r) for r in tokens] for tokens in np.asarray(grid.tokens)]
+    reference = [byte_vocab.decode(r) for r in np.asarray(full)]
+  losses = consistency.consistency_losses(objective, early, reference,
+                                          [[e.targets] for e in examples], similarity)
+  np.testing.assert_allclose(summary["mean_loss"], losses.mean(0), atol=1e-12)
+  assert len(summary["choices"]) == 2 * len(config.calibration.rules)
+  for choice in summary["choices"]:
+    expected = calibration.calibrate(losses, thresholds, choice["delta"], 0.1, choice["rule"])
+    assert choice["threshold"] == expected.threshold
+    assert choice["result"] == expected.to_dict()
+  report = json.load(open(tmp_path / "validity.json", encoding="utf-8"))
+  assert [(s["delta"], s["rule"]) for s in report["summaries"]] == [
+      (d, r) for d in (0.1, 0.4) for r in config.calibration.rules]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("deltas", (0.1, 1.5), r"calibration.deltas must lie strictly between 0 and 1; got 1.5"),
+    ("rules", ("ltt_hoefding",), r"calibration.rules has 'ltt_hoefding'; allowed: naive"),
+    ("thresholds", (0.5, 0.9), r"strictly decreasing"),
+    ("objective", "bleu", r"calibration.objective='bleu'; allowed: textual, risk"),
+    ("similarity", "bleurt", r"calibration.similarity='bleurt' is not allowed"),
+])
+def test_calibrate_mode_rejects_bad_settings_before_decoding(tmp_path, monkeypatch, field,
+                                                             value, message):
+  def no_model(*args):
+    raise AssertionError("the model was loaded before the settings were checked")
+  monkeypatch.setattr(calibrate_mode, "load_model", no_model)
+  config = calibrate_config(**{field: value})
+  with pytest.raises(ValueError, match=message):
+    run.run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
