@@ -9,13 +9,29 @@ import tempfile
 from typing import Any, Iterable
 
 
+def _new_file_mode() -> int:
+  """The mode a plain `open(path, 'w')` would give: 0o666 less the umask."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+def temporary_beside(path: str) -> str:
+  """A new empty file next to `path` (same directory, so the rename is atomic), with the
+  permissions a normal write would give (mkstemp's own are 0600)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-",
+                                       suffix=os.path.splitext(path)[1])
+  os.close(handle)
+  os.chmod(temporary, _new_file_mode())
+  return temporary
+
+
 def write_text_atomically(path: str, text: str) -> None:
   """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  suffix = os.path.splitext(path)[1]
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  temporary = temporary_beside(path)
   try:
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
+    with open(temporary, "w", encoding="utf-8") as f:
       f.write(text)
     os.replace(temporary, path)
   except BaseException:

@@ -4,8 +4,12 @@ One set of outputs decoded under a threshold grid is split R times at random int
 calibration part (80% by default) and a test part. Each rule (LTT with a p-value method, or
 the naive rule) picks a threshold on the calibration part; the test part then shows the loss
 actually incurred at that threshold and the decoder layers it used. LTT promises that the
-test loss exceeds delta in at most a fraction epsilon of splits (up to the test part's own
-sampling noise); the naive rule promises nothing.
+expected loss exceeds delta with probability at most epsilon; the naive rule promises
+nothing. Two violation rates are reported: on the test part (what a user would observe; it
+includes the test part's own sampling noise, and because the parts are drawn without
+replacement from one set, a lucky calibration part means an unlucky test part), and on the
+whole set of n examples (the finite-population stand-in for the expected loss, which is
+what LTT bounds).
 
 Speedups here count decoder layers (L / average exit layer), not wall-clock time: the grid
 is decoded once, so no per-threshold timing exists.
@@ -16,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from typing import Dict, List, Sequence
 
 import numpy as np
 
-from calm_jax import calibration
+from calm_jax import calibration, files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,9 @@ class RuleSummary:
   rule: str  # 'naive' or 'ltt_<method>[_bonferroni]'
   delta: float
   violation_rate: float  # fraction of splits whose test loss exceeds delta
+  # fraction of splits whose chosen threshold's mean loss over all n examples exceeds delta:
+  # the population quantity LTT bounds, free of the test part's sampling noise
+  population_violation_rate: float
   mean_threshold: float  # chosen threshold, averaged over splits
   mean_test_loss: float  # loss on the test part at the chosen threshold
   mean_exit_layer: float  # token-weighted average exit layer on the test part
@@ -63,6 +69,8 @@ class ValidityReport:
 
 def _check_inputs(losses: np.ndarray, layer_sums, token_counts, num_layers: int,
                   num_splits: int, calibration_fraction: float):
+  if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+    raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
   layer_sums = np.asarray(layer_sums, np.float64)
   token_counts = np.asarray(token_counts, np.float64)
   for name, array in (("layer_sums", layer_sums), ("token_counts", token_counts)):
@@ -71,8 +79,11 @@ def _check_inputs(losses: np.ndarray, layer_sums, token_counts, num_layers: int,
                        f"are [examples, thresholds]")
     if not np.all(np.isfinite(array) & (array >= 0)):
       raise ValueError(f"{name} must be finite and >= 0")
-  if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
-    raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+  bad = np.argwhere((layer_sums < token_counts) | (layer_sums > num_layers * token_counts))
+  if bad.size:
+    i, j = bad[0]
+    raise ValueError(f"layer_sums[{i}, {j}] = {layer_sums[i, j]:g} is impossible for "
+                     f"{token_counts[i, j]:g} tokens: every token runs 1..num_layers layers")
   if isinstance(num_splits, bool) or not isinstance(num_splits, (int, np.integer)) or num_splits < 1:
     raise ValueError(f"num_splits must be a positive integer, got {num_splits!r}")
   if not 0.0 < calibration_fraction < 1.0:
@@ -114,7 +125,7 @@ def validity_study(losses, thresholds, layer_sums, token_counts, num_layers: int
     for rule in rules:
       summaries.append(_summarise_rule(matrix, grid, layer_sums, token_counts, num_layers,
                                        splits, calibration_size, float(delta), epsilon, rule))
-  return ValidityReport(epsilon=float(epsilon), num_splits=num_splits,
+  return ValidityReport(epsilon=float(epsilon), num_splits=int(num_splits),
                         calibration_fraction=float(calibration_fraction),
                         num_examples=matrix.shape[0], num_layers=int(num_layers),
                         summaries=summaries)
@@ -122,11 +133,13 @@ def validity_study(losses, thresholds, layer_sums, token_counts, num_layers: int
 
 def _summarise_rule(losses, grid, layer_sums, token_counts, num_layers, splits,
                     calibration_size, delta, epsilon, rule) -> RuleSummary:
-  chosen, test_losses, exit_layers = [], [], []
+  chosen, test_losses, exit_layers, population_losses = [], [], [], []
+  column_means = losses.mean(axis=0)  # [k] over all n examples
   for order in splits:
     calib, test = order[:calibration_size], order[calibration_size:]
     result = calibration.calibrate(losses[calib], grid, delta, epsilon, rule)
     j = result.chosen_index
+    population_losses.append(0.0 if j is None else float(column_means[j]))
     if j is None:  # never exit: the full model, loss 0, every token runs L layers
       test_losses.append(0.0)
       exit_layers.append(float(num_layers))
@@ -140,6 +153,7 @@ def _summarise_rule(losses, grid, layer_sums, token_counts, num_layers, splits,
   return RuleSummary(
       rule=rule, delta=delta,
       violation_rate=float(np.mean(np.asarray(test_losses) > delta)),
+      population_violation_rate=float(np.mean(np.asarray(population_losses) > delta)),
       mean_threshold=float(np.mean(chosen)), mean_test_loss=float(np.mean(test_losses)),
       mean_exit_layer=mean_layer, layer_speedup=num_layers / mean_layer,
       never_exit_fraction=float(np.mean(np.asarray(chosen) >= calibration.NEVER_EXIT)),
@@ -152,10 +166,12 @@ def format_table(report: ValidityReport) -> str:
            f"{1 - report.calibration_fraction:.0%} splits of {report.num_examples} examples "
            f"(epsilon = {report.epsilon}; speedup counts decoder layers, L = "
            f"{report.num_layers})", "",
-           "| delta | rule | violation rate | mean threshold | mean test loss | mean exit layer "
-           "| layer speedup |", "|---|---|---|---|---|---|---|"]
+           "| delta | rule | violation rate (test) | violation rate (all n) | mean threshold "
+           "| mean test loss | mean exit layer | layer speedup |",
+           "|---|---|---|---|---|---|---|---|"]
   for s in report.summaries:
-    lines.append(f"| {s.delta:g} | {s.rule} | {s.violation_rate:.3f} | {s.mean_threshold:.3f} "
+    lines.append(f"| {s.delta:g} | {s.rule} | {s.violation_rate:.3f} | "
+                 f"{s.population_violation_rate:.3f} | {s.mean_threshold:.3f} "
                  f"| {s.mean_test_loss:.4f} | {s.mean_exit_layer:.2f} | {s.layer_speedup:.2f}x |")
   return "\n".join(lines)
 
@@ -192,9 +208,7 @@ def plot_validity(report: ValidityReport, path: str) -> None:
   figure.suptitle(f"Calibration validity over {report.num_splits} random splits "
                   f"(epsilon = {report.epsilon})")
   figure.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-  os.close(handle)
+  temporary = files.temporary_beside(path)
   try:
     figure.savefig(temporary, dpi=110, format="png")
     os.replace(temporary, path)

@@ -16,7 +16,7 @@ the cache holds what the full model would have written; exits only choose the to
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax
 import jax
@@ -26,7 +26,7 @@ from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
 from calm_jax.decoding.measures import Measure, MeasureInputs, get_measure
 from calm_jax.decoding.sampling import SamplingConfig, select_tokens
 from calm_jax.model.config import T5Config
-from calm_jax.model.incremental import (DecoderCache, decoder_layer_step, decoder_step,
+from calm_jax.model.incremental import (DecoderCache, decoder_layer_rows, decoder_step,
                                         init_decoder_cache, step_self_bias, write_self_kv)
 from calm_jax.model.t5 import embed, encode, exit_logits
 
@@ -74,9 +74,24 @@ class TokenLoopState:
   rng: Array  # PRNG key, split once per position when sampling
 
 
+def row_buckets(batch: int, count: int = 4) -> Tuple[int, ...]:
+  """Row counts the layer loop may run a layer on: B, ceil(B/2), ceil(B/4), ... (distinct,
+  at most `count`)."""
+  sizes = [batch]
+  while len(sizes) < count and sizes[-1] > 1:
+    sizes.append(-(-sizes[-1] // 2))
+  return tuple(sizes)
+
+
 def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
                 state: LayerLoopState, position: Array, self_bias: Array, threshold: Array,
-                lambda_t: Array, final_top1: Optional[Array]) -> LayerLoopState:
+                lambda_t: Array, final_top1: Optional[Array], compact: bool) -> LayerLoopState:
+  """Runs decoder layers for one output position until every running example has exited.
+
+  With `compact`, a layer runs only on a bucket of rows holding the running examples (see
+  `row_buckets`), so examples that left early stop costing compute; exited rows still get
+  their propagated K/V written at every layer the loop runs.
+  """
   num_layers = config.num_decoder_layers
   full_compute = exit_config.propagation == "full_compute"
   # lambda >= 1 never exits early, whatever the decay makes of it at this position.
@@ -103,18 +118,47 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
       return s.layers_run < num_layers
     return (s.layers_run < num_layers) & ~jnp.all(s.exited)
 
+  batch = state.hidden.shape[0]
+  buckets = row_buckets(batch) if compact and not full_compute else (batch,)
+
+  def layer_on_rows(size: int, s: LayerLoopState, cache: DecoderCache, wanted: Array):
+    """The layer and its measure on `size` rows that include every running one; results
+    scattered back to [B] (rows left out have exited: their values are never read)."""
+    layer_no = s.layers_run + 1
+    if size == batch:
+      output = decoder_layer_rows(config, params, cache, s.layers_run, s.hidden, self_bias)
+      return (output,) + jax.lax.cond(wanted, measure_at, skip, layer_no, output[:, 0],
+                                      s.measure_state)
+    rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
+    take = lambda full: jnp.take(full, rows, axis=0)
+    part = decoder_layer_rows(config, params, cache, s.layers_run, take(s.hidden), self_bias,
+                              rows)  # [R, 1, d]
+    confidence, measure_state, logits = jax.lax.cond(
+        wanted, measure_at, skip, layer_no, part[:, 0], jax.tree.map(take, s.measure_state))
+    put = lambda full, piece: full.at[rows].set(piece)
+    return (put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
+            jax.tree.map(put, s.measure_state, measure_state),
+            put(jnp.zeros((batch,) + logits.shape[1:], logits.dtype), logits))
+
   def run_layer(s: LayerLoopState) -> LayerLoopState:
     layer_no = s.layers_run + 1
-    output, cache = decoder_layer_step(config, params, s.cache, s.layers_run, s.hidden,
-                                       position, self_bias)  # [B, 1, d]
+    # Every row writes this layer's K/V: running rows from their true input, exited rows
+    # from their frozen exit state (state propagation).
+    cache = write_self_kv(config, params, s.cache, s.layers_run, s.hidden, position)
     exit_point = is_exit_point(layer_no, exit_config, num_layers)
     # Logit-based confidence (the costly head) is only computed where it can decide an
     # exit, where the trace records it, or at layer L (its logits give the token); cheap
     # measures run at every exit point so their state stays current.
     wanted = exit_point & (jnp.any(allow_early) | (s.trace.shape[1] > 0)
                            | (layer_no == num_layers) | (not measure.uses_logits))
-    confidence, measure_state, logits = jax.lax.cond(
-        wanted, measure_at, skip, layer_no, output[:, 0], s.measure_state)
+    if len(buckets) == 1:
+      output, confidence, measure_state, logits = layer_on_rows(batch, s, cache, wanted)
+    else:
+      # The smallest bucket that holds every running row.
+      branch = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
+      output, confidence, measure_state, logits = jax.lax.switch(
+          branch, [functools.partial(layer_on_rows, size) for size in buckets], s, cache,
+          wanted)
     passes = confidence >= (lambda_t if measure.thresholded else 1.0)
     leaves = ~s.exited & exit_point & ((passes & allow_early) | (layer_no == num_layers))
     frozen = s.exited[:, None, None] & (not full_compute)
@@ -150,8 +194,9 @@ def _oracle_final_top1(config, params, cache, token, position):
 
 
 def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfig,
-                           sampling: SamplingConfig, max_decode_len: int, threshold: Array,
-                           tau: Array, state: TokenLoopState) -> TokenLoopState:
+                           sampling: SamplingConfig, max_decode_len: int, compact: bool,
+                           threshold: Array, tau: Array,
+                           state: TokenLoopState) -> TokenLoopState:
   measure = get_measure(exit_config.measure)
   position, cache = state.position, state.cache
   final_top1 = None
@@ -171,7 +216,8 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
           measure_state=measure.init_state(embedded[:, 0]),
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
       position, step_self_bias(config, params, position, max_decode_len), threshold,
-      threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1)
+      threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1,
+      compact)
   cache = layers.cache
   if exit_config.propagation == "copy_state":
     cache = propagate_state(config, params, cache, layers.exit_hidden, layers.layers_run, position)
@@ -195,10 +241,12 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
 def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
                   max_decode_len: int, return_trace: bool, params: Any, input_ids: Array,
                   attention_mask: Array, threshold: Array, tau: Array,
-                  rng: Array) -> GenerateOutput:
+                  rng: Array, compact: bool = True) -> GenerateOutput:
   """The traced body of `generate`; threshold and tau are runtime values (vmappable).
 
-  threshold is [] (the whole batch) or [B] (each example its own lambda).
+  threshold is [] (the whole batch) or [B] (each example its own lambda). `compact` (static)
+  runs each layer on running rows only; under vmap its branch choice would become a select
+  that computes every bucket, so `generate_grid` turns it off.
   """
   batch = input_ids.shape[0]
   encoded = encode(config, params, input_ids, attention_mask)
@@ -214,7 +262,7 @@ def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingC
       cache=init_decoder_cache(config, params, encoded, attention_mask, max_decode_len),
       rng=rng)
   step = functools.partial(_generate_one_position, config, params, exit_config, sampling,
-                           max_decode_len, threshold, tau)
+                           max_decode_len, compact, threshold, tau)
   not_finished = lambda s: (s.position < max_decode_len) & ~jnp.all(s.done)
   state = jax.lax.while_loop(not_finished, step, state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,

@@ -30,7 +30,7 @@ def _generate_grid_jit(config, exit_config, sampling, max_decode_len, return_tra
                        input_ids, attention_mask, thresholds, tau, rng):
   one = lambda threshold: generate_impl(config, exit_config, sampling, max_decode_len,
                                         return_trace, params, input_ids, attention_mask,
-                                        threshold, tau, rng)
+                                        threshold, tau, rng, compact=False)
   return jax.vmap(one)(thresholds)
 
 

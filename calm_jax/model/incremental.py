@@ -92,12 +92,23 @@ def decoder_layer_step(config: T5Config, params: Params, cache: DecoderCache, la
   """Runs decoder layer `layer` on x [B, 1, d] at `position`; returns its output and the
   cache with this position's K/V written."""
   cache = write_self_kv(config, params, cache, layer, x, position)
-  pick = lambda stacked: jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
-  y = DecoderLayer(config).apply(
+  return decoder_layer_rows(config, params, cache, layer, x, self_bias), cache  # [B, 1, d]
+
+
+def decoder_layer_rows(config: T5Config, params: Params, cache: DecoderCache, layer: Array,
+                       x: Array, self_bias: Array, rows: Optional[Array] = None) -> Array:
+  """Layer `layer`'s output for inputs x [R, 1, d] of batch rows `rows` [R] (all rows when
+  None), reading a cache that already holds this position's K/V: [R, 1, d].
+
+  The early-exit decoder passes only the rows that have not exited, so a batch whose
+  examples left early does less work."""
+  def pick(stacked):  # [L, B, ...] -> [R, ...]
+    one_layer = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
+    return one_layer if rows is None else jnp.take(one_layer, rows, axis=0)
+  cross_bias = cache.cross_bias if rows is None else jnp.take(cache.cross_bias, rows, axis=0)
+  return DecoderLayer(config).apply(
       {"params": layer_params(params, layer)}, x, self_bias, pick(cache.cross_k),
-      pick(cache.cross_v), cache.cross_bias, self_k=pick(cache.self_k),
-      self_v=pick(cache.self_v))
-  return y, cache  # y [B, 1, d]
+      pick(cache.cross_v), cross_bias, self_k=pick(cache.self_k), self_v=pick(cache.self_v))
 
 
 def decoder_step(config: T5Config, params: Params, cache: DecoderCache, token: Array,
