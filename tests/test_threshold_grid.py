@@ -136,3 +136,39 @@ def test_bad_arguments(model):
   with pytest.raises(ValueError, match="thresholds has 2 entries but the batch has 6"):
     generate_with_thresholds(CONFIG, params, ids, mask, thresholds=[0.5, 0.4],
                              max_decode_len=T)
+
+
+def test_row_buckets():
+  from calm_jax.decoding.early_exit import row_buckets  # pylint: disable=import-outside-toplevel
+  assert row_buckets(1) == (1,)
+  assert row_buckets(2) == (2, 1)
+  assert row_buckets(8) == (8, 4, 2, 1)
+  assert row_buckets(200) == (200, 100, 50, 25)
+  assert row_buckets(7) == (7, 4, 2, 1)
+
+
+@pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation"])
+def test_running_only_the_running_rows_changes_nothing(model, measure):
+  """The compacted layer loop (layers on a bucket of running rows) equals running every
+  row, on a batch where rows leave at different layers so the smaller buckets are used."""
+  from calm_jax.decoding import early_exit  # pylint: disable=import-outside-toplevel
+  params, ids, mask = model
+  exit_config = ExitConfig(measure=measure)
+  thresholds = _grid_from_trace(model, exit_config, B)[::-1].copy()  # one per example
+
+  def run(compact):
+    return jax.jit(early_exit.generate_impl, static_argnums=(0, 1, 2, 3, 4),
+                   static_argnames=("compact",))(
+        CONFIG, exit_config, early_exit.SamplingConfig(), T, True, params, ids, mask,
+        thresholds, np.float32(0.0), jax.random.PRNGKey(0), compact=compact)
+
+  compact, dense = run(True), run(False)
+  np.testing.assert_array_equal(np.asarray(compact.tokens), np.asarray(dense.tokens))
+  np.testing.assert_array_equal(np.asarray(compact.exit_layers), np.asarray(dense.exit_layers))
+  np.testing.assert_allclose(np.asarray(compact.confidences), np.asarray(dense.confidences),
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(compact.trace), np.asarray(dense.trace), atol=1e-6)
+  # Somewhere the loop went on with at most half of the rows running: a smaller bucket ran.
+  layers = np.asarray(dense.exit_layers)  # [B, T]
+  running_after = np.stack([(layers > l).sum(axis=0) for l in range(1, L)])  # [L-1, T]
+  assert ((running_after > 0) & (running_after <= B // 2)).any()
