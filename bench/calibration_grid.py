@@ -11,7 +11,9 @@ prints each cost as a multiple of one full-model greedy pass over the same 200 i
    skipped layer were free for every row of a batch.
 
 Both grid decoders are checked to give identical tokens. Model: configs/demo.py's model
-(random weights, byte vocabulary) with the width and depth from the flags.
+(byte vocabulary) with the width and depth from the flags, trained for --train_steps steps
+of CALM's anytime loss on generated copy/reverse/add examples (bench/tiny_calm_training.py)
+so that its confidences mean something; --train_steps=0 keeps the random weights.
 
   .venv/bin/python bench/calibration_grid.py [--measure=state_saturation --d_model=256]
 """
@@ -34,6 +36,7 @@ from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.source import t5_config_from
 from calm_jax.model.t5 import init_params
+from bench import tiny_calm_training
 from configs import demo
 
 flags.DEFINE_integer("num_inputs", 200, "Inputs decoded.")
@@ -44,6 +47,8 @@ flags.DEFINE_integer("layers", 4, "Decoder layers.")
 flags.DEFINE_string("measure", "softmax_diff", "Confidence measure.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (median).")
 flags.DEFINE_integer("batch_size", 0, "Rows per packed decode call (0 = num_inputs).")
+flags.DEFINE_integer("train_steps", 400, "CALM-style training steps before decoding (0 = the "
+                     "untrained model, whose early outputs diverge at once).")
 FLAGS = flags.FLAGS
 
 
@@ -66,6 +71,12 @@ def main(_):
   model.update(d_model=d, d_kv=d // 4, d_ff=2 * d, num_decoder_layers=FLAGS.layers)
   config = t5_config_from(model)
   params = init_params(config, jax.random.PRNGKey(0))
+  loss = float("nan")
+  if FLAGS.train_steps:
+    training = sample_examples(4000, 1)
+    params, loss = tiny_calm_training.train(config, params, [e.inputs for e in training],
+                                            [e.targets for e in training],
+                                            steps=FLAGS.train_steps)
   examples = sample_examples(FLAGS.num_inputs, 0)
   ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], 32)
   thresholds = np.round(1.0 - 0.05 * np.arange(FLAGS.num_thresholds), 2).astype(np.float32)
@@ -73,7 +84,8 @@ def main(_):
   length = FLAGS.decode_len
   print(f"backend {jax.default_backend()}; {FLAGS.num_inputs} inputs x {thresholds.size} "
         f"thresholds ({thresholds[0]:g}..{thresholds[-1]:g}), {length} tokens, d_model {d}, "
-        f"{FLAGS.layers} decoder layers, measure {FLAGS.measure}")
+        f"{FLAGS.layers} decoder layers, measure {FLAGS.measure}; model trained "
+        f"{FLAGS.train_steps} steps (anytime loss {loss:.3f})")
 
   _, full, _ = timed(lambda: greedy_decode(config, params, ids, mask, max_decode_len=length),
                      FLAGS.repeats)

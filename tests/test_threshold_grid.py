@@ -106,6 +106,8 @@ def test_per_example_thresholds_equal_decoding_each_alone(model):
     np.testing.assert_array_equal(np.asarray(both.tokens)[b], np.asarray(alone.tokens)[0])
     np.testing.assert_array_equal(np.asarray(both.exit_layers)[b],
                                   np.asarray(alone.exit_layers)[0])
+    np.testing.assert_allclose(np.asarray(both.confidences)[b],
+                               np.asarray(alone.confidences)[0], atol=1e-5)
   assert len(set(np.asarray(both.exit_layers)[:, 0].tolist())) > 1  # exits really differ
 
 
@@ -147,20 +149,28 @@ def test_row_buckets():
   assert row_buckets(7) == (7, 4, 2, 1)
 
 
-@pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation"])
-def test_running_only_the_running_rows_changes_nothing(model, measure):
+@pytest.mark.parametrize("exit_config, small_buckets_run", [
+    (ExitConfig(measure="softmax_diff"), True), (ExitConfig(measure="softmax_max", tau=3.0), True),
+    (ExitConfig(measure="state_saturation"), True), (ExitConfig(measure="oracle"), True),
+    (ExitConfig(measure="static", static_exit_layer=2), False),
+], ids=["softmax_diff", "softmax_max_tau", "state_saturation", "oracle", "static"])
+def test_running_only_the_running_rows_changes_nothing(model, exit_config, small_buckets_run):
   """The compacted layer loop (layers on a bucket of running rows) equals running every
   row, on a batch where rows leave at different layers so the smaller buckets are used."""
   from calm_jax.decoding import early_exit  # pylint: disable=import-outside-toplevel
   params, ids, mask = model
-  exit_config = ExitConfig(measure=measure)
-  thresholds = _grid_from_trace(model, exit_config, B)[::-1].copy()  # one per example
+  if exit_config.measure in ("oracle", "static"):
+    thresholds = np.zeros(B, np.float32)  # not used by these measures
+  else:
+    thresholds = _grid_from_trace(model, exit_config, B)[::-1].copy()  # one per example
+    thresholds[-1] = 1.0  # one row never exits early
 
   def run(compact):
     return jax.jit(early_exit.generate_impl, static_argnums=(0, 1, 2, 3, 4),
                    static_argnames=("compact",))(
-        CONFIG, exit_config, early_exit.SamplingConfig(), T, True, params, ids, mask,
-        thresholds, np.float32(0.0), jax.random.PRNGKey(0), compact=compact)
+        CONFIG, exit_config.compiled_part(), early_exit.SamplingConfig(), T, True, params,
+        ids, mask, thresholds, np.float32(exit_config.tau), jax.random.PRNGKey(0),
+        compact=compact)
 
   compact, dense = run(True), run(False)
   np.testing.assert_array_equal(np.asarray(compact.tokens), np.asarray(dense.tokens))
@@ -168,7 +178,13 @@ def test_running_only_the_running_rows_changes_nothing(model, measure):
   np.testing.assert_allclose(np.asarray(compact.confidences), np.asarray(dense.confidences),
                              atol=1e-6)
   np.testing.assert_allclose(np.asarray(compact.trace), np.asarray(dense.trace), atol=1e-6)
-  # Somewhere the loop went on with at most half of the rows running: a smaller bucket ran.
+  # Where the loop went on with at most half of the rows running, a smaller bucket ran.
   layers = np.asarray(dense.exit_layers)  # [B, T]
   running_after = np.stack([(layers > l).sum(axis=0) for l in range(1, L)])  # [L-1, T]
-  assert ((running_after > 0) & (running_after <= B // 2)).any()
+  assert ((running_after > 0) & (running_after <= B // 2)).any() == small_buckets_run
+  if exit_config.measure not in ("oracle", "static"):
+    assert (layers[-1][layers[-1] > 0] == L).all()  # lambda = 1 in a mixed batch
+  # The public entry (compacted) agrees too.
+  public = generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
+                                    exit=exit_config, max_decode_len=T)
+  np.testing.assert_array_equal(np.asarray(public.tokens), np.asarray(dense.tokens))

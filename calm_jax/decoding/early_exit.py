@@ -3,10 +3,12 @@ over decoder layers with per-example exits and state propagation (DESIGN section
 
 Per output position t:
   1. (oracle only) a full pass learns the final layer's top-1.
-  2. The layer loop runs layer i for the whole batch. An example that has exited keeps its
-     exit state h_e frozen as its input, so running layer i on it writes exactly the K/V that
-     state propagation prescribes (layer i's own norm and K/V projection of h_e). The loop
-     stops once every still-generating example has exited; finished sequences start exited.
+  2. The layer loop writes layer i's self-attention K/V for every row: running examples from
+     their true input, exited ones from their exit state h_e, frozen as their input (layer
+     i's own norm and K/V projection of h_e: state propagation). The rest of the layer and
+     the measure run on the smallest bucket of rows (B, B/2, B/4, B/8) that holds every
+     running example, so examples that left stop costing compute. The loop stops once every
+     still-generating example has exited; finished sequences start exited.
   3. The layers no example reached get their K/V from each example's exit state.
   4. The token comes from the exit layer's logits (greedy or sampled).
 With propagation='full_compute' the layer loop always runs all L layers on true states, so
@@ -83,6 +85,57 @@ def row_buckets(batch: int, count: int = 4) -> Tuple[int, ...]:
   return tuple(sizes)
 
 
+def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
+                      measure: Measure):
+  """The two lax.cond branches of one layer's measure, on R rows:
+  (layer_no, hidden [R, d], measure state, final_top1 [R] or None) ->
+  (confidence [R] float32, measure state, logits [R, V] float32 or [R, 0])."""
+  width = config.vocab_size if measure.uses_logits else 0
+
+  def measure_at(layer_no, hidden, measure_state, final_top1):
+    logits = exit_logits(config, params, hidden) if measure.uses_logits else None
+    inputs = MeasureInputs(layer=layer_no, hidden=hidden, logits=logits, final_top1=final_top1,
+                           static_exit_layer=exit_config.static_exit_layer)
+    confidence, measure_state = measure.confidence(inputs, measure_state)
+    return confidence.astype(jnp.float32), measure_state, (
+        logits if logits is not None else jnp.zeros(hidden.shape[:1] + (0,), jnp.float32))
+
+  def skip(layer_no, hidden, measure_state, final_top1):
+    del layer_no, final_top1
+    rows = hidden.shape[0]
+    return (jnp.zeros((rows,), jnp.float32), measure_state,
+            jnp.zeros((rows, width), jnp.float32))
+
+  return measure_at, skip
+
+
+def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "LayerLoopState",
+                   cache: DecoderCache, self_bias: Array, wanted: Array,
+                   final_top1: Optional[Array]):
+  """Layer s.layers_run and its measure on `size` rows that include every running one.
+
+  Returns (output [B, 1, d], confidence [B], measure state, logits [B, V or 0]); rows left
+  out of the bucket have exited, and their entries (zeros, or the old state) are never read.
+  """
+  batch = s.hidden.shape[0]
+  layer_no = s.layers_run + 1
+  if size == batch:
+    output = decoder_layer_rows(config, params, cache, s.layers_run, s.hidden, self_bias)
+    return (output,) + jax.lax.cond(wanted, *branches, layer_no, output[:, 0],
+                                    s.measure_state, final_top1)
+  rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
+  take = lambda full: jnp.take(full, rows, axis=0)
+  part = decoder_layer_rows(config, params, cache, s.layers_run, take(s.hidden), self_bias,
+                            rows)  # [R, 1, d]
+  confidence, measure_state, logits = jax.lax.cond(
+      wanted, *branches, layer_no, part[:, 0], jax.tree.map(take, s.measure_state),
+      None if final_top1 is None else take(final_top1))
+  put = lambda full, piece: full.at[rows].set(piece)
+  return (put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
+          jax.tree.map(put, s.measure_state, measure_state),
+          put(jnp.zeros((batch,) + logits.shape[1:], logits.dtype), logits))
+
+
 def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
                 state: LayerLoopState, position: Array, self_bias: Array, threshold: Array,
                 lambda_t: Array, final_top1: Optional[Array], compact: bool) -> LayerLoopState:
@@ -97,48 +150,16 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
   # lambda >= 1 never exits early, whatever the decay makes of it at this position.
   # threshold and lambda_t are [] (one for the batch) or [B] (one per example).
   allow_early = threshold < 1.0 if measure.thresholded else jnp.array(True)
-
-  def measure_at(layer_no: Array, hidden: Array, measure_state: Any):
-    logits = exit_logits(config, params, hidden) if measure.uses_logits else None
-    inputs = MeasureInputs(layer=layer_no, hidden=hidden, logits=logits, final_top1=final_top1,
-                           static_exit_layer=exit_config.static_exit_layer)
-    confidence, measure_state = measure.confidence(inputs, measure_state)
-    return confidence.astype(jnp.float32), measure_state, (
-        logits if logits is not None else jnp.zeros(hidden.shape[:1] + (0,), jnp.float32))
-
-  def skip(layer_no, hidden, measure_state):
-    del layer_no
-    batch = hidden.shape[0]
-    width = config.vocab_size if measure.uses_logits else 0
-    return (jnp.zeros((batch,), jnp.float32), measure_state,
-            jnp.zeros((batch, width), jnp.float32))
+  branches = _measure_branches(config, params, exit_config, measure)
+  batch = state.hidden.shape[0]
+  buckets = row_buckets(batch) if compact and not full_compute else (batch,)
+  on_rows = [functools.partial(_layer_on_rows, config, params, branches, size)
+             for size in buckets]
 
   def keep_going(s: LayerLoopState) -> Array:
     if full_compute:
       return s.layers_run < num_layers
     return (s.layers_run < num_layers) & ~jnp.all(s.exited)
-
-  batch = state.hidden.shape[0]
-  buckets = row_buckets(batch) if compact and not full_compute else (batch,)
-
-  def layer_on_rows(size: int, s: LayerLoopState, cache: DecoderCache, wanted: Array):
-    """The layer and its measure on `size` rows that include every running one; results
-    scattered back to [B] (rows left out have exited: their values are never read)."""
-    layer_no = s.layers_run + 1
-    if size == batch:
-      output = decoder_layer_rows(config, params, cache, s.layers_run, s.hidden, self_bias)
-      return (output,) + jax.lax.cond(wanted, measure_at, skip, layer_no, output[:, 0],
-                                      s.measure_state)
-    rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
-    take = lambda full: jnp.take(full, rows, axis=0)
-    part = decoder_layer_rows(config, params, cache, s.layers_run, take(s.hidden), self_bias,
-                              rows)  # [R, 1, d]
-    confidence, measure_state, logits = jax.lax.cond(
-        wanted, measure_at, skip, layer_no, part[:, 0], jax.tree.map(take, s.measure_state))
-    put = lambda full, piece: full.at[rows].set(piece)
-    return (put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
-            jax.tree.map(put, s.measure_state, measure_state),
-            put(jnp.zeros((batch,) + logits.shape[1:], logits.dtype), logits))
 
   def run_layer(s: LayerLoopState) -> LayerLoopState:
     layer_no = s.layers_run + 1
@@ -151,14 +172,13 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     # measures run at every exit point so their state stays current.
     wanted = exit_point & (jnp.any(allow_early) | (s.trace.shape[1] > 0)
                            | (layer_no == num_layers) | (not measure.uses_logits))
+    operands = (s, cache, self_bias, wanted, final_top1)
     if len(buckets) == 1:
-      output, confidence, measure_state, logits = layer_on_rows(batch, s, cache, wanted)
+      output, confidence, measure_state, logits = on_rows[0](*operands)
     else:
       # The smallest bucket that holds every running row.
       branch = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
-      output, confidence, measure_state, logits = jax.lax.switch(
-          branch, [functools.partial(layer_on_rows, size) for size in buckets], s, cache,
-          wanted)
+      output, confidence, measure_state, logits = jax.lax.switch(branch, on_rows, *operands)
     passes = confidence >= (lambda_t if measure.thresholded else 1.0)
     leaves = ~s.exited & exit_point & ((passes & allow_early) | (layer_no == num_layers))
     frozen = s.exited[:, None, None] & (not full_compute)

@@ -22,7 +22,7 @@ from calm_jax.model.config import T5Config
 
 STATIC = ("config", "exit_config", "sampling", "max_decode_len", "return_trace")
 
-_generate_jit = jax.jit(generate_impl, static_argnames=STATIC)
+_generate_jit = jax.jit(generate_impl, static_argnames=STATIC + ("compact",))
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)

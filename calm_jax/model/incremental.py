@@ -100,8 +100,8 @@ def decoder_layer_rows(config: T5Config, params: Params, cache: DecoderCache, la
   """Layer `layer`'s output for inputs x [R, 1, d] of batch rows `rows` [R] (all rows when
   None), reading a cache that already holds this position's K/V: [R, 1, d].
 
-  The early-exit decoder passes only the rows that have not exited, so a batch whose
-  examples left early does less work."""
+  The early-exit decoder passes a bucket of rows holding every example that has not exited
+  (and possibly some that have), so a batch whose examples left early does less work."""
   def pick(stacked):  # [L, B, ...] -> [R, ...]
     one_layer = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
     return one_layer if rows is None else jnp.take(one_layer, rows, axis=0)
