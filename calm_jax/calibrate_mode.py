@@ -9,6 +9,7 @@ validity.json, validity.md and validity.png.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from typing import List
 
@@ -51,7 +52,7 @@ def settings_from(section: ml_collections.ConfigDict) -> CalibrationSettings:
   for delta in deltas:
     if not 0.0 < delta < 1.0:
       raise ValueError(f"calibration.deltas must lie strictly between 0 and 1; got {delta!r}")
-  if not 0.0 < section.epsilon < 1.0:
+  if not _is_number(section.epsilon) or not 0.0 < section.epsilon < 1.0:
     raise ValueError(f"calibration.epsilon must lie strictly between 0 and 1; got "
                      f"{section.epsilon!r}")
   rules = list(section.rules)
@@ -70,18 +71,31 @@ def settings_from(section: ml_collections.ConfigDict) -> CalibrationSettings:
   if section.similarity not in allowed:
     raise ValueError(f"calibration.similarity={section.similarity!r} is not allowed with "
                      f"objective {section.objective!r}; allowed: {', '.join(allowed)}")
-  if section.num_examples < 2:
-    raise ValueError(f"calibration.num_examples must be at least 2, got "
+  if not _is_integer(section.num_examples) or section.num_examples < 2:
+    raise ValueError(f"calibration.num_examples must be an integer >= 2, got "
                      f"{section.num_examples!r}")
-  if section.batch_size < 0:
-    raise ValueError(f"calibration.batch_size must be >= 0 (0 = all examples), got "
-                     f"{section.batch_size!r}")
+  if not _is_integer(section.batch_size) or section.batch_size < 0:
+    raise ValueError(f"calibration.batch_size must be an integer >= 0 (0 = all examples), "
+                     f"got {section.batch_size!r}")
+  try:
+    validity.check_split(section.num_examples, section.num_splits,
+                         section.calibration_fraction)
+  except ValueError as error:
+    raise ValueError(f"calibration settings: {error}") from None
   return CalibrationSettings(
       num_examples=section.num_examples,
       thresholds=calibration.check_thresholds(section.thresholds), deltas=deltas,
       epsilon=float(section.epsilon), rules=rules, objective=section.objective,
       similarity=section.similarity, num_splits=section.num_splits,
       calibration_fraction=float(section.calibration_fraction), batch_size=section.batch_size)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _outputs(grid: GridDecode, settings: CalibrationSettings):
@@ -103,11 +117,12 @@ def _choices(losses, grid: GridDecode, settings: CalibrationSettings) -> List[di
   token_counts = np.maximum(grid.num_tokens.sum(axis=1), 1)  # [k]
   records = []
   for delta in settings.deltas:
-    for result in calibration.calibrate_many(losses, settings.thresholds, delta,
-                                             settings.epsilon, settings.rules):
+    results = calibration.calibrate_many(losses, settings.thresholds, delta,
+                                         settings.epsilon, settings.rules)
+    for rule, result in zip(settings.rules, results):
       j = result.chosen_index
       exit_layer = grid.num_layers if j is None else float(layer_sums[j] / token_counts[j])
-      records.append({"rule": _rule_name(result), "delta": delta,
+      records.append({"rule": rule, "delta": delta,
                       "threshold": result.threshold,
                       "mean_exit_layer": exit_layer,
                       "layer_speedup": grid.num_layers / exit_layer,
@@ -115,17 +130,10 @@ def _choices(losses, grid: GridDecode, settings: CalibrationSettings) -> List[di
   return records
 
 
-def _rule_name(result: calibration.CalibrationResult) -> str:
-  if result.rule == "naive":
-    return "naive"
-  suffix = "_bonferroni" if result.correction == "bonferroni" else ""
-  return f"ltt_{result.method}{suffix}"
-
-
 def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the calibrate mode; returns the path of calibration.json."""
   settings = settings_from(config.calibration)
-  exit_config = ExitConfig(**dict(config.exit))
+  exit_config = ExitConfig.from_section(config.exit)
   model_config, params = load_model(config.model, config.seed)
   exit_config.validate(model_config.num_decoder_layers)
   examples = sample_examples(settings.num_examples, config.seed)

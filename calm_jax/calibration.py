@@ -29,7 +29,7 @@ P_VALUE_METHODS = ("hoeffding", "bentkus", "hoeffding_bentkus", "binomial")
 CORRECTIONS = ("fixed_sequence", "bonferroni")
 NEVER_EXIT = 1.0  # the threshold returned when no candidate is certified
 
-# n * mean closer than this (relative to n) to an integer is taken to be that integer, so
+# n * mean closer than this (relative to the count) to an integer is taken to be it, so
 # that a mean of 3/10 stored as 0.30000000000000004 counts 3 losses, not 4. Means computed
 # from n losses carry rounding errors near 1e-16, far below this tolerance; a true mean that
 # lies within 1e-9 of k/n without equalling it is counted as k (a negligible liberality).
@@ -113,7 +113,7 @@ def _loss_counts(mean_loss: np.ndarray, n: int, exact: bool) -> np.ndarray:
   """n * mean, snapped to the nearest integer when within rounding error of it."""
   count = mean_loss * n
   nearest = np.round(count)
-  near = np.abs(count - nearest) <= _COUNT_TOLERANCE * max(n, 1)
+  near = np.abs(count - nearest) <= _COUNT_TOLERANCE * np.maximum(nearest, 1.0)
   if exact and not np.all(near):
     bad = float(np.asarray(mean_loss).flat[np.flatnonzero(~near)[0]])
     raise ValueError(f"method='binomial' needs 0/1 losses, so mean_loss * n must be a whole "

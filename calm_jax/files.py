@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 def _new_file_mode() -> int:
@@ -27,16 +27,24 @@ def temporary_beside(path: str) -> str:
   return temporary
 
 
-def write_text_atomically(path: str, text: str) -> None:
-  """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+def replace_atomically(path: str, write: Callable[[str], None]) -> None:
+  """Calls write(temporary_path), then renames the temporary file onto `path`; on any
+  failure the temporary file is removed and `path` is left as it was."""
   temporary = temporary_beside(path)
   try:
-    with open(temporary, "w", encoding="utf-8") as f:
-      f.write(text)
+    write(temporary)
     os.replace(temporary, path)
   except BaseException:
     os.unlink(temporary)
     raise
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+  def write(temporary: str) -> None:
+    with open(temporary, "w", encoding="utf-8") as f:
+      f.write(text)
+  replace_atomically(path, write)
 
 
 def write_jsonl_atomically(path: str, records: Iterable[Any]) -> None:

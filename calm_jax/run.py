@@ -21,7 +21,7 @@ from calm_jax.model.source import load_model
 
 def exit_config_from(config: ml_collections.ConfigDict) -> ExitConfig:
   """ExitConfig from the `exit` section of a run config."""
-  return ExitConfig(**dict(config.exit))
+  return ExitConfig.from_section(config.exit)
 
 
 def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -19,7 +19,6 @@ NumPy and matplotlib only.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -61,10 +60,28 @@ class ValidityReport:
     return dataclasses.asdict(self)
 
   def summary(self, rule: str, delta: float) -> RuleSummary:
+    """The summary of `rule` at `delta` (matched to 1e-12)."""
     for s in self.summaries:
-      if s.rule == rule and s.delta == delta:
+      if s.rule == rule and abs(s.delta - delta) <= 1e-12:
         return s
     raise KeyError(f"no summary for rule={rule!r} at delta={delta!r}")
+
+
+def check_split(num_examples: int, num_splits, calibration_fraction) -> int:
+  """Checks the study's split settings; returns the calibration part's size."""
+  if (isinstance(num_splits, bool) or not isinstance(num_splits, (int, np.integer))
+      or num_splits < 1):
+    raise ValueError(f"num_splits must be a positive integer, got {num_splits!r}")
+  if (isinstance(calibration_fraction, bool)
+      or not isinstance(calibration_fraction, (int, float, np.integer, np.floating))
+      or not 0.0 < calibration_fraction < 1.0):
+    raise ValueError(f"calibration_fraction must lie strictly between 0 and 1, got "
+                     f"{calibration_fraction!r}")
+  calibration_size = int(round(calibration_fraction * num_examples))
+  if not 1 <= calibration_size < num_examples:
+    raise ValueError(f"{num_examples} examples cannot be split {calibration_fraction:.0%} / "
+                     f"{1 - calibration_fraction:.0%} with both parts non-empty")
+  return calibration_size
 
 
 def _check_inputs(losses: np.ndarray, layer_sums, token_counts, num_layers: int,
@@ -84,16 +101,7 @@ def _check_inputs(losses: np.ndarray, layer_sums, token_counts, num_layers: int,
     i, j = bad[0]
     raise ValueError(f"layer_sums[{i}, {j}] = {layer_sums[i, j]:g} is impossible for "
                      f"{token_counts[i, j]:g} tokens: every token runs 1..num_layers layers")
-  if isinstance(num_splits, bool) or not isinstance(num_splits, (int, np.integer)) or num_splits < 1:
-    raise ValueError(f"num_splits must be a positive integer, got {num_splits!r}")
-  if not 0.0 < calibration_fraction < 1.0:
-    raise ValueError(f"calibration_fraction must lie strictly between 0 and 1, got "
-                     f"{calibration_fraction!r}")
-  n = losses.shape[0]
-  calibration_size = int(round(calibration_fraction * n))
-  if not 1 <= calibration_size < n:
-    raise ValueError(f"{n} examples cannot be split {calibration_fraction:.0%} / "
-                     f"{1 - calibration_fraction:.0%} with both parts non-empty")
+  calibration_size = check_split(losses.shape[0], num_splits, calibration_fraction)
   return layer_sums, token_counts, calibration_size
 
 
@@ -208,12 +216,8 @@ def plot_validity(report: ValidityReport, path: str) -> None:
   figure.suptitle(f"Calibration validity over {report.num_splits} random splits "
                   f"(epsilon = {report.epsilon})")
   figure.tight_layout()
-  temporary = files.temporary_beside(path)
   try:
-    figure.savefig(temporary, dpi=110, format="png")
-    os.replace(temporary, path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
+    files.replace_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110,
+                                                                   format="png"))
   finally:
     plt.close(figure)

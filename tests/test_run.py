@@ -183,6 +183,11 @@ def test_calibrate_mode_chooses_what_ltt_chooses_on_the_decoded_grid(tmp_path, o
     ("thresholds", (0.5, 0.9), r"strictly decreasing"),
     ("objective", "bleu", r"calibration.objective='bleu'; allowed: textual, risk"),
     ("similarity", "bleurt", r"calibration.similarity='bleurt' is not allowed"),
+    ("num_splits", 0, r"calibration settings: num_splits must be a positive integer, got 0"),
+    ("calibration_fraction", 1.0, r"calibration_fraction must lie strictly between 0 and 1"),
+    ("num_examples", 2, r"2 examples cannot be split 75% / 25% with both parts non-empty"),
+    ("epsilon", 0.0, r"calibration.epsilon must lie strictly between 0 and 1; got 0.0"),
+    ("batch_size", -1, r"calibration.batch_size must be an integer >= 0"),
 ])
 def test_calibrate_mode_rejects_bad_settings_before_decoding(tmp_path, monkeypatch, field,
                                                              value, message):

@@ -127,9 +127,13 @@ def test_early_exit_possible_on_a_hand_made_trace():
 
 def test_bad_arguments(model):
   params, ids, mask = model
-  with pytest.raises(ValueError, match=r"margin must be >= 0, got -1"):
+  for margin in (-1, float("nan"), "0.1"):
+    with pytest.raises(ValueError, match=r"margin must be a number >= 0, got"):
+      decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.5], max_decode_len=T,
+                            margin=margin)
+  with pytest.raises(ValueError, match="batch_size must be a positive integer, got 2.5"):
     decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.5], max_decode_len=T,
-                          margin=-1)
+                          batch_size=2.5)
   with pytest.raises(ValueError, match=r"thresholds\[1\] = nan"):
     decode_threshold_grid(CONFIG, params, ids, mask, thresholds=[0.5, np.nan], max_decode_len=T)
   with pytest.raises(ValueError, match="batch_size must be a positive integer, got -2"):

@@ -54,6 +54,11 @@ class ExitConfig:
       raise ValueError(f"ExitConfig.static_exit_layer={self.static_exit_layer!r} must be in "
                        f"[1, {num_layers}] for the 'static' measure")
 
+  @classmethod
+  def from_section(cls, section) -> "ExitConfig":
+    """From a config's `exit` section (a ConfigDict or mapping of these fields)."""
+    return cls(**dict(section))
+
   def compiled_part(self) -> "ExitConfig":
     """This config without its runtime values, so that changing them never recompiles."""
     return dataclasses.replace(self, threshold=0.0, tau=0.0)

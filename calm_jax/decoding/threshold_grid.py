@@ -24,6 +24,7 @@ Outputs equal `generate_grid`'s exactly (tested).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -86,13 +87,15 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   batch_size: rows per packed decode call (default B); one compiled program serves all.
   """
   thresholds = check_threshold_grid(thresholds)
-  if margin < 0:
-    raise ValueError(f"margin must be >= 0, got {margin!r}")
+  if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
+    raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+  if batch_size is not None and (isinstance(batch_size, bool)
+                                 or not isinstance(batch_size, numbers.Integral)
+                                 or batch_size < 1):
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   batch = input_ids.shape[0]
-  batch_size = batch if batch_size is None else batch_size
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  batch_size = batch if batch_size is None else int(batch_size)
   full = generate(config, params, input_ids, attention_mask,
                   exit=dataclasses.replace(exit, threshold=1.0), max_decode_len=max_decode_len,
                   return_trace=True)
