@@ -71,7 +71,8 @@ def check_thresholds(thresholds) -> np.ndarray:
     raise ValueError(f"thresholds must be a non-empty 1-D sequence; got shape {grid.shape}")
   bad = np.flatnonzero(~np.isfinite(grid) | (grid < 0.0) | (grid > 1.0))
   if bad.size:
-    raise ValueError(f"thresholds must lie in [0, 1]; thresholds[{bad[0]}] = {float(grid[bad[0]])!r}")
+    raise ValueError(f"thresholds must lie in [0, 1]; thresholds[{bad[0]}] = "
+                     f"{float(grid[bad[0]])!r}")
   rises = np.flatnonzero(np.diff(grid) >= 0.0)
   if rises.size:
     j = rises[0]

@@ -86,7 +86,8 @@ def check_split(num_examples: int, num_splits, calibration_fraction) -> int:
 
 def _check_inputs(losses: np.ndarray, layer_sums, token_counts, num_layers: int,
                   num_splits: int, calibration_fraction: float):
-  if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+  if (isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer))
+      or num_layers < 1):
     raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
   layer_sums = np.asarray(layer_sums, np.float64)
   token_counts = np.asarray(token_counts, np.float64)
