@@ -9,7 +9,7 @@ import pytest
 
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate, generate_grid, generate_with_thresholds
-from calm_jax.decoding.threshold_grid import decode_threshold_grid, early_exit_possible
+from calm_jax.decoding.threshold_grid import decode_threshold_grid, same_decisions
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import init_params
 
@@ -62,7 +62,7 @@ def test_packed_grid_equals_vmapped_grid(model, exit_config):
                               exit=exit_config, max_decode_len=T, batch_size=4)
   np.testing.assert_array_equal(got.tokens, np.asarray(expected.tokens))
   np.testing.assert_array_equal(got.exit_layers, np.asarray(expected.exit_layers))
-  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), atol=1e-6)
+  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), atol=1e-5)
   # Some pairs were copied from the never-exit pass, some decoded, some exit early.
   assert 0 < got.decoded_pairs < thresholds.size * B
   assert (got.exit_layers[0] == L * (got.exit_layers[0] > 0)).all()  # lambda = 1
@@ -111,18 +111,25 @@ def test_per_example_thresholds_equal_decoding_each_alone(model):
   assert len(set(np.asarray(both.exit_layers)[:, 0].tolist())) > 1  # exits really differ
 
 
-def test_early_exit_possible_on_a_hand_made_trace():
+def test_same_decisions_on_hand_made_traces():
   exit_config = ExitConfig(min_exit_layer=2)
-  trace = np.full((2, 3, 4), np.nan, np.float32)  # [B, T, L]
-  trace[0, 0] = [0.99, 0.2, 0.3, 0.99]  # layer 1 is no exit point; layer L does not count
-  trace[1, 1] = [0.1, 0.1, 0.7, 0.1]
-  thresholds = np.array([1.0, 0.8, 0.7, 0.25], np.float32)
-  got = early_exit_possible(trace, thresholds, exit_config, 4, 3, margin=0.0)
-  np.testing.assert_array_equal(got, [[False, False], [False, False], [False, True],
-                                      [True, True]])
-  # The margin makes a near miss count as reachable.
-  near = early_exit_possible(trace, np.array([0.7001], np.float32), exit_config, 4, 3, 1e-3)
-  np.testing.assert_array_equal(near, [[False, True]])
+  nan = np.nan
+  trace = np.array([  # [B=4, T=2, L=4]
+      [[0.99, 0.2, 0.3, 0.9], [nan] * 4],  # layer 1 is no exit point; layer 4 is L
+      [[0.1, 0.1, 0.7, 0.1], [nan] * 4],  # 0.7 at layer 3 before the exit at L
+      [[0.1, 0.2, 0.8, nan], [0.1, 0.9, nan, nan]],  # exited at 3 and at 2
+      [[0.1, 0.2, 0.8, nan], [nan] * 4],  # exited at 3, clearing lambda by only 0.05
+  ], np.float32)
+  exit_layers = np.array([[4, 0], [4, 0], [3, 2], [3, 0]])
+  lam = lambda value: np.full((4, 2), value, np.float32)
+  same = lambda value, margin=0.0: same_decisions(trace, exit_layers, lam(value), exit_config,
+                                                  4, margin).tolist()
+  assert same(0.75) == [True, True, True, True]
+  assert same(0.7) == [True, False, True, True]  # row 1 would now leave at layer 3
+  # Row 0 would leave at layer 3 (0.3); rows 2 and 3 see only 0.2 before their exits.
+  assert same(0.3) == [False, False, True, True]
+  assert same(0.75, margin=0.06) == [True, False, False, False]  # near ties (0.7, 0.8) decode
+  assert same(0.85) == [True, True, False, False]  # the exits at 0.8 no longer clear it
 
 
 def test_bad_arguments(model):

@@ -3,20 +3,22 @@ pass per threshold.
 
 `generate_grid` vmaps the decoder over K thresholds: exact, one compiled call, but every
 (threshold, example) pair runs in one batch of K*B rows whose layer loop only stops when the
-deepest row has exited, so the cost is about K full passes. This module gets the same
-outputs for much less:
+deepest row has exited, so the cost is K full passes or more. This module gets the same
+outputs for much less, from one fact: until a token's exit decision differs, two decodes of
+the same example compute exactly the same states.
 
-1. One never-exit pass records every token's confidence at every exit point (the trace).
-2. A pair (lambda, example) whose trace never reaches lambda_t at an exit point before L
-   cannot exit early anywhere: its decode *is* the never-exit decode (same states, same
-   tokens, exit layer L everywhere), so it is copied, not decoded. This is exact: until a
-   token exits early, the early-exit decoder computes exactly the full model's states.
-   Pairs within `margin` of the threshold are decoded anyway, so float rounding between
-   the two compiled programs cannot flip a decision.
-3. The remaining pairs are sorted by threshold and packed into batches of the input's size,
-   each row with its own threshold (`generate_with_thresholds`); rows with similar
-   thresholds exit at similar layers, so each batch's layer loop stops early. Batch
-   invariance makes each row equal to decoding that example alone.
+1. One never-exit pass (lambda = 1) records every token's confidence at every layer (the
+   trace). It is each example's first reference.
+2. Walking the grid from the largest threshold down, a pair (lambda, example) whose
+   reference trace shows the same decision at every token (no exit point before the
+   reference's exit layer reaches lambda_t, and every early exit of the reference still
+   clears lambda_t) *is* the reference decode, so it is copied. A `margin` around lambda_t
+   sends near ties to a real decode, so rounding between compiled programs cannot flip a
+   decision.
+3. The other pairs are decoded, at most one per example per wave, with one threshold per
+   row (`generate_with_thresholds`, exact by batch invariance), and become their example's
+   reference for the smaller thresholds. On a trained model most neighbouring thresholds
+   share their decisions, so few pairs are decoded at all.
 
 Outputs equal `generate_grid`'s exactly (tested).
 """
@@ -24,11 +26,13 @@ Outputs equal `generate_grid`'s exactly (tested).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from calm_jax.decoding.early_exit import row_buckets
 from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
 from calm_jax.decoding.generate import (check_threshold_grid, generate,
                                        generate_with_thresholds)
@@ -61,20 +65,55 @@ class GridDecode:
     return self.exit_layers.sum(axis=-1)
 
 
-def early_exit_possible(trace: np.ndarray, thresholds: np.ndarray, exit_config: ExitConfig,
-                        num_layers: int, max_decode_len: int, margin: float) -> np.ndarray:
-  """[K, B] bool: pair (k, b) reaches lambda_k,t (less `margin`) at some exit point before
-  layer L at some position of example b's never-exit decode. trace: [B, T, L], NaN where
-  no confidence was computed (after EOS)."""
-  layer_numbers = np.arange(1, num_layers + 1)
+@dataclasses.dataclass
+class _Reference:
+  """Per example, the most recent decode along the grid (largest threshold first) whose
+  trajectory later thresholds may share."""
+
+  tokens: np.ndarray  # [B, T] int32
+  exit_layers: np.ndarray  # [B, T] int32
+  confidences: np.ndarray  # [B, T] float32
+  trace: np.ndarray  # [B, T, L] float32, NaN where not computed
+
+  def update(self, rows: np.ndarray, decoded: Any, count: int) -> None:
+    """Makes the first `count` rows of a decode the new reference of examples `rows`."""
+    self.tokens[rows] = np.asarray(decoded.tokens)[:count]
+    self.exit_layers[rows] = np.asarray(decoded.exit_layers)[:count]
+    self.confidences[rows] = np.asarray(decoded.confidences)[:count]
+    self.trace[rows] = np.asarray(decoded.trace)[:count]
+
+
+def same_decisions(trace: np.ndarray, exit_layers: np.ndarray, lambda_t: np.ndarray,
+                   exit_config: ExitConfig, num_layers: int, margin: float) -> np.ndarray:
+  """[B] bool: decoding with thresholds lambda_t [B, T] (< 1) would exit every token where
+  the reference decode (trace [B, T, L], exit_layers [B, T]) did, so it would produce the
+  reference's tokens, exit layers and confidences.
+
+  That holds when no exit point before a token's exit layer reaches lambda_t - margin, and
+  every early exit of the reference still clears lambda_t + margin (the margin absorbs
+  rounding differences between compiled programs).
+  """
+  layer_numbers = np.arange(1, num_layers + 1)  # [L]
   early_point = (np.asarray(is_exit_point(layer_numbers, exit_config, num_layers))
                  & (layer_numbers < num_layers))  # [L]
-  early = np.where(early_point, np.nan_to_num(trace, nan=-np.inf), -np.inf).max(-1)  # [B, T]
-  positions = np.arange(max_decode_len)
-  lambda_t = np.asarray(threshold_at(thresholds[:, None], exit_config.tau, positions[None],
-                                     max_decode_len, exit_config.decay))  # [K, T]
-  reaches = early[None] >= lambda_t[:, None, :] - margin  # [K, B, T]
-  return reaches.any(-1) & (thresholds < 1.0)[:, None]
+  confidence = np.nan_to_num(trace, nan=-np.inf)  # [B, T, L]
+  before_exit = layer_numbers < exit_layers[..., None]  # [B, T, L]
+  leaves_earlier = (early_point & before_exit
+                    & (confidence >= lambda_t[..., None] - margin)).any(axis=(1, 2))  # [B]
+  at_exit = np.take_along_axis(confidence, np.maximum(exit_layers, 1)[..., None] - 1,
+                               axis=2)[..., 0]  # [B, T]
+  early_exit = (exit_layers > 0) & (exit_layers < num_layers)  # [B, T]
+  exit_shaky = (early_exit & (at_exit < lambda_t + margin)).any(axis=1)  # [B]
+  return ~leaves_earlier & ~exit_shaky
+
+
+def _check_arguments(margin, batch_size) -> None:
+  if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
+    raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+  if batch_size is not None and (isinstance(batch_size, bool)
+                                 or not isinstance(batch_size, numbers.Integral)
+                                 or batch_size < 1):
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,
@@ -84,44 +123,97 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                           max_input_len: Optional[int] = None) -> GridDecode:
   """Greedy early-exit decoding of input ids [B, S] under each of K thresholds.
 
-  batch_size: rows per packed decode call (default B); one compiled program serves all.
+  batch_size: most rows per decode call (default B). Calls are padded to one of
+  `row_buckets(batch_size)` rows, so at most four programs are compiled.
   """
   thresholds = check_threshold_grid(thresholds)
-  if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not margin >= 0:
-    raise ValueError(f"margin must be a number >= 0, got {margin!r}")
-  if batch_size is not None and (isinstance(batch_size, bool)
-                                 or not isinstance(batch_size, numbers.Integral)
-                                 or batch_size < 1):
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  _check_arguments(margin, batch_size)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   batch = input_ids.shape[0]
   batch_size = batch if batch_size is None else int(batch_size)
-  full = generate(config, params, input_ids, attention_mask,
-                  exit=dataclasses.replace(exit, threshold=1.0), max_decode_len=max_decode_len,
-                  return_trace=True)
+  decode = functools.partial(generate, config, params, max_decode_len=max_decode_len,
+                             return_trace=True)
+  full = decode(input_ids, attention_mask, exit=dataclasses.replace(exit, threshold=1.0))
   stack = lambda field: np.repeat(np.asarray(field)[None], thresholds.size, axis=0)
-  tokens, exit_layers, confidences = stack(full.tokens), stack(full.exit_layers), stack(
-      full.confidences)  # [K, B, T] each
+  full_tokens, full_exit_layers = np.asarray(full.tokens), np.asarray(full.exit_layers)
   if not get_measure(exit.measure).thresholded:
     # The threshold plays no part: one decode serves every grid point.
-    once = generate(config, params, input_ids, attention_mask, exit=exit,
-                    max_decode_len=max_decode_len)
+    once = decode(input_ids, attention_mask, exit=exit)
     return GridDecode(thresholds, stack(once.tokens), stack(once.exit_layers),
-                      stack(once.confidences), np.asarray(full.tokens),
-                      np.asarray(full.exit_layers), config.num_decoder_layers, batch)
-  needed = early_exit_possible(np.asarray(full.trace), thresholds, exit,
-                               config.num_decoder_layers, max_decode_len, margin)  # [K, B]
-  pairs = np.argwhere(needed)  # [P, 2] (k, b)
-  pairs = pairs[np.argsort(-thresholds[pairs[:, 0]], kind="stable")]
-  for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
-    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-    out = generate_with_thresholds(
-        config, params, input_ids[padded[:, 1]], attention_mask[padded[:, 1]],
-        thresholds=thresholds[padded[:, 0]], exit=exit, max_decode_len=max_decode_len)
-    k, b = chunk[:, 0], chunk[:, 1]
-    tokens[k, b] = np.asarray(out.tokens)[:len(chunk)]
-    exit_layers[k, b] = np.asarray(out.exit_layers)[:len(chunk)]
-    confidences[k, b] = np.asarray(out.confidences)[:len(chunk)]
-  return GridDecode(thresholds, tokens, exit_layers, confidences, np.asarray(full.tokens),
-                    np.asarray(full.exit_layers), config.num_decoder_layers, len(pairs))
+                      stack(once.confidences), full_tokens, full_exit_layers,
+                      config.num_decoder_layers, batch)
+  grid = GridDecode(thresholds, stack(full.tokens), stack(full.exit_layers),
+                    stack(full.confidences), full_tokens, full_exit_layers,
+                    config.num_decoder_layers, 0)
+  reference = _Reference(*(np.array(a) for a in (full.tokens, full.exit_layers,
+                                                 full.confidences, full.trace)))
+  decoded = _walk_grid(config, params, input_ids, attention_mask, exit, max_decode_len,
+                       batch_size, margin, grid, reference)
+  return dataclasses.replace(grid, decoded_pairs=decoded)
+
+
+def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decode_len,
+               batch_size, margin, grid: GridDecode, reference: _Reference) -> int:
+  """Fills grid[k, b] for every pair, largest threshold first per example: copied from the
+  example's reference when the decisions provably agree, else decoded (in waves of at most
+  one pair per example) and made the new reference. Returns the pairs decoded."""
+  thresholds, num_layers = grid.thresholds, config.num_decoder_layers
+  order = np.argsort(-thresholds, kind="stable")  # grid indices, largest first
+  lambda_t = np.asarray(threshold_at(
+      thresholds[:, None], exit_config.tau, np.arange(max_decode_len)[None], max_decode_len,
+      exit_config.decay))  # [K, T]
+  cursor = np.zeros(input_ids.shape[0], np.int64)  # per example: next entry of `order`
+  decoded = 0
+  while True:
+    waiting = _advance_copies(grid, reference, order, lambda_t, cursor, exit_config,
+                              num_layers, margin)  # [W] examples whose next pair must decode
+    if waiting.size == 0:
+      return decoded
+    for start in range(0, waiting.size, batch_size):
+      rows = waiting[start:start + batch_size]
+      ks = order[cursor[rows]]
+      out = _decode_rows(config, params, input_ids, attention_mask, exit_config,
+                         max_decode_len, thresholds[ks], rows, batch_size)
+      grid.tokens[ks, rows] = np.asarray(out.tokens)[:rows.size]
+      grid.exit_layers[ks, rows] = np.asarray(out.exit_layers)[:rows.size]
+      grid.confidences[ks, rows] = np.asarray(out.confidences)[:rows.size]
+      reference.update(rows, out, rows.size)
+      cursor[rows] += 1
+      decoded += rows.size
+
+
+def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_layers,
+                    margin) -> np.ndarray:
+  """Copies every pair that shares its example's reference trajectory, moving each
+  example's cursor to its next pair that needs a decode; returns those examples."""
+  while True:
+    pending = np.flatnonzero(cursor < order.size)
+    if pending.size == 0:
+      return pending
+    ks = order[cursor[pending]]
+    copy = grid.thresholds[ks] >= 1.0  # never exits: the reference is still the full decode
+    check = ~copy
+    if check.any():
+      rows = pending[check]
+      copy[check] = same_decisions(reference.trace[rows], reference.exit_layers[rows],
+                                   lambda_t[ks[check]], exit_config, num_layers, margin)
+    if not copy.any():
+      return pending
+    rows, k_rows = pending[copy], ks[copy]
+    grid.tokens[k_rows, rows] = reference.tokens[rows]
+    grid.exit_layers[k_rows, rows] = reference.exit_layers[rows]
+    grid.confidences[k_rows, rows] = reference.confidences[rows]
+    cursor[rows] += 1
+
+
+def _decode_rows(config, params, input_ids, attention_mask, exit_config, max_decode_len,
+                 thresholds, rows, batch_size):
+  """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded (with
+  copies of the last row) to the smallest of row_buckets(batch_size) that holds them."""
+  size = min(b for b in row_buckets(batch_size) if b >= rows.size)
+  padded = np.concatenate([rows, np.repeat(rows[-1:], size - rows.size)])
+  padded_thresholds = np.concatenate([thresholds,
+                                      np.repeat(thresholds[-1:], size - rows.size)])
+  return generate_with_thresholds(config, params, input_ids[padded], attention_mask[padded],
+                                  thresholds=padded_thresholds, exit=exit_config,
+                                  max_decode_len=max_decode_len, return_trace=True)
