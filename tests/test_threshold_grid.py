@@ -199,3 +199,22 @@ def test_running_only_the_running_rows_changes_nothing(model, exit_config, small
   public = generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
                                     exit=exit_config, max_decode_len=T)
   np.testing.assert_array_equal(np.asarray(public.tokens), np.asarray(dense.tokens))
+
+
+def test_skipped_rows_return_padding_and_change_nothing_else(model):
+  params, ids, mask = model
+  exit_config = ExitConfig(measure="softmax_diff")
+  thresholds = _grid_from_trace(model, exit_config, B)[::-1].copy()
+  skip = np.array([False, True, False, False, True, False])
+  both = generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
+                                  exit=exit_config, max_decode_len=T)
+  some = generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
+                                  exit=exit_config, max_decode_len=T, skip_rows=skip)
+  np.testing.assert_array_equal(np.asarray(some.tokens)[skip], CONFIG.pad_token_id)
+  np.testing.assert_array_equal(np.asarray(some.exit_layers)[skip], 0)
+  np.testing.assert_array_equal(np.asarray(some.tokens)[~skip], np.asarray(both.tokens)[~skip])
+  np.testing.assert_array_equal(np.asarray(some.exit_layers)[~skip],
+                                np.asarray(both.exit_layers)[~skip])
+  with pytest.raises(ValueError, match=r"skip_rows must be a bool array \[6\], got int64 \(2,\)"):
+    generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
+                             exit=exit_config, max_decode_len=T, skip_rows=np.array([0, 1]))

@@ -261,12 +261,15 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
 def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
                   max_decode_len: int, return_trace: bool, params: Any, input_ids: Array,
                   attention_mask: Array, threshold: Array, tau: Array,
-                  rng: Array, compact: bool = True) -> GenerateOutput:
+                  rng: Array, compact: bool = True,
+                  skip_rows: Optional[Array] = None) -> GenerateOutput:
   """The traced body of `generate`; threshold and tau are runtime values (vmappable).
 
   threshold is [] (the whole batch) or [B] (each example its own lambda). `compact` (static)
   runs each layer on running rows only; under vmap its branch choice would become a select
-  that computes every bucket, so `generate_grid` turns it off.
+  that computes every bucket, so `generate_grid` turns it off. Rows where `skip_rows` [B]
+  is True start finished: they cost nothing and return padding (used to pad a batch to a
+  compiled size).
   """
   batch = input_ids.shape[0]
   encoded = encode(config, params, input_ids, attention_mask)
@@ -274,7 +277,7 @@ def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingC
   state = TokenLoopState(
       position=jnp.array(0, jnp.int32),
       last_token=jnp.full((batch,), config.decoder_start_token_id, jnp.int32),
-      done=jnp.zeros((batch,), bool),
+      done=jnp.zeros((batch,), bool) if skip_rows is None else jnp.asarray(skip_rows, bool),
       tokens=jnp.full((batch, max_decode_len), config.pad_token_id, jnp.int32),
       exit_layers=jnp.zeros((batch, max_decode_len), jnp.int32),
       confidences=jnp.zeros((batch, max_decode_len), jnp.float32),

@@ -75,11 +75,14 @@ def check_threshold_grid(thresholds) -> np.ndarray:
 def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention_mask=None, *,
                              thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
                              max_decode_len: int, return_trace: bool = False,
-                             max_input_len: Optional[int] = None) -> GenerateOutput:
+                             max_input_len: Optional[int] = None,
+                             skip_rows=None) -> GenerateOutput:
   """Greedy `generate` where example b uses its own threshold thresholds[b] ([B]).
 
   Each row equals decoding that example alone at its threshold (batch invariance), so
-  (example, threshold) pairs from a grid can be packed into one batch.
+  (example, threshold) pairs from a grid can be packed into one batch. Rows where
+  `skip_rows` [B] is True are padding: they are not decoded and return pad tokens with exit
+  layer 0.
   """
   thresholds = check_threshold_grid(thresholds)
   _check(config, exit, SamplingConfig(), max_decode_len, None)
@@ -87,9 +90,14 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   if thresholds.size != input_ids.shape[0]:
     raise ValueError(f"thresholds has {thresholds.size} entries but the batch has "
                      f"{input_ids.shape[0]} examples; give one threshold per example")
+  skip = np.zeros(input_ids.shape[0], bool) if skip_rows is None else np.asarray(skip_rows)
+  if skip.shape != (input_ids.shape[0],) or skip.dtype != bool:
+    raise ValueError(f"skip_rows must be a bool array [{input_ids.shape[0]}], got "
+                     f"{skip.dtype} {skip.shape}")
   return _generate_jit(config, exit.compiled_part(), SamplingConfig(), max_decode_len,
                        return_trace, params, input_ids, attention_mask,
-                       jnp.asarray(thresholds), jnp.float32(exit.tau), jax.random.PRNGKey(0))
+                       jnp.asarray(thresholds), jnp.float32(exit.tau), jax.random.PRNGKey(0),
+                       skip_rows=jnp.asarray(skip))
 
 
 def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,

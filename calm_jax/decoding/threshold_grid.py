@@ -128,7 +128,9 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   """
   thresholds = check_threshold_grid(thresholds)
   _check_arguments(margin, batch_size)
-  input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
+  # Host copies: each wave gathers its rows on the host (a device gather per call costs more).
+  input_ids, attention_mask = (np.asarray(a) for a in prepare_inputs(
+      config, input_ids, attention_mask, max_input_len))
   batch = input_ids.shape[0]
   batch_size = batch if batch_size is None else int(batch_size)
   decode = functools.partial(generate, config, params, max_decode_len=max_decode_len,
@@ -208,12 +210,14 @@ def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_l
 
 def _decode_rows(config, params, input_ids, attention_mask, exit_config, max_decode_len,
                  thresholds, rows, batch_size):
-  """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded (with
-  copies of the last row) to the smallest of row_buckets(batch_size) that holds them."""
+  """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded to the
+  smallest of row_buckets(batch_size) that holds them with skipped rows (which cost nothing
+  and never hold the loops)."""
   size = min(b for b in row_buckets(batch_size) if b >= rows.size)
-  padded = np.concatenate([rows, np.repeat(rows[-1:], size - rows.size)])
-  padded_thresholds = np.concatenate([thresholds,
-                                      np.repeat(thresholds[-1:], size - rows.size)])
-  return generate_with_thresholds(config, params, input_ids[padded], attention_mask[padded],
-                                  thresholds=padded_thresholds, exit=exit_config,
-                                  max_decode_len=max_decode_len, return_trace=True)
+  extra = size - rows.size
+  padded = np.concatenate([rows, np.repeat(rows[-1:], extra)])
+  return generate_with_thresholds(
+      config, params, input_ids[padded], attention_mask[padded],
+      thresholds=np.concatenate([thresholds, np.ones(extra, thresholds.dtype)]),
+      exit=exit_config, max_decode_len=max_decode_len, return_trace=True,
+      skip_rows=np.arange(size) >= rows.size)
