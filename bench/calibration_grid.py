@@ -5,8 +5,11 @@ prints each cost as a multiple of one full-model greedy pass over the same 200 i
 (target: at most 5x):
 
 1. `generate_grid`: the decoder vmapped over the thresholds (one compiled call);
-2. `decode_threshold_grid`: never-exit pairs copied from one traced pass, the rest packed
-   by threshold into batches with per-example thresholds (what calibration uses);
+2. `decode_threshold_grid` (what calibration uses): one traced never-exit pass, then each
+   example's thresholds largest first, copying every pair whose exit decisions provably
+   match the example's latest decode and decoding the rest in waves with per-example
+   thresholds (the never-exit pass is part of the cost; calibration needs its outputs
+   anyway);
 3. the layer-work bound: sum over thresholds of (mean exit layer / L), the cost if every
    skipped layer were free for every row of a batch.
 
@@ -47,7 +50,7 @@ flags.DEFINE_integer("layers", 4, "Decoder layers.")
 flags.DEFINE_string("measure", "softmax_diff", "Confidence measure.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (median).")
 flags.DEFINE_integer("batch_size", 0, "Rows per packed decode call (0 = num_inputs).")
-flags.DEFINE_integer("train_steps", 400, "CALM-style training steps before decoding (0 = the "
+flags.DEFINE_integer("train_steps", 1500, "CALM-style training steps before decoding (0 = the "
                      "untrained model, whose early outputs diverge at once).")
 FLAGS = flags.FLAGS
 
