@@ -75,19 +75,19 @@ class _Reference:
   confidences: np.ndarray  # [B, T] float32
   trace: np.ndarray  # [B, T, L] float32, NaN where not computed
 
-  def update(self, rows: np.ndarray, decoded: Any, count: int) -> None:
-    """Makes the first `count` rows of a decode the new reference of examples `rows`."""
-    self.tokens[rows] = np.asarray(decoded.tokens)[:count]
-    self.exit_layers[rows] = np.asarray(decoded.exit_layers)[:count]
-    self.confidences[rows] = np.asarray(decoded.confidences)[:count]
-    self.trace[rows] = np.asarray(decoded.trace)[:count]
+  def update(self, examples: np.ndarray, decoded: Any, out_rows: np.ndarray) -> None:
+    """Makes rows `out_rows` of a decode the new references of `examples` (both [E])."""
+    self.tokens[examples] = np.asarray(decoded.tokens)[out_rows]
+    self.exit_layers[examples] = np.asarray(decoded.exit_layers)[out_rows]
+    self.confidences[examples] = np.asarray(decoded.confidences)[out_rows]
+    self.trace[examples] = np.asarray(decoded.trace)[out_rows]
 
 
 def same_decisions(trace: np.ndarray, exit_layers: np.ndarray, lambda_t: np.ndarray,
                    exit_config: ExitConfig, num_layers: int, margin: float) -> np.ndarray:
-  """[B] bool: decoding with thresholds lambda_t [B, T] (< 1) would exit every token where
-  the reference decode (trace [B, T, L], exit_layers [B, T]) did, so it would produce the
-  reference's tokens, exit layers and confidences.
+  """[...] bool: decoding with thresholds lambda_t [..., T] (< 1) would exit every token
+  where the reference decode (trace [..., T, L], exit_layers [..., T]; leading axes
+  broadcast) did, so it would produce the reference's tokens, exit layers and confidences.
 
   That holds when no exit point before a token's exit layer reaches lambda_t - margin, and
   every early exit of the reference still clears lambda_t + margin (the margin absorbs
@@ -96,14 +96,14 @@ def same_decisions(trace: np.ndarray, exit_layers: np.ndarray, lambda_t: np.ndar
   layer_numbers = np.arange(1, num_layers + 1)  # [L]
   early_point = (np.asarray(is_exit_point(layer_numbers, exit_config, num_layers))
                  & (layer_numbers < num_layers))  # [L]
-  confidence = np.nan_to_num(trace, nan=-np.inf)  # [B, T, L]
-  before_exit = layer_numbers < exit_layers[..., None]  # [B, T, L]
-  leaves_earlier = (early_point & before_exit
-                    & (confidence >= lambda_t[..., None] - margin)).any(axis=(1, 2))  # [B]
+  confidence = np.nan_to_num(trace, nan=-np.inf)  # [..., T, L]
+  before_exit = early_point & (layer_numbers < exit_layers[..., None])  # [..., T, L]
+  best_before_exit = np.where(before_exit, confidence, -np.inf).max(axis=-1)  # [..., T]
+  leaves_earlier = (best_before_exit >= lambda_t - margin).any(axis=-1)  # [...]
   at_exit = np.take_along_axis(confidence, np.maximum(exit_layers, 1)[..., None] - 1,
-                               axis=2)[..., 0]  # [B, T]
-  early_exit = (exit_layers > 0) & (exit_layers < num_layers)  # [B, T]
-  exit_shaky = (early_exit & (at_exit < lambda_t + margin)).any(axis=1)  # [B]
+                               axis=-1)[..., 0]  # [..., T]
+  early_exit = (exit_layers > 0) & (exit_layers < num_layers)  # [..., T]
+  exit_shaky = (early_exit & (at_exit < lambda_t + margin)).any(axis=-1)  # [...]
   return ~leaves_earlier & ~exit_shaky
 
 
@@ -157,8 +157,8 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
 def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decode_len,
                batch_size, margin, grid: GridDecode, reference: _Reference) -> int:
   """Fills grid[k, b] for every pair, largest threshold first per example: copied from the
-  example's reference when the decisions provably agree, else decoded (in waves of at most
-  one pair per example) and made the new reference. Returns the pairs decoded."""
+  example's reference when the decisions provably agree, else decoded (in waves led by one
+  pair per example) and made the new reference. Returns the pairs decoded."""
   thresholds, num_layers = grid.thresholds, config.num_decoder_layers
   order = np.argsort(-thresholds, kind="stable")  # grid indices, largest first
   lambda_t = np.asarray(threshold_at(
@@ -172,40 +172,66 @@ def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decod
     if waiting.size == 0:
       return decoded
     for start in range(0, waiting.size, batch_size):
-      rows = waiting[start:start + batch_size]
-      ks = order[cursor[rows]]
+      rows, steps = _plan_wave(waiting[start:start + batch_size], cursor, order.size,
+                               batch_size)
+      ks = order[cursor[rows] + steps]
       out = _decode_rows(config, params, input_ids, attention_mask, exit_config,
                          max_decode_len, thresholds[ks], rows, batch_size)
       grid.tokens[ks, rows] = np.asarray(out.tokens)[:rows.size]
       grid.exit_layers[ks, rows] = np.asarray(out.exit_layers)[:rows.size]
       grid.confidences[ks, rows] = np.asarray(out.confidences)[:rows.size]
-      reference.update(rows, out, rows.size)
-      cursor[rows] += 1
+      # Each example's last (smallest-threshold) decode becomes its reference.
+      examples, last_from_end = np.unique(rows[::-1], return_index=True)
+      last = rows.size - 1 - last_from_end
+      reference.update(examples, out, last)
+      cursor[examples] += steps[last] + 1
       decoded += rows.size
+
+
+def _plan_wave(waiting: np.ndarray, cursor: np.ndarray, grid_size: int,
+               batch_size: int):
+  """The rows of one decode call: each waiting example's next pair, then, while the call's
+  padded size has room, the pairs after it (consecutive thresholds, round robin over the
+  examples). Extra pairs are decoded directly (exact) instead of in later tiny waves.
+  Returns (examples [R], steps [R]): pair = (order[cursor[e] + step], e)."""
+  room = min(b for b in row_buckets(batch_size) if b >= waiting.size) - waiting.size
+  examples, steps = [waiting], [np.zeros(waiting.size, np.int64)]
+  step = 1
+  while room > 0:
+    more = waiting[cursor[waiting] + step < grid_size][:room]
+    if more.size == 0:
+      break
+    examples.append(more)
+    steps.append(np.full(more.size, step, np.int64))
+    room -= more.size
+    step += 1
+  return np.concatenate(examples), np.concatenate(steps)
 
 
 def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_layers,
                     margin) -> np.ndarray:
-  """Copies every pair that shares its example's reference trajectory, moving each
-  example's cursor to its next pair that needs a decode; returns those examples."""
-  while True:
-    pending = np.flatnonzero(cursor < order.size)
-    if pending.size == 0:
-      return pending
-    ks = order[cursor[pending]]
-    copy = grid.thresholds[ks] >= 1.0  # never exits: the reference is still the full decode
-    check = ~copy
-    if check.any():
-      rows = pending[check]
-      copy[check] = same_decisions(reference.trace[rows], reference.exit_layers[rows],
-                                   lambda_t[ks[check]], exit_config, num_layers, margin)
-    if not copy.any():
-      return pending
-    rows, k_rows = pending[copy], ks[copy]
-    grid.tokens[k_rows, rows] = reference.tokens[rows]
-    grid.exit_layers[k_rows, rows] = reference.exit_layers[rows]
-    grid.confidences[k_rows, rows] = reference.confidences[rows]
-    cursor[rows] += 1
+  """Copies, for every example, the run of its next pairs that share its reference's
+  decisions, moving its cursor to the first pair that needs a decode; returns the examples
+  that have one."""
+  grid_size = order.size
+  pending = np.flatnonzero(cursor < grid_size)  # [P]
+  position = cursor[pending][:, None] + np.arange(grid_size)  # [P, K]
+  valid = position < grid_size
+  ks = order[np.minimum(position, grid_size - 1)]  # [P, K] grid indices, largest first
+  rows = pending[:, None]
+  shared = same_decisions(reference.trace[rows], reference.exit_layers[rows], lambda_t[ks],
+                          exit_config, num_layers, margin)  # [P, K]
+  shared |= grid.thresholds[ks] >= 1.0  # never exits: the reference is still the full decode
+  shared &= valid
+  run = np.where(shared.all(axis=1), valid.sum(axis=1), np.argmin(shared, axis=1))  # [P]
+  for step in range(int(run.max(initial=0))):
+    take = run > step
+    examples, k_step = pending[take], ks[take, step]
+    grid.tokens[k_step, examples] = reference.tokens[examples]
+    grid.exit_layers[k_step, examples] = reference.exit_layers[examples]
+    grid.confidences[k_step, examples] = reference.confidences[examples]
+  cursor[pending] += run
+  return pending[cursor[pending] < grid_size]
 
 
 def _decode_rows(config, params, input_ids, attention_mask, exit_config, max_decode_len,
