@@ -1,0 +1,21 @@
+"""The calibration side of the project (calibration, consistency, validity, metrics) loads
+without JAX, so it can be used and tested on its own."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module", ["calm_jax.calibration", "calm_jax.consistency",
+                                    "calm_jax.validity", "calm_jax.data.metrics"])
+def test_import_does_not_load_jax(module):
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+  code = f"import sys, {module}; assert 'jax' not in sys.modules, 'jax loaded'"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr
