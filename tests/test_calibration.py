@@ -1,6 +1,6 @@
 """Learn-then-Test calibration: p-values against plain-`math` references, their validity
 under the null, fixed-sequence and Bonferroni semantics, the naive baseline, the result
-table, rule names, input checks, and that the module loads without JAX."""
+table, rule names and input checks."""
 
 import itertools
 import json

@@ -1,6 +1,5 @@
 """Calibration losses from decoded outputs: textual and risk consistency against direct
-calls of the metric functions, hand-computed cells, dispatch, input checks, and that the
-module loads without JAX."""
+calls of the metric functions, hand-computed cells, dispatch and input checks."""
 
 
 import numpy as np
