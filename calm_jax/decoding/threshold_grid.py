@@ -15,10 +15,12 @@ the same example compute exactly the same states.
    clears lambda_t) *is* the reference decode, so it is copied. A `margin` around lambda_t
    sends near ties to a real decode, so rounding between compiled programs cannot flip a
    decision.
-3. The other pairs are decoded, at most one per example per wave, with one threshold per
-   row (`generate_with_thresholds`, exact by batch invariance), and become their example's
-   reference for the smaller thresholds. On a trained model most neighbouring thresholds
-   share their decisions, so few pairs are decoded at all.
+3. The other pairs are decoded in waves led by one pair per example, with one threshold
+   per row (`generate_with_thresholds`, exact by batch invariance); the room left in a
+   wave's padded size is filled with those examples' next thresholds, decoded directly
+   rather than in later tiny waves. Each example's last decode becomes its reference for
+   the smaller thresholds. On a trained model most neighbouring thresholds share their
+   decisions, so few pairs are decoded at all.
 
 Outputs equal `generate_grid`'s exactly (tested).
 """
@@ -52,7 +54,7 @@ class GridDecode:
   full_tokens: np.ndarray  # [B, T] int32, the never-exit (full model) decode
   full_exit_layers: np.ndarray  # [B, T] int32, L per generated token, 0 after EOS
   num_layers: int  # L
-  decoded_pairs: int  # (threshold, example) pairs that needed their own decode
+  decoded_pairs: int  # (threshold, example) pairs decoded rather than copied
 
   @property
   def num_tokens(self) -> np.ndarray:
