@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.calibration.deltas = (0.05, 0.1, 0.2, 0.3)  # tolerated expected losses
   config.calibration.epsilon = 0.1  # allowed probability that the guarantee fails
   # Rules compared: 'naive' or 'ltt_<hoeffding|bentkus|hoeffding_bentkus|binomial>[_bonferroni]'
-  config.calibration.rules = ("ltt_hoeffding_bentkus", "ltt_hoeffding", "naive")
+  config.calibration.rules = ("ltt_hoeffding_bentkus", "ltt_hoeffding", "ltt_bentkus", "naive")
   config.calibration.objective = "textual"  # 'textual' (vs the full model) or 'risk' (vs targets)
   # Loss = 1 - similarity: rouge_l, token_f1, exact_match, bleu, chrf, or token_agreement (ids)
   config.calibration.similarity = "token_agreement"
