@@ -86,8 +86,8 @@ def test_is_exit_point(num_layers, min_exit, interval, expected):
 # --- ExitConfig.validate ----------------------------------------------------------------
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(measure="bogus"), "unknown confidence measure 'bogus'; registered: oracle, "
-     "softmax_diff, softmax_max, state_saturation, static"),
+    (dict(measure="bogus"), "unknown confidence measure 'bogus'; registered: "
+     "monotone_heuristic, oracle, softmax_diff, softmax_max, state_saturation, static"),
     (dict(threshold=-0.1), r"ExitConfig.threshold \(lambda\) must be >= 0, got -0.1"),
     (dict(threshold=float("nan")), r"ExitConfig.threshold \(lambda\) must be >= 0, got nan"),
     (dict(tau=-1.0), "ExitConfig.tau must be >= 0, got -1.0"),
@@ -154,8 +154,10 @@ def _softmax(logits):
 
 
 def test_registry_names_and_flags():
-  assert sorted(measures.MEASURES) == ["oracle", "softmax_diff", "softmax_max",
-                                       "state_saturation", "static"]
+  assert sorted(measures.MEASURES) == ["monotone_heuristic", "oracle", "softmax_diff",
+                                       "softmax_max", "state_saturation", "static"]
+  assert get_measure("monotone_heuristic").stateful
+  assert not any(get_measure(m).stateful for m in ["softmax_diff", "softmax_max", "oracle"])
   assert get_measure("softmax_diff").uses_logits and get_measure("softmax_max").uses_logits
   assert not get_measure("state_saturation").uses_logits
   assert get_measure("oracle").needs_final_top1 and not get_measure("oracle").thresholded
@@ -204,6 +206,30 @@ def test_state_saturation_is_cosine_with_previous_state_and_returns_new_state():
   np.testing.assert_allclose(again, np.ones(5), atol=1e-6)
   negated, _ = measure.confidence(inputs.replace(hidden=jnp.asarray(-hidden)), state)
   np.testing.assert_allclose(negated, -np.ones(5), atol=1e-6)
+
+
+def test_monotone_heuristic_against_a_numpy_reference():
+  measure = get_measure("monotone_heuristic")
+  rng = np.random.RandomState(4)
+  steps = [rng.randn(6, 9).astype(np.float32) * scale for scale in (0.5, 1.0, 2.0, 0.2, 3.0)]
+  state = measure.init_state(jnp.zeros((6, 3)))
+  assert state.shape == (6, 2) and np.isnan(np.asarray(state)).all()
+  history, seen = [], []  # NumPy reference: top-1 probability per exit point
+  for logits in steps:
+    inputs = MeasureInputs(layer=jnp.int32(1), hidden=jnp.zeros((6, 3)),
+                           logits=jnp.asarray(logits), final_top1=None)
+    confidence, state = measure.confidence(inputs, state)
+    history.append(_softmax(logits.astype(np.float64)).max(-1))
+    if len(history) < 3:
+      expected = np.zeros(6)
+    else:
+      a, b, c = history[-3:]
+      expected = np.where((a < b) & (b < c), c, 0.0)
+    np.testing.assert_allclose(confidence, expected, atol=1e-6)
+    np.testing.assert_allclose(state[:, 1], history[-1], atol=1e-6)
+    seen.append(np.asarray(confidence))
+  seen = np.concatenate(seen[2:])
+  assert (seen > 0).any() and (seen == 0).any()  # both outcomes after the warm-up
 
 
 def test_state_saturation_of_zero_state_is_finite():

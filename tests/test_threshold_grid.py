@@ -52,7 +52,9 @@ def _grid_from_trace(model, exit_config, size):
     ExitConfig(measure="softmax_max", tau=4.0),
     ExitConfig(measure="softmax_diff", tau=2.0, decay="code", exit_interval=2),
     ExitConfig(measure="state_saturation", propagation="full_compute"),
-], ids=["softmax_diff", "saturation_min2", "max_tau", "diff_code_decay", "full_compute"])
+    ExitConfig(measure="monotone_heuristic"),
+], ids=["softmax_diff", "saturation_min2", "max_tau", "diff_code_decay", "full_compute",
+        "monotone"])
 def test_packed_grid_equals_vmapped_grid(model, exit_config):
   params, ids, mask = model
   thresholds = _grid_from_trace(model, exit_config, 8)
@@ -218,3 +220,24 @@ def test_skipped_rows_return_padding_and_change_nothing_else(model):
   with pytest.raises(ValueError, match=r"skip_rows must be a bool array \[6\], got int64 \(2,\)"):
     generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
                              exit=exit_config, max_decode_len=T, skip_rows=np.array([0, 1]))
+
+
+def test_monotone_heuristic_rows_equal_decoding_alone_in_a_mixed_batch(model):
+  """A stateful measure runs at every exit point, so a never-exit row (lambda = 1) reports
+  the same exit confidence alone as in a batch where other rows can exit."""
+  params, ids, mask = model
+  exit_config = ExitConfig(measure="monotone_heuristic")
+  thresholds = np.array([1.0, 0.3, 0.2, 0.1, 0.05, 0.0], np.float32)
+  both = generate_with_thresholds(CONFIG, params, ids, mask, thresholds=thresholds,
+                                  exit=exit_config, max_decode_len=T, return_trace=True)
+  layers = np.asarray(both.exit_layers)
+  assert ((layers > 0) & (layers < L)).any() and (layers[0][layers[0] > 0] == L).all()
+  assert (np.asarray(both.confidences)[0] > 0).any()  # the rise was seen by row 0 too
+  for b in range(B):
+    alone = generate(CONFIG, params, ids[b:b + 1], mask[b:b + 1],
+                     exit=dataclasses.replace(exit_config, threshold=float(thresholds[b])),
+                     max_decode_len=T)
+    np.testing.assert_array_equal(np.asarray(both.tokens)[b], np.asarray(alone.tokens)[0])
+    np.testing.assert_array_equal(layers[b], np.asarray(alone.exit_layers)[0])
+    np.testing.assert_allclose(np.asarray(both.confidences)[b],
+                               np.asarray(alone.confidences)[0], atol=1e-5)

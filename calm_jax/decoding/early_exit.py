@@ -169,9 +169,10 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     exit_point = is_exit_point(layer_no, exit_config, num_layers)
     # Logit-based confidence (the costly head) is only computed where it can decide an
     # exit, where the trace records it, or at layer L (its logits give the token); cheap
-    # measures run at every exit point so their state stays current.
+    # and stateful measures run at every exit point so their state stays current.
     wanted = exit_point & (jnp.any(allow_early) | (s.trace.shape[1] > 0)
-                           | (layer_no == num_layers) | (not measure.uses_logits))
+                           | (layer_no == num_layers) | (not measure.uses_logits)
+                           | measure.stateful)
     operands = (s, cache, self_bias, wanted, final_top1)
     if len(buckets) == 1:
       output, confidence, measure_state, logits = on_rows[0](*operands)

@@ -10,6 +10,8 @@ token. It declares what it needs; the decoder supplies only that:
   (the oracle), and passes it.
 - `thresholded`: exit when confidence >= lambda_t; otherwise the measure decides alone and
   exits where confidence >= 1 (static and oracle exits ignore the threshold).
+- `stateful`: the state carries information across exit points, so the decoder runs the
+  measure at every exit point, also where no exit can happen (lambda >= 1).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Measure:
   uses_logits: bool = False
   needs_final_top1: bool = False
   thresholded: bool = True
+  # The state carries information across exit points, so the decoder must run the measure
+  # at every exit point (even where it could not decide an exit) to keep it current.
+  stateful: bool = False
 
 
 def _top2_probabilities(logits: Array) -> Tuple[Array, Array]:
@@ -88,6 +93,19 @@ def state_saturation(inputs: MeasureInputs, previous: Array) -> Tuple[Array, Arr
   return dot / jnp.maximum(norms, 1e-12), current
 
 
+def monotone_heuristic(inputs: MeasureInputs, previous: Array) -> Tuple[Array, Array]:
+  """The top-1 probability where the last three exit points' top-1 probabilities (the two
+  before and this one) rise strictly, else 0: with the rule confidence >= lambda_t, the
+  token leaves once its confidence has risen twice in a row and reached the threshold.
+
+  previous: [B, 2] the top-1 probabilities of the two exit points before (NaN when there
+  were fewer than two; NaN compares false, so the confidence stays 0 until then).
+  """
+  first, _ = _top2_probabilities(inputs.logits)  # [B]
+  rising = (previous[:, 0] < previous[:, 1]) & (previous[:, 1] < first)
+  return jnp.where(rising, first, 0.0), jnp.stack([previous[:, 1], first], axis=1)
+
+
 def static_exit(inputs: MeasureInputs, state) -> Tuple[Array, Any]:
   """1 at `static_exit_layer`, 0 elsewhere: every token leaves at that layer."""
   hit = inputs.layer == inputs.static_exit_layer
@@ -115,6 +133,9 @@ register(Measure("softmax_diff", softmax_diff, uses_logits=True))
 register(Measure("softmax_max", softmax_max, uses_logits=True))
 register(Measure("state_saturation", state_saturation,
                  init_state=lambda embedded: embedded.astype(jnp.float32)))
+register(Measure("monotone_heuristic", monotone_heuristic, uses_logits=True, stateful=True,
+                 init_state=lambda embedded: jnp.full((embedded.shape[0], 2), jnp.nan,
+                                                      jnp.float32)))
 register(Measure("static", static_exit, thresholded=False))
 register(Measure("oracle", oracle_exit, uses_logits=True, needs_final_top1=True,
                  thresholded=False))
