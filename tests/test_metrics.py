@@ -88,20 +88,15 @@ def test_rouge_l_identical_is_one(text):
 # --- BLEU and chrF ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ours, theirs", [(sentence_bleu, sacrebleu.sentence_bleu),
+                                          (sentence_chrf, sacrebleu.sentence_chrf)],
+                         ids=["bleu", "chrf"])
 @pytest.mark.parametrize("prediction,reference", PAIRS)
-def test_sentence_bleu_matches_sacrebleu(prediction, reference):
-  expected = sacrebleu.sentence_bleu(prediction, [reference]).score / 100
-  assert sentence_bleu(prediction, reference) == expected
-  assert sentence_bleu(prediction, [reference]) == expected
-  assert 0.0 <= sentence_bleu(prediction, reference) <= 1.0
-
-
-@pytest.mark.parametrize("prediction,reference", PAIRS)
-def test_sentence_chrf_matches_sacrebleu(prediction, reference):
-  expected = sacrebleu.sentence_chrf(prediction, [reference]).score / 100
-  assert sentence_chrf(prediction, reference) == expected
-  assert sentence_chrf(prediction, [reference]) == expected
-  assert 0.0 <= sentence_chrf(prediction, reference) <= 1.0
+def test_sentence_scores_match_sacrebleu(ours, theirs, prediction, reference):
+  expected = theirs(prediction, [reference]).score / 100
+  assert ours(prediction, reference) == expected
+  assert ours(prediction, [reference]) == expected
+  assert 0.0 <= ours(prediction, reference) <= 1.0
 
 
 @pytest.mark.parametrize("prediction,references", MULTI)
