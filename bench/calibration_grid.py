@@ -139,9 +139,7 @@ def main(_):
 
 def print_validity(grid, thresholds):
   """LTT vs the naive rule on random 80/20 splits of the decoded grid."""
-  ids_up_to_eos = lambda tokens, layers: [row[l > 0].tolist() for row, l in zip(tokens, layers)]
-  early = [ids_up_to_eos(t, l) for t, l in zip(grid.tokens, grid.exit_layers)]
-  full = ids_up_to_eos(grid.full_tokens, grid.full_exit_layers)
+  early, full = grid.generated_ids()
   losses = consistency.textual_consistency_losses(early, full, "token_agreement")
   report = validity.validity_study(
       losses, thresholds, grid.layer_sums.T, grid.num_tokens.T, grid.num_layers,

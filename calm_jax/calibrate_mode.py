@@ -99,15 +99,12 @@ def _is_integer(value) -> bool:
 
 
 def _outputs(grid: GridDecode, settings: CalibrationSettings):
-  """Early outputs [k][n] and full outputs [n]: texts, or token ids for token_agreement."""
+  """Early outputs [k][n] and full outputs [n]: token ids for token_agreement, else texts."""
+  early, full = grid.generated_ids()
   if settings.similarity == "token_agreement":
-    convert = lambda row, layers: row[layers > 0].tolist()
-  else:
-    convert = lambda row, layers: byte_vocab.decode(row)
-  early = [[convert(row, layers) for row, layers in zip(tokens, exit_layers)]
-           for tokens, exit_layers in zip(grid.tokens, grid.exit_layers)]
-  full = [convert(row, layers) for row, layers in zip(grid.full_tokens, grid.full_exit_layers)]
-  return early, full
+    return early, full
+  return [[byte_vocab.decode(ids) for ids in column] for column in early], [
+      byte_vocab.decode(ids) for ids in full]
 
 
 def _choices(losses, grid: GridDecode, settings: CalibrationSettings) -> List[dict]:

@@ -358,52 +358,56 @@ def test_no_weights(tmp_path, v10):
 
 # ----------------------------------------------------------------------------- tensor errors
 
-def test_missing_tensor(tmp_path, v11):
-  model, _ = v11
+def _drop(name):
+  def change(tensors, config):
+    del tensors[name]
+    return config
+  return change
+
+
+def _add(name, tensor):
+  def change(tensors, config):
+    tensors[name] = tensor
+    return config
+  return change
+
+
+def _narrow(name, width):
+  def change(tensors, config):
+    tensors[name] = tensors[name][:, :width]
+    return config
+  return change
+
+
+def _config(**fields):
+  return lambda tensors, config: dict(config, **fields)
+
+
+V_WEIGHT = "encoder.block.1.layer.0.SelfAttention.v.weight"
+
+
+@pytest.mark.parametrize("which, change, message", [
+    ("v11", _drop("decoder.block.1.layer.2.DenseReluDense.wo.weight"),
+     "missing tensor decoder.block.1.layer.2.DenseReluDense.wo.weight "
+     "(expected shape (20, 24))"),
+    ("v10", _add("decoder.block.5.layer.0.SelfAttention.q.weight", torch.zeros(18, 16)),
+     "1 tensor(s) in the checkpoint that a T5 with this config does not have: "
+     "decoder.block.5.layer.0.SelfAttention.q.weight"),
+    # A gated checkpoint under a ReLU config.
+    ("v11", _config(feed_forward_proj="relu"),
+     "missing tensor encoder.block.0.layer.1.DenseReluDense.wi.weight (expected shape (24, 20))"),
+    ("v10", _narrow(V_WEIGHT, 15),
+     f"tensor {V_WEIGHT} has shape (18, 15) but the config expects (18, 16)"),
+    ("v10", _config(d_kv=5),
+     "tensor encoder.block.0.layer.0.SelfAttention.q.weight has shape (18, 16) but the "
+     "config expects (15, 16)"),
+], ids=["missing", "extra", "gated_under_relu", "shape", "shape_from_config"])
+def test_tensor_errors(tmp_path, request, which, change, message):
+  model, _ = request.getfixturevalue(which)
   tensors = state_dict(model)
-  del tensors["decoder.block.1.layer.2.DenseReluDense.wo.weight"]
-  with pytest.raises(CheckpointError,
-                     match=re.escape("missing tensor decoder.block.1.layer.2.DenseReluDense.wo.weight "
-                                     "(expected shape (20, 24))")):
-    load_hf_t5(write_checkpoint(tmp_path, hf_config(model), tensors))
-
-
-def test_extra_tensor(tmp_path, v10):
-  model, _ = v10
-  tensors = state_dict(model)
-  tensors["decoder.block.5.layer.0.SelfAttention.q.weight"] = torch.zeros(18, 16)
-  with pytest.raises(CheckpointError,
-                     match=re.escape("1 tensor(s) in the checkpoint that a T5 with this config does "
-                                     "not have: decoder.block.5.layer.0.SelfAttention.q.weight")):
-    load_hf_t5(write_checkpoint(tmp_path, hf_config(model), tensors))
-
-
-def test_gated_checkpoint_under_relu_config(tmp_path, v11):
-  model, _ = v11
-  config = dict(hf_config(model), feed_forward_proj="relu")
-  with pytest.raises(CheckpointError,
-                     match=re.escape("missing tensor encoder.block.0.layer.1.DenseReluDense.wi.weight "
-                                     "(expected shape (24, 20))")):
-    load_hf_t5(write_checkpoint(tmp_path, config, state_dict(model)))
-
-
-def test_shape_mismatch(tmp_path, v10):
-  model, _ = v10
-  tensors = state_dict(model)
-  name = "encoder.block.1.layer.0.SelfAttention.v.weight"
-  tensors[name] = tensors[name][:, :15]
-  with pytest.raises(CheckpointError,
-                     match=re.escape(f"tensor {name} has shape (18, 15) but the config expects (18, 16)")):
-    load_hf_t5(write_checkpoint(tmp_path, hf_config(model), tensors))
-
-
-def test_shape_mismatch_from_config(tmp_path, v10):
-  model, _ = v10
-  config = dict(hf_config(model), d_kv=5)
-  with pytest.raises(CheckpointError,
-                     match=re.escape("tensor encoder.block.0.layer.0.SelfAttention.q.weight has shape "
-                                     "(18, 16) but the config expects (15, 16)")):
-    load_hf_t5(write_checkpoint(tmp_path, config, state_dict(model)))
+  config = change(tensors, hf_config(model))
+  with pytest.raises(CheckpointError, match=re.escape(message)):
+    load_hf_t5(write_checkpoint(tmp_path, config, tensors))
 
 
 def test_sharded_index_names_missing_shard(tmp_path, v11):

@@ -66,6 +66,13 @@ class GridDecode:
     """[K, B] decoder layers run, summed over each pair's tokens."""
     return self.exit_layers.sum(axis=-1)
 
+  def generated_ids(self):
+    """The generated token ids (up to and including EOS) as lists: early [K][B] and full
+    [B], the layout `consistency` takes."""
+    cut = lambda tokens, layers: [row[kept > 0].tolist() for row, kept in zip(tokens, layers)]
+    return ([cut(t, l) for t, l in zip(self.tokens, self.exit_layers)],
+            cut(self.full_tokens, self.full_exit_layers))
+
 
 @dataclasses.dataclass
 class _Reference:
