@@ -1,4 +1,5 @@
-"""Where a run's model comes from: a Hugging Face checkpoint or fresh initialisation."""
+"""Where a run's model comes from: a calm_jax params export (what training writes to
+`<workdir>/model`), a Hugging Face checkpoint, or fresh initialisation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from calm_jax.model.hf_import import load_hf_t5
 from calm_jax.model.t5 import init_params
 
 # ConfigDict fields under `model` that are not T5Config fields.
-SOURCE_FIELDS = ("hf_path",)
+SOURCE_FIELDS = ("hf_path", "checkpoint")
 
 
 def t5_config_from(model_config: ml_collections.ConfigDict) -> T5Config:
@@ -21,8 +22,29 @@ def t5_config_from(model_config: ml_collections.ConfigDict) -> T5Config:
   return T5Config.from_dict(values)
 
 
+def check_source(model_config: ml_collections.ConfigDict) -> None:
+  """At most one source is named, and a named export exists (checked before any work)."""
+  checkpoint = model_config.get("checkpoint", "")
+  if checkpoint and model_config.hf_path:
+    raise ValueError(f"model.checkpoint={checkpoint!r} and model.hf_path="
+                     f"{model_config.hf_path!r} are both set; name one model source")
+  if checkpoint:
+    # Imported here: the export reader pulls in Orbax, which decoding alone never needs.
+    from calm_jax.training.checkpoints import is_export  # pylint: disable=import-outside-toplevel
+    if not is_export(checkpoint):
+      raise ValueError(f"model.checkpoint={checkpoint!r} is not a calm_jax params export "
+                       "(a directory with config.json and params/, as `train` writes to "
+                       "<workdir>/model)")
+
+
 def load_model(model_config: ml_collections.ConfigDict, seed: int) -> Tuple[T5Config, Any]:
-  """(config, params): imported from `hf_path` when set, else freshly initialised."""
+  """(config, params): from the export `checkpoint`, imported from `hf_path`, or freshly
+  initialised when neither is set. The size fields of the section apply only to fresh
+  initialisation; an export or import brings its own configuration."""
+  check_source(model_config)
+  if model_config.get("checkpoint", ""):
+    from calm_jax.training.checkpoints import load_exported  # pylint: disable=import-outside-toplevel
+    return load_exported(model_config.checkpoint)
   if model_config.hf_path:
     return load_hf_t5(model_config.hf_path, dtype=model_config.dtype,
                       param_dtype=model_config.param_dtype)

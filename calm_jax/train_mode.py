@@ -1,0 +1,118 @@
+"""The `train` mode: CALM fine-tuning with the anytime objective.
+
+Every setting of the `train` and `mesh` sections is checked before the model loads. The
+run checkpoints under <workdir>/checkpoints/train, resumes from there when restarted in the
+same workdir, logs to <workdir>/train_metrics.jsonl and <workdir>/tensorboard/train, and
+ends by writing a params-only export to <workdir>/model, which later modes load with
+--config.model.checkpoint=<workdir>/model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from calm_jax.data import byte_vocab
+from calm_jax.data.tasks import get_task
+from calm_jax.model.config import T5Config
+from calm_jax.model.source import check_source, load_model
+from calm_jax.training.calm import train_calm
+from calm_jax.training.checkpoints import export_params
+from calm_jax.training.data import EncodedExamples
+from calm_jax.training.loop import LoopSettings
+from calm_jax.training.objectives import AnytimeObjective
+from calm_jax.training.optimizers import OptimizerConfig
+from calm_jax.training.sharding import MeshConfig, make_mesh
+
+EXPORT_DIR = "model"
+
+
+def loop_settings_from(section: ml_collections.ConfigDict, seed: int) -> LoopSettings:
+  return LoopSettings(steps=section.steps, batch_size=section.batch_size, seed=seed,
+                      log_every=section.log_every, checkpoint_every=section.checkpoint_every,
+                      keep_checkpoints=section.keep_checkpoints,
+                      async_checkpoints=section.async_checkpoints)
+
+
+def optimizer_from(section: ml_collections.ConfigDict) -> OptimizerConfig:
+  return OptimizerConfig(optimizer=section.optimizer, learning_rate=section.learning_rate,
+                         schedule=section.schedule, warmup_steps=section.warmup_steps,
+                         total_steps=section.steps, weight_decay=section.weight_decay,
+                         clip_norm=section.clip_norm)
+
+
+def mesh_config_from(section: ml_collections.ConfigDict) -> MeshConfig:
+  return MeshConfig(data=section.data, model=section.model,
+                    rules=tuple((str(name), axis) for name, axis in section.rules))
+
+
+def encode_pairs(examples, max_input_len: int, max_target_len: int,
+                 vocab_size: int) -> EncodedExamples:
+  """Byte-level ids of (inputs, targets) pairs, padded/truncated; targets keep their EOS
+  only when they fit."""
+  if vocab_size < byte_vocab.VOCAB_SIZE:
+    raise ValueError(f"the model's vocabulary ({vocab_size} rows) cannot hold the "
+                     f"{byte_vocab.VOCAB_SIZE} byte-level ids the training data uses")
+  inputs, _ = byte_vocab.encode_batch([e.inputs for e in examples], max_input_len)
+  targets, _ = byte_vocab.encode_batch([e.targets for e in examples], max_target_len)
+  return EncodedExamples(inputs=inputs, targets=targets)
+
+
+def training_data(config: ml_collections.ConfigDict, vocab_size: int) -> EncodedExamples:
+  """The `train` split of config.train.task, encoded."""
+  task = get_task(config.train.task)
+  examples = task.examples("train", config.train.num_examples, config.seed)
+  return encode_pairs(examples, config.data.max_input_len, config.decode.max_decode_len,
+                      vocab_size)
+
+
+def check_train_config(config: ml_collections.ConfigDict) -> Tuple[LoopSettings, OptimizerConfig,
+                                                                   AnytimeObjective, MeshConfig]:
+  """Every training setting checked, before any model or data work."""
+  section = config.train
+  settings = loop_settings_from(section, config.seed)
+  optimizer = optimizer_from(section)
+  optimizer.validate()
+  objective = AnytimeObjective(layer_weighting=section.layer_weighting,
+                               label_smoothing=section.label_smoothing, z_loss=section.z_loss)
+  objective.validate()
+  mesh_config = mesh_config_from(config.mesh)
+  settings.validate(make_mesh(mesh_config))
+  if section.num_examples < 1:
+    raise ValueError(f"train.num_examples must be >= 1, got {section.num_examples!r}")
+  get_task(section.task)
+  check_source(config.model)
+  return settings, optimizer, objective, mesh_config
+
+
+def describe(model: T5Config, data: EncodedExamples, settings: LoopSettings) -> str:
+  tokens = int(np.sum(data.targets != byte_vocab.PAD_ID))
+  return (f"CALM training of a {model.num_layers}+{model.num_decoder_layers}-layer T5 "
+          f"(d_model {model.d_model}) on {len(data.inputs)} examples ({tokens} target "
+          f"tokens), {settings.steps} steps of batch {settings.batch_size}, on "
+          f"{jax.device_count()} device(s)")
+
+
+def train_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Runs (or resumes) CALM training; returns the export directory."""
+  settings, optimizer, objective, mesh_config = check_train_config(config)
+  model_config, params = load_model(config.model, config.seed)
+  data = training_data(config, model_config.vocab_size)
+  if jax.process_index() == 0:
+    print(describe(model_config, data, settings), flush=True)
+  result = train_calm(model_config, params, data, objective=objective, optimizer=optimizer,
+                      settings=settings, workdir=workdir, mesh=make_mesh(mesh_config),
+                      rules=mesh_config.rules)
+  export = export_params(os.path.join(workdir, EXPORT_DIR), model_config, result.params)
+  if jax.process_index() == 0:
+    last = result.history[-1] if result.history else None
+    summary = (f"final loss {last['loss']:.4f}; per-layer accuracy "
+               + ", ".join(f"{a:.3f}" for a in last["layer_accuracy"] if a is not None)
+               if last else "nothing left to train (the checkpoint is at the last step)")
+    print(f"[train] {summary}. Model exported to {export}; use it with "
+          f"--config.model.checkpoint={export}", flush=True)
+  return export

@@ -1,0 +1,42 @@
+"""CALM fine-tuning as a library call: the anytime objective over every decoder layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Dict, Optional
+
+from jax.sharding import Mesh
+
+from calm_jax.model.config import T5Config
+from calm_jax.training import data as data_lib
+from calm_jax.training.loop import LoopSettings, TrainResult, fit
+from calm_jax.training.objectives import AnytimeObjective, anytime_loss
+from calm_jax.training.optimizers import OptimizerConfig, make_optimizer
+from calm_jax.training.sharding import DEFAULT_RULES, make_mesh, MeshConfig
+
+
+def calm_description(config: T5Config, objective: AnytimeObjective) -> Dict[str, Any]:
+  """What a CALM checkpoint must match to be resumed: the model and the objective."""
+  return {"kind": "calm", "model": dataclasses.asdict(config),
+          "objective": dataclasses.asdict(objective)}
+
+
+def train_calm(config: T5Config, params: Any, data: data_lib.EncodedExamples, *,
+               objective: AnytimeObjective, optimizer: OptimizerConfig,
+               settings: LoopSettings, workdir: str, mesh: Optional[Mesh] = None,
+               rules=DEFAULT_RULES, stop_after: Optional[int] = None) -> TrainResult:
+  """Fine-tunes `params` with the anytime loss; checks every setting before compiling."""
+  objective.validate()
+  optimizer = dataclasses.replace(optimizer, total_steps=settings.steps)
+  optimizer.validate()
+  mesh = mesh if mesh is not None else make_mesh(MeshConfig())
+  settings.validate(mesh)
+
+  def loss_fn(params, frozen, batch, rng):
+    del frozen
+    return anytime_loss(config, objective, params, batch, rng=rng)
+
+  return fit(loss_fn, params, make_optimizer(optimizer), data, settings, mesh, rules,
+             workdir, calm_description(config, objective), name="train",
+             stop_after=stop_after)

@@ -1,0 +1,129 @@
+"""Orbax checkpoints of training runs, and params-only exports for inference.
+
+A run's workdir holds `checkpoints/<step>/` (the train state and a JSON description of the
+model and what is trained) managed by an Orbax CheckpointManager: saved every N steps,
+asynchronously, keeping the last K. A run started in a workdir that has checkpoints resumes
+from the latest one, after checking that it describes the same model; a checkpoint of a
+different model is reported as such instead of failing inside Orbax.
+
+An export (`export_params`) is a directory with `config.json` (the T5Config) and `params/`
+(an Orbax checkpoint of the parameters alone), loaded by `load_exported`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from calm_jax.files import write_json_atomically
+from calm_jax.model.config import T5Config
+
+EXPORT_CONFIG = "config.json"
+EXPORT_PARAMS = "params"
+
+
+class CheckpointMismatchError(ValueError):
+  """A workdir's checkpoint does not fit the run that wants to resume from it."""
+
+
+def _differences(stored: Dict[str, Any], wanted: Dict[str, Any], prefix: str = "") -> list:
+  out = []
+  for key in sorted(set(stored) | set(wanted)):
+    a, b = stored.get(key, "<missing>"), wanted.get(key, "<missing>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.extend(_differences(a, b, f"{prefix}{key}."))
+    elif a != b:
+      out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
+  return out
+
+
+def parameter_shapes(tree: Any) -> Dict[str, list]:
+  """{path: shape} of every leaf, for a checkpoint's description (JSON)."""
+  return {jax.tree_util.keystr(path): list(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class TrainCheckpoints:
+  """Save/restore of a training state pytree plus a JSON description, in `directory`."""
+
+  def __init__(self, directory: str, *, save_every: int, keep: int, asynchronous: bool = True):
+    if save_every < 1:
+      raise ValueError(f"checkpoint_every must be >= 1, got {save_every}")
+    if keep < 1:
+      raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+    self.directory = os.path.abspath(directory)
+    self.save_every = save_every
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                             enable_async_checkpointing=asynchronous))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, description: Dict[str, Any], *, force: bool = False) -> bool:
+    """At every `save_every`-th step, or when forced, starts saving (in the background when
+    asynchronous); True if a save was started."""
+    if step % self.save_every and not force:
+      return False
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      description=ocp.args.JsonSave(description)),
+        force=True)
+
+  def restore(self, step: int, like: Any, description: Dict[str, Any]) -> Any:
+    """The state saved at `step`, placed like `like` (arrays with their shardings), after
+    checking the stored description (model, setup, parameter shapes) against this run's."""
+    stored = self._manager.restore(
+        step, args=ocp.args.Composite(description=ocp.args.JsonRestore()))["description"]
+    problems = _differences(stored, json.loads(json.dumps(description)))
+    if problems:
+      raise CheckpointMismatchError(
+          f"{self.directory} holds a checkpoint (step {step}) of a different model or "
+          f"training setup; use a new workdir or the same settings. Differences: "
+          + "; ".join(problems[:8]))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+
+  def wait(self) -> None:
+    """Blocks until background saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def export_params(directory: str, config: T5Config, params: Any) -> str:
+  """Writes a params-only export (config.json + params/); replaces an older export."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, EXPORT_PARAMS), params, force=True)
+  checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    write_json_atomically(os.path.join(directory, EXPORT_CONFIG), dataclasses.asdict(config))
+  return directory
+
+
+def is_export(directory: str) -> bool:
+  return (os.path.isfile(os.path.join(directory, EXPORT_CONFIG))
+          and os.path.isdir(os.path.join(directory, EXPORT_PARAMS)))
+
+
+def load_exported(directory: str) -> Tuple[T5Config, Any]:
+  """(config, params) from an `export_params` directory, as host NumPy-backed arrays."""
+  if not is_export(directory):
+    raise ValueError(f"{directory!r} is not a calm_jax params export (expected "
+                     f"{EXPORT_CONFIG} and {EXPORT_PARAMS}/ inside)")
+  with open(os.path.join(directory, EXPORT_CONFIG), encoding="utf-8") as f:
+    config = T5Config.from_dict(json.load(f))
+  params = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(directory),
+                                                           EXPORT_PARAMS))
+  return config, params

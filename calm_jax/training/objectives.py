@@ -1,0 +1,124 @@
+"""CALM's anytime objective: every decoder layer predicts the next token through the shared
+exit head, and the losses are summed with per-layer weights.
+
+    L = sum_i w_i * NLL_i,   w_i = i / sum_j j            ('calm', the paper's default)
+                             w_i = 1 / L                  ('uniform')
+                             w_i = 2^i / sum_j 2^j        ('geometric')
+                             w_L = 1, others 0            ('last': ordinary training)
+
+Optional label smoothing (the target keeps 1 - s, the rest spread uniformly) and T5X's
+z-loss (z * log(Z)^2, which keeps the softmax normaliser near 1).
+
+Keeping the extra heads cheap: the L layer states go through the final norm and the LM head
+as one [L*B*T, d] x [d, V] product, the loss takes log Z with one logsumexp and the target
+logit with one gather (no one-hot, no [.., V] log-softmax kept), and layers with zero weight
+are dropped before the head runs, so 'last' costs one head and 'calm' L heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from calm_jax.model.config import T5Config
+from calm_jax.model.t5 import decode_teacher_forced, encode, exit_logits, shift_right
+
+Array = jnp.ndarray
+LAYER_WEIGHTINGS = ("calm", "uniform", "geometric", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnytimeObjective:
+  """How the per-layer losses combine."""
+
+  layer_weighting: str = "calm"  # one of LAYER_WEIGHTINGS
+  label_smoothing: float = 0.0  # in [0, 1)
+  z_loss: float = 0.0  # >= 0; T5X uses 1e-4
+
+  def validate(self) -> None:
+    if self.layer_weighting not in LAYER_WEIGHTINGS:
+      raise ValueError(f"layer_weighting={self.layer_weighting!r} is not known; allowed: "
+                       f"{', '.join(LAYER_WEIGHTINGS)}")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+    if not self.z_loss >= 0.0:
+      raise ValueError(f"z_loss must be >= 0, got {self.z_loss!r}")
+
+
+def layer_weights(weighting: str, num_layers: int) -> np.ndarray:
+  """The weights w_1..w_L [L] (float64, summing to 1)."""
+  layers = np.arange(1, num_layers + 1, dtype=np.float64)
+  if weighting == "calm":
+    weights = layers
+  elif weighting == "uniform":
+    weights = np.ones_like(layers)
+  elif weighting == "geometric":
+    weights = 2.0 ** (layers - num_layers)  # scaled by 2^-L so deep decoders stay finite
+  elif weighting == "last":
+    weights = (layers == num_layers).astype(np.float64)
+  else:
+    raise ValueError(f"layer_weighting={weighting!r} is not known; allowed: "
+                     f"{', '.join(LAYER_WEIGHTINGS)}")
+  return weights / weights.sum()
+
+
+def token_losses(logits: Array, targets: Array, label_smoothing: float,
+                 z_loss: float) -> Tuple[Array, Array]:
+  """Cross-entropy per token and the z-loss term, both [...], from logits [..., V] and
+  integer targets [...]."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [...]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = log_z - target_logit
+  if label_smoothing:
+    vocab = logits.shape[-1]
+    off = label_smoothing / (vocab - 1)
+    mean_logit = logits.mean(axis=-1)
+    # -sum_v q_v log p_v with q = (1-s) at the target and s/(V-1) elsewhere.
+    nll = ((1.0 - label_smoothing - off) * (log_z - target_logit)
+           + off * vocab * (log_z - mean_logit))
+  return nll, z_loss * jnp.square(log_z)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Batch:
+  """One training batch of byte- or token-id pairs."""
+
+  inputs: Array  # [B, S] int32 encoder input ids, padding 0
+  targets: Array  # [B, T] int32 target ids ending in EOS, padding 0
+
+
+def anytime_loss(config: T5Config, objective: AnytimeObjective, params: Any, batch: Batch, *,
+                 rng: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
+  """The weighted anytime loss and its metrics.
+
+  Dropout runs when `rng` is given (training). Metrics: 'loss' (the objective, z-loss
+  included), 'layer_loss' [L] mean NLL per layer, 'layer_accuracy' [L] top-1 accuracy per
+  layer, 'tokens' (non-padding targets); layers with zero weight report NaN.
+  """
+  deterministic = rng is None
+  enc_rng, dec_rng, head_rng = jax.random.split(rng, 3) if rng is not None else (None,) * 3
+  mask = (batch.inputs != config.pad_token_id).astype(jnp.int32)  # [B, S]
+  encoded = encode(config, params, batch.inputs, mask, deterministic=deterministic, rng=enc_rng)
+  states = decode_teacher_forced(config, params, shift_right(config, batch.targets), encoded,
+                                 mask, deterministic=deterministic, rng=dec_rng)  # [L, B, T, d]
+  weights = layer_weights(objective.layer_weighting, config.num_decoder_layers)
+  used = np.flatnonzero(weights > 0)  # layers that enter the loss (static)
+  logits = exit_logits(config, params, states[used], deterministic=deterministic,
+                       rng=head_rng)  # [L', B, T, V]
+  nll, z_term = token_losses(logits, batch.targets[None], objective.label_smoothing,
+                             objective.z_loss)  # [L', B, T]
+  token_mask = (batch.targets != config.pad_token_id).astype(jnp.float32)  # [B, T]
+  tokens = jnp.maximum(token_mask.sum(), 1.0)
+  per_layer = lambda x: (x * token_mask).sum((1, 2)) / tokens  # [L']
+  layer_nll = per_layer(nll)
+  loss = jnp.sum(jnp.asarray(weights[used], jnp.float32) * (layer_nll + per_layer(z_term)))
+  correct = (jnp.argmax(logits, -1) == batch.targets[None]).astype(jnp.float32)
+  scatter = lambda values: jnp.full((config.num_decoder_layers,), jnp.nan).at[used].set(values)
+  return loss, {"loss": loss, "layer_loss": scatter(layer_nll),
+                "layer_accuracy": scatter(per_layer(correct)), "tokens": token_mask.sum()}
