@@ -23,6 +23,7 @@ from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
 from calm_jax.data.metrics import TEXT_SIMILARITIES
 from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.threshold_grid import GridDecode, decode_threshold_grid
 from calm_jax.files import write_json_atomically, write_text_atomically
 from calm_jax.model.source import load_model
@@ -141,7 +142,9 @@ def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   grid = decode_threshold_grid(model_config, params, input_ids, mask,
                                thresholds=settings.thresholds, exit=exit_config,
                                max_decode_len=config.decode.max_decode_len,
-                               batch_size=settings.batch_size or None)
+                               batch_size=settings.batch_size or None,
+                               classifier_params=classifier_params_for(exit_config,
+                                                                       model_config))
   early, full = _outputs(grid, settings)
   losses = consistency.consistency_losses(
       settings.objective, early, full, references=[[e.targets] for e in examples],

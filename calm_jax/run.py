@@ -10,13 +10,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from calm_jax.analyze_mode import analyze_examples
 from calm_jax.calibrate_mode import calibrate_examples
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.files import write_jsonl_atomically
 from calm_jax.model.source import load_model
+from calm_jax.train_exit_mode import train_exit_examples
+from calm_jax.train_mode import train_examples
 
 
 def exit_config_from(config: ml_collections.ConfigDict) -> ExitConfig:
@@ -34,6 +38,7 @@ def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   input_ids, mask = byte_vocab.encode_batch([e.inputs for e in examples],
                                             config.data.max_input_len)
   out = generate(model_config, params, input_ids, mask, exit=exit_config,
+                 classifier_params=classifier_params_for(exit_config, model_config),
                  max_decode_len=config.decode.max_decode_len)
   tokens, exit_layers = np.asarray(out.tokens), np.asarray(out.exit_layers)
   records = [{"inputs": e.inputs, "targets": e.targets, "output": byte_vocab.decode(row),
@@ -54,7 +59,10 @@ def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 MODES: Dict[str, Callable[[ml_collections.ConfigDict, str], str]] = {
     "decode": decode_examples,
+    "train": train_examples,
+    "train_exit": train_exit_examples,
     "calibrate": calibrate_examples,
+    "analyze": analyze_examples,
 }
 
 

@@ -11,11 +11,15 @@ from calm_jax.data import byte_vocab
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.mode = "decode"  # what to run: 'decode' or 'calibrate' (calm_jax.run.MODES)
+  # What to run (calm_jax.run.MODES): 'decode', 'train', 'train_exit', 'calibrate' or 'analyze'.
+  config.mode = "decode"
   config.seed = 0  # seeds parameter initialisation and the generated examples
 
   config.model = ml_collections.ConfigDict()
   config.model.hf_path = ""  # local Hugging Face T5 directory or Hub name; "" = fresh init
+  # A calm_jax params export (what `train` writes to <workdir>/model); "" = none. At most
+  # one of checkpoint and hf_path; with either, the size fields below are ignored.
+  config.model.checkpoint = ""
   config.model.vocab_size = byte_vocab.VOCAB_SIZE  # byte vocabulary rows
   config.model.d_model = 64  # residual width
   config.model.d_kv = 16  # width of one attention head
@@ -46,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.exit.exit_interval = 1  # exit points every this many layers
   config.exit.static_exit_layer = 0  # layer of the 'static' measure
   config.exit.propagation = "copy_state"  # 'copy_state' or 'full_compute'
+  # Directory written by decoding.classifiers.save_classifier, for the learned measures
+  # (meta_linear, meta_mlp, three_state_mlp, lstm, attention); "" for the others.
+  config.exit.classifier_path = ""
 
   config.calibration = ml_collections.ConfigDict()
   config.calibration.num_examples = 200  # generated examples decoded for calibration
@@ -61,4 +68,84 @@ def get_config() -> ml_collections.ConfigDict:
   config.calibration.num_splits = 100  # random calibration/test splits of the validity study
   config.calibration.calibration_fraction = 0.8  # share of examples calibrating each split
   config.calibration.batch_size = 0  # rows per packed grid decode call; 0 = num_examples
+
+  config.train = ml_collections.ConfigDict()
+  config.train.task = "generated"  # training task (calm_jax.data.tasks), its 'train' split
+  config.train.num_examples = 20000  # training examples drawn from the task
+  config.train.steps = 2000  # optimizer steps
+  config.train.batch_size = 64  # global batch (divisible by mesh.data and the hosts)
+  config.train.optimizer = "adamw"  # 'adafactor' (T5's default) or 'adamw'
+  config.train.learning_rate = 3e-3  # peak learning rate
+  config.train.schedule = "cosine"  # 'rsqrt' (T5), 'cosine' or 'constant', after warmup
+  config.train.warmup_steps = 100  # linear warmup from 0
+  config.train.weight_decay = 0.0  # decoupled weight decay
+  config.train.clip_norm = 1.0  # global gradient-norm clipping; 0 = off
+  # Per-layer weights of the anytime loss: 'calm' (w_i = i / sum j), 'uniform', 'geometric'
+  # (2^i) or 'last' (ordinary last-layer training).
+  config.train.layer_weighting = "calm"
+  config.train.label_smoothing = 0.0  # in [0, 1)
+  config.train.z_loss = 0.0  # weight of log(Z)^2 (T5X uses 1e-4)
+  config.train.log_every = 100  # console line and TensorBoard every this many steps
+  config.train.checkpoint_every = 500  # Orbax save every this many steps (and at the end)
+  config.train.keep_checkpoints = 2  # checkpoints kept in <workdir>/checkpoints/train
+  config.train.async_checkpoints = True  # save in the background
+
+  config.train_exit = ml_collections.ConfigDict()
+  # Learned exit classifier trained on the frozen model: meta_linear, meta_mlp,
+  # three_state_mlp, lstm or attention (calm_jax.decoding.classifiers).
+  config.train_exit.classifier = "meta_mlp"
+  config.train_exit.hidden_width = 0  # meta_mlp / three_state_mlp hidden width; 0 = d_model
+  config.train_exit.lstm_layers = 2  # lstm: stacked LSTM layers
+  config.train_exit.width = 64  # lstm hidden width / attention model width
+  config.train_exit.num_heads = 4  # attention heads
+  # 'consistent' (layer top-1 == final top-1, CALM) or 'gold' (== the reference token)
+  config.train_exit.labels = "consistent"
+  # 'class_weights' (CALM's per-layer balancing), 'logit_adjustment' or 'none'
+  config.train_exit.balancing = "class_weights"
+  config.train_exit.loss = "cross_entropy"  # or 'geometric' (fit the oracle exit layer)
+  config.train_exit.steps = 600  # optimizer steps
+  config.train_exit.batch_size = 64  # global batch of examples (all their tokens)
+  config.train_exit.optimizer = "adamw"  # 'adafactor' or 'adamw'
+  config.train_exit.learning_rate = 3e-3  # peak learning rate
+  config.train_exit.schedule = "cosine"  # 'rsqrt', 'cosine' or 'constant', after warmup
+  config.train_exit.warmup_steps = 50  # linear warmup from 0
+  config.train_exit.weight_decay = 0.0  # decoupled weight decay
+  config.train_exit.clip_norm = 1.0  # global gradient-norm clipping; 0 = off
+  config.train_exit.log_every = 100  # console line and TensorBoard every this many steps
+  config.train_exit.checkpoint_every = 300  # Orbax save every this many steps (and at the end)
+  config.train_exit.keep_checkpoints = 2  # kept in <workdir>/checkpoints/exit_<classifier>
+  config.train_exit.async_checkpoints = True  # save in the background
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # data-parallel size; -1 = every device left after `model`
+  config.mesh.model = 1  # model-parallel size (splits vocab, mlp and attention dims)
+  # Logical parameter axis -> mesh axis (None = replicated); see calm_jax.training.sharding.
+  config.mesh.rules = (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
+                       ("joined_kv", "model"), ("heads", "model"), ("embed", None),
+                       ("layers", None), ("relpos_buckets", None))
+
+  config.analysis = ml_collections.ConfigDict()
+  # Studies run (calm_jax.analysis.STUDIES): stability, confidence, rank, accuracy,
+  # saturation, oracle.
+  config.analysis.studies = ("stability", "confidence", "rank", "accuracy", "saturation",
+                             "oracle")
+  # Decoder inputs of the layer-wise studies: the references ('teacher_forced') and/or the
+  # full model's own greedy outputs ('free_running'). The oracle always decodes free-running.
+  config.analysis.inputs = ("teacher_forced", "free_running")
+  config.analysis.num_examples = 32  # generated examples analysed
+  config.analysis.batch_size = 0  # examples per forward/decode call; 0 = all at once
+  # Local Hugging Face T5 directories compared side by side with the model above (e.g. a
+  # plainly trained and a CALM-trained model); their vocabulary must hold the byte ids.
+  config.analysis.compare_hf_paths = ()
+  # calm_jax params exports (what `train` writes to <workdir>/model) compared likewise.
+  config.analysis.compare_checkpoints = ()
+  # Layers k after which confidence must never fall / similarity must rise strictly (over
+  # layers k+1..L; 0 = all layers); each k <= L - 2. The paper's 0, 4, 8 suit deeper models.
+  config.analysis.after_layers = (0, 1, 2)
+  config.analysis.rank_cutoffs = (1, 5, 10, 50)  # k of "final top-1 ranks within the top k"
+  config.analysis.saturation_threshold = 0.9  # cosine with the final state that saturates
+  config.analysis.num_easy = 4  # most saturated sequences shown as "easy"
+  config.analysis.num_difficult = 4  # least saturated sequences shown as "difficult"
+  config.analysis.calibration_bins = 10  # confidence bins of the expected calibration error
+  config.analysis.similarity = "exact_match"  # oracle quality vs references (data.metrics)
   return config

@@ -435,7 +435,8 @@ def test_sampling_without_rng_is_rejected(model):
 
 @pytest.mark.parametrize("change, message", [
     (dict(exit=ExitConfig(measure="bogus")), "unknown confidence measure 'bogus'; registered: "
-     "monotone_heuristic, oracle, softmax_diff, softmax_max, state_saturation, static"),
+     "attention, .*, monotone_heuristic, oracle, softmax_diff, softmax_max, .*, "
+     "state_saturation, static, three_state_mlp$"),
     (dict(exit=ExitConfig(threshold=-0.1)), r"threshold \(lambda\) must be >= 0, got -0.1"),
     (dict(exit=ExitConfig(tau=-1)), "ExitConfig.tau must be >= 0, got -1"),
     (dict(exit=ExitConfig(min_exit_layer=L + 1)), r"min_exit_layer=7 must be in \[1, 6\]"),

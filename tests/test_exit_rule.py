@@ -86,8 +86,9 @@ def test_is_exit_point(num_layers, min_exit, interval, expected):
 # --- ExitConfig.validate ----------------------------------------------------------------
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(measure="bogus"), "unknown confidence measure 'bogus'; registered: "
-     "monotone_heuristic, oracle, softmax_diff, softmax_max, state_saturation, static"),
+    (dict(measure="bogus"), "unknown confidence measure 'bogus'; registered: attention, .*, "
+     "monotone_heuristic, oracle, softmax_diff, softmax_max, .*, state_saturation, static, "
+     "three_state_mlp$"),
     (dict(threshold=-0.1), r"ExitConfig.threshold \(lambda\) must be >= 0, got -0.1"),
     (dict(threshold=float("nan")), r"ExitConfig.threshold \(lambda\) must be >= 0, got nan"),
     (dict(tau=-1.0), "ExitConfig.tau must be >= 0, got -1.0"),
@@ -154,8 +155,10 @@ def _softmax(logits):
 
 
 def test_registry_names_and_flags():
-  assert sorted(measures.MEASURES) == ["monotone_heuristic", "oracle", "softmax_diff",
-                                       "softmax_max", "state_saturation", "static"]
+  assert sorted(measures.MEASURES) == [
+      "attention", "lstm", "meta_linear", "meta_mlp", "monotone_heuristic", "oracle",
+      "softmax_diff", "softmax_max", "softmax_pruned", "softmax_topk", "state_saturation",
+      "static", "three_state_mlp"]
   assert get_measure("monotone_heuristic").stateful
   assert not any(get_measure(m).stateful for m in ["softmax_diff", "softmax_max", "oracle"])
   assert get_measure("softmax_diff").uses_logits and get_measure("softmax_max").uses_logits

@@ -1,6 +1,6 @@
-"""Per-example text similarities: ROUGE-L, BLEU and chrF against direct calls of
-rouge-score and sacrebleu, SQuAD normalisation, exact match and token F1 on hand-computed
-cases, token agreement on id lists, and the input checks."""
+"""Text metrics: per-example ROUGE-1/2/L/Lsum, BLEU and chrF and the corpus scores against
+direct calls of rouge-score and sacrebleu, SQuAD normalisation, exact match and token F1 on
+hand-computed cases, token agreement on id lists, and the input checks."""
 
 import pytest
 import sacrebleu
@@ -229,8 +229,13 @@ def test_get_text_similarity_returns_the_functions():
   assert get_text_similarity("exact_match") is exact_match
   assert get_text_similarity("bleu") is sentence_bleu
   assert get_text_similarity("chrf") is sentence_chrf
+  assert get_text_similarity("rouge_1") is metrics.rouge_1
+  assert get_text_similarity("rouge_2") is metrics.rouge_2
+  assert get_text_similarity("rouge_lsum") is metrics.rouge_lsum
+  assert get_text_similarity("string_match") is metrics.exact_string_match
   assert set(metrics.TEXT_SIMILARITIES) == {"rouge_l", "token_f1", "exact_match", "bleu",
-                                            "chrf"}
+                                            "chrf", "rouge_1", "rouge_2", "rouge_lsum",
+                                            "string_match"}
 
 
 def test_get_text_similarity_unknown_name():
@@ -273,3 +278,155 @@ def test_references_of_the_wrong_type_are_rejected(references):
 def test_get_text_similarity_rejects_a_non_string_name():
   with pytest.raises(ValueError, match=r"similarity=\['x'\] is not a text similarity"):
     metrics.get_text_similarity(["x"])
+
+
+# --- ROUGE-1/2/Lsum -----------------------------------------------------------------------
+
+
+ROUGE_FUNCTIONS = {"rouge1": metrics.rouge_1, "rouge2": metrics.rouge_2,
+                   "rougeL": metrics.rouge_l, "rougeLsum": metrics.rouge_lsum}
+
+# Summaries with several sentences, one per line (as CNN/DailyMail highlights are).
+MULTILINE = [
+    ("the cat sat on the mat\nit was happy", "it was happy\nthe cat sat on the mat"),
+    ("police arrested two men.\nthe car was found in leeds.",
+     "two men were arrested by police.\nthe stolen car was later found in leeds."),
+    ("a storm hit the coast", "a storm hit the east coast\nthousands lost power"),
+]
+
+
+@pytest.mark.parametrize("kind", sorted(ROUGE_FUNCTIONS))
+@pytest.mark.parametrize("prediction,reference", PAIRS + MULTILINE)
+def test_rouge_types_match_rouge_score(kind, prediction, reference):
+  scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
+  expected = scorer.score(reference, prediction)[kind].fmeasure
+  assert ROUGE_FUNCTIONS[kind](prediction, reference) == expected
+  assert metrics.rouge_scores(prediction, reference)[kind] == expected
+
+
+@pytest.mark.parametrize("prediction,references", MULTI)
+def test_rouge_types_multiple_references_are_the_max(prediction, references):
+  scorer = rouge_scorer.RougeScorer(list(metrics.ROUGE_TYPES), use_stemmer=True)
+  scores = metrics.rouge_scores(prediction, references)
+  for kind, fn in ROUGE_FUNCTIONS.items():
+    best = max(scorer.score(ref, prediction)[kind].fmeasure for ref in references)
+    assert fn(prediction, references) == scores[kind] == best
+
+
+def test_rouge_lsum_splits_sentences_at_newlines():
+  # Reference sentences "a b c" and "d e f" each match the prediction fully (union LCS 6 of
+  # 6), while plain ROUGE-L finds an LCS of 3 of 6 over the whole texts.
+  assert metrics.rouge_lsum("d e f a b c", "a b c\nd e f") == 1.0
+  assert metrics.rouge_l("d e f a b c", "a b c\nd e f") == pytest.approx(0.5, abs=1e-12)
+  # Without the newline the reference is one sentence: Lsum equals L.
+  assert metrics.rouge_lsum("d e f a b c", "a b c d e f") == pytest.approx(0.5, abs=1e-12)
+  # A period is not a sentence break: only newlines split.
+  assert metrics.rouge_lsum("d e f a b c", "a b c. d e f") == pytest.approx(0.5, abs=1e-12)
+
+
+def test_rouge_1_and_2_hand_computed():
+  # "the cat sat" vs "the cat ran": unigrams 2/3 each way; bigrams {the cat} 1/2 each way.
+  assert metrics.rouge_1("the cat sat", "the cat ran") == pytest.approx(2 / 3, abs=1e-12)
+  assert metrics.rouge_2("the cat sat", "the cat ran") == pytest.approx(0.5, abs=1e-12)
+  assert metrics.rouge_2("cat", "cat") == 0.0  # no bigrams at all
+  assert metrics.rouge_1("Cats running", "cat runs") == 1.0  # stemming
+
+
+# --- exact string match -------------------------------------------------------------------
+
+
+def test_exact_string_match_does_not_normalise():
+  assert metrics.exact_string_match("sum: 42", "sum: 42") == 1.0
+  assert metrics.exact_string_match("sum: 42", "sum 42") == 0.0  # SQuAD's EM would say 1
+  assert exact_match("sum: 42", "sum 42") == 1.0
+  assert metrics.exact_string_match("Paris", ["paris", "Paris"]) == 1.0
+  assert metrics.exact_string_match("Paris ", "Paris") == 0.0
+
+
+# --- corpus scores ------------------------------------------------------------------------
+
+PREDICTIONS = [p for p, _ in PAIRS]
+REFERENCES = [r for _, r in PAIRS]
+
+
+def test_corpus_bleu_and_chrf_match_sacrebleu():
+  assert metrics.corpus_bleu(PREDICTIONS, REFERENCES) == sacrebleu.corpus_bleu(
+      PREDICTIONS, [REFERENCES]).score
+  assert metrics.corpus_chrf(PREDICTIONS, REFERENCES) == sacrebleu.corpus_chrf(
+      PREDICTIONS, [REFERENCES]).score
+  assert metrics.corpus_bleu(PREDICTIONS, [[r] for r in REFERENCES]) == (
+      metrics.corpus_bleu(PREDICTIONS, REFERENCES))
+  # Corpus BLEU is not the mean of sentence BLEUs.
+  mean_sentence = 100 * sum(map(sentence_bleu, PREDICTIONS, REFERENCES)) / len(PAIRS)
+  assert metrics.corpus_bleu(PREDICTIONS, REFERENCES) != pytest.approx(mean_sentence)
+
+
+def test_corpus_bleu_with_several_references():
+  predictions = [p for p, _ in MULTI]
+  references = [list(refs) for _, refs in MULTI]
+  streams = [list(stream) for stream in zip(*references)]  # [3 references][3 examples]
+  assert metrics.corpus_bleu(predictions, references) == sacrebleu.corpus_bleu(
+      predictions, streams).score
+  # Examples with fewer references: sacrebleu's streams padded with None.
+  uneven = [references[0][:1], references[1], references[2][:2]]
+  padded = [[refs[i] if i < len(refs) else None for refs in uneven] for i in range(3)]
+  assert metrics.corpus_bleu(predictions, uneven) == sacrebleu.corpus_bleu(
+      predictions, padded).score
+  assert metrics.corpus_chrf(predictions, uneven) == sacrebleu.corpus_chrf(
+      predictions, padded).score
+
+
+def test_corpus_rouge_is_the_mean_f_measure_times_100():
+  predictions = PREDICTIONS + [p for p, _ in MULTILINE]
+  references = REFERENCES + [r for _, r in MULTILINE]
+  scorer = rouge_scorer.RougeScorer(list(metrics.ROUGE_TYPES), use_stemmer=True)
+  scores = metrics.corpus_rouge(predictions, references)
+  assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+  for kind in metrics.ROUGE_TYPES:
+    direct = [scorer.score(r, p)[kind].fmeasure for p, r in zip(predictions, references)]
+    assert scores[kind] == pytest.approx(100 * sum(direct) / len(direct), abs=1e-9)
+
+
+def test_squad_corpus_hand_computed():
+  predictions = ["Denver Broncos", "the cat sat", "nothing", "Paris"]
+  references = [["Denver Broncos", "Broncos"], "cat on mat", ["x"], ["paris.", "Paris, France"]]
+  # EM: 1, 0, 0, 1 -> 50. F1: 1; "cat sat" vs "cat on mat" P = 1/2, R = 1/3 -> 0.4; 0; 1.
+  scores = metrics.squad(predictions, references)
+  assert scores["exact_match"] == pytest.approx(50.0, abs=1e-9)
+  assert scores["f1"] == pytest.approx(100 * (1 + 0.4 + 0 + 1) / 4, abs=1e-9)
+
+
+def test_accuracy():
+  assert metrics.accuracy(["sum: 4", "b: 2 times", "x"], ["sum: 4", "b: 3 times", ["y", "x"]]
+                          ) == pytest.approx(200 / 3, abs=1e-9)
+  assert metrics.accuracy(["a"], ["a"]) == 100.0
+
+
+def test_evaluate_merges_metrics():
+  scores = metrics.evaluate(("rouge", "bleu", "squad", "accuracy", "chrf"), PREDICTIONS,
+                            REFERENCES)
+  assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf",
+                         "exact_match", "f1", "accuracy"}
+  assert scores["bleu"] == metrics.corpus_bleu(PREDICTIONS, REFERENCES)
+  assert scores["f1"] == metrics.squad(PREDICTIONS, REFERENCES)["f1"]
+  assert metrics.evaluate("bleu", PREDICTIONS, REFERENCES) == {"bleu": scores["bleu"]}
+  with pytest.raises(ValueError, match=r"metrics \['meteor'\] are not corpus metrics; "
+                     r"allowed: rouge, bleu, chrf, squad, accuracy"):
+    metrics.evaluate(("bleu", "meteor"), PREDICTIONS, REFERENCES)
+
+
+@pytest.mark.parametrize("fn", [metrics.corpus_rouge, metrics.corpus_bleu,
+                                metrics.corpus_chrf, metrics.squad, metrics.accuracy])
+def test_corpus_input_checks(fn):
+  with pytest.raises(ValueError, match="2 predictions but 1 references"):
+    fn(["a", "b"], ["a"])
+  with pytest.raises(ValueError, match="predictions is empty"):
+    fn([], [])
+  with pytest.raises(ValueError, match="predictions must be a list of strings"):
+    fn("abc", ["abc"])
+  with pytest.raises(ValueError, match="references must be a list with one entry"):
+    fn(["abc"], "abc")
+  with pytest.raises(ValueError, match="prediction must be a string"):
+    fn([None], ["abc"])
+  with pytest.raises(ValueError, match="references is empty"):
+    fn(["abc"], [[]])

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from calm_jax.decoding.classifiers import init_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate, generate_grid, generate_with_thresholds
 from calm_jax.decoding.threshold_grid import decode_threshold_grid, same_decisions
@@ -34,13 +35,14 @@ def model():
   return params, ids, mask
 
 
-def _grid_from_trace(model, exit_config, size):
+def _grid_from_trace(model, exit_config, size, classifier_params=None):
   """Thresholds spread over the quantiles of the never-exit confidences (largest first),
   so the grid mixes pairs that never exit with pairs that exit at various layers."""
   params, ids, mask = model
   trace = np.asarray(generate(CONFIG, params, ids, mask,
                               exit=dataclasses.replace(exit_config, threshold=1.0),
-                              max_decode_len=T, return_trace=True).trace)[..., :-1]
+                              max_decode_len=T, return_trace=True,
+                              classifier_params=classifier_params).trace)[..., :-1]
   values = trace[np.isfinite(trace)]
   return np.concatenate([[1.0, values.max() + 1e-3],
                          np.quantile(values, np.linspace(0.95, 0.05, size - 2))]).astype(np.float32)
@@ -53,8 +55,9 @@ def _grid_from_trace(model, exit_config, size):
     ExitConfig(measure="softmax_diff", tau=2.0, decay="code", exit_interval=2),
     ExitConfig(measure="state_saturation", propagation="full_compute"),
     ExitConfig(measure="monotone_heuristic"),
+    ExitConfig(measure="softmax_pruned", pruning="decaying", top_k=20, min_top_k=3),
 ], ids=["softmax_diff", "saturation_min2", "max_tau", "diff_code_decay", "full_compute",
-        "monotone"])
+        "monotone", "pruned_decaying"])
 def test_packed_grid_equals_vmapped_grid(model, exit_config):
   params, ids, mask = model
   thresholds = _grid_from_trace(model, exit_config, 8)
@@ -70,6 +73,25 @@ def test_packed_grid_equals_vmapped_grid(model, exit_config):
   assert (got.exit_layers[0] == L * (got.exit_layers[0] > 0)).all()  # lambda = 1
   assert ((got.exit_layers > 0) & (got.exit_layers < L)).any()
   np.testing.assert_array_equal(got.full_tokens, got.tokens[0])
+
+
+def test_packed_grid_equals_vmapped_grid_for_the_attention_classifier(model):
+  """A learned measure with a store of earlier positions: its parameters reach every
+  decode of the walk, and copied pairs still equal decoded ones."""
+  params, ids, mask = model
+  exit_config = ExitConfig(measure="attention")
+  head = jax.tree.map(lambda w: 2.0 * w, init_classifier(
+      "attention", CONFIG, jax.random.PRNGKey(2), width=8, num_heads=2))
+  thresholds = _grid_from_trace(model, exit_config, 6, head)
+  expected = generate_grid(CONFIG, params, ids, mask, thresholds=thresholds, exit=exit_config,
+                           max_decode_len=T, classifier_params=head)
+  got = decode_threshold_grid(CONFIG, params, ids, mask, thresholds=thresholds,
+                              exit=exit_config, max_decode_len=T, classifier_params=head)
+  np.testing.assert_array_equal(got.tokens, np.asarray(expected.tokens))
+  np.testing.assert_array_equal(got.exit_layers, np.asarray(expected.exit_layers))
+  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), atol=1e-5)
+  assert 0 < got.decoded_pairs < thresholds.size * B
+  assert ((got.exit_layers > 0) & (got.exit_layers < L)).any()
 
 
 def test_layer_sums_and_token_counts(model):

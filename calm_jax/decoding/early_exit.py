@@ -9,14 +9,18 @@ Per output position t:
      the measure run on the smallest bucket of rows (B, B/2, B/4, B/8) that holds every
      running example, so examples that left stop costing compute. The loop stops once every
      still-generating example has exited; finished sequences start exited.
-  3. The layers no example reached get their K/V from each example's exit state.
-  4. The token comes from the exit layer's logits (greedy or sampled).
+  3. The layers no example reached get their K/V from each example's exit state (and, for
+     a measure with a store of earlier positions, the attention classifier, their entry).
+  4. The token comes from the exit layer's logits (greedy or sampled). A measure that scores
+     a subset of the vocabulary gives logits over its kept ids; a token that ran all L
+     layers always takes the full head's logits, so lambda >= 1 is the full model.
 With propagation='full_compute' the layer loop always runs all L layers on true states, so
 the cache holds what the full model would have written; exits only choose the token.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Optional, Tuple
 
@@ -55,8 +59,10 @@ class LayerLoopState:
   exit_layer: Array  # [B] int32, 1-based exit layer; 0 while running or when finished
   exit_hidden: Array  # [B, 1, d] state at the exit layer
   confidence: Array  # [B] float32, confidence at the exit layer
-  exit_logits: Array  # [B, V] float32 logits at the exit layer ([B, 0] if not computed)
+  exit_logits: Array  # [B, V] float32 logits at the exit layer ([B, K] over a measure's
+  #                     subset of the vocabulary, [B, 0] if not computed)
   measure_state: Any  # the measure's own state across layers
+  measure_memory: Any  # the measure's store of positions, leaves [L, B, T, ...]; () if none
   trace: Array  # [B, L] float32 per-layer confidence, NaN where not computed ([B, 0] if off)
   cache: DecoderCache
 
@@ -72,6 +78,7 @@ class TokenLoopState:
   exit_layers: Array  # [B, T] int32
   confidences: Array  # [B, T] float32
   trace: Array  # [B, T, L] float32 ([B, T, 0] when the trace is off)
+  measure_memory: Any  # the measure's store of positions, leaves [L, B, T, ...]; () if none
   cache: DecoderCache
   rng: Array  # PRNG key, split once per position when sampling
 
@@ -85,23 +92,36 @@ def row_buckets(batch: int, count: int = 4) -> Tuple[int, ...]:
   return tuple(sizes)
 
 
-def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
-                      measure: Measure):
-  """The two lax.cond branches of one layer's measure, on R rows:
-  (layer_no, hidden [R, d], measure state, final_top1 [R] or None) ->
-  (confidence [R] float32, measure state, logits [R, V] float32 or [R, 0])."""
-  width = config.vocab_size if measure.uses_logits else 0
+def _logits_width(config: T5Config, exit_config: ExitConfig, measure: Measure) -> int:
+  """Width of the exit logits the layer loop keeps: V, a subset's K, or 0."""
+  if measure.uses_logits:
+    return config.vocab_size
+  return 0 if measure.subset_width is None else measure.subset_width(exit_config)
 
-  def measure_at(layer_no, hidden, measure_state, final_top1):
+
+def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
+                      measure: Measure, classifier_params: Any, position: Array):
+  """The two lax.cond branches of one layer's measure, on R rows:
+  (layer_no, hidden [R, d], measure state, final_top1 [R] or None, memory at this layer,
+  leaves [R, T, ...]) -> (confidence [R] float32, measure state, logits [R, V] float32 or
+  [R, 0])."""
+  width = _logits_width(config, exit_config, measure)
+
+  def measure_at(layer_no, hidden, measure_state, final_top1, memory):
     logits = exit_logits(config, params, hidden) if measure.uses_logits else None
     inputs = MeasureInputs(layer=layer_no, hidden=hidden, logits=logits, final_top1=final_top1,
-                           static_exit_layer=exit_config.static_exit_layer)
+                           position=position, classifier_params=classifier_params,
+                           memory=memory, model_params=params,
+                           static_exit_layer=exit_config.static_exit_layer,
+                           model_config=config, exit_config=exit_config)
     confidence, measure_state = measure.confidence(inputs, measure_state)
+    if measure.subset_width is not None:
+      logits = measure_state.logits  # [R, K] over the measure's own ids
     return confidence.astype(jnp.float32), measure_state, (
         logits if logits is not None else jnp.zeros(hidden.shape[:1] + (0,), jnp.float32))
 
-  def skip(layer_no, hidden, measure_state, final_top1):
-    del layer_no, final_top1
+  def skip(layer_no, hidden, measure_state, final_top1, memory):
+    del layer_no, final_top1, memory
     rows = hidden.shape[0]
     return (jnp.zeros((rows,), jnp.float32), measure_state,
             jnp.zeros((rows, width), jnp.float32))
@@ -119,17 +139,21 @@ def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "Layer
   """
   batch = s.hidden.shape[0]
   layer_no = s.layers_run + 1
+  at_layer = lambda stored: jax.lax.dynamic_index_in_dim(stored, s.layers_run,
+                                                         keepdims=False)  # [L, B, ...] -> [B, ...]
   if size == batch:
     output = decoder_layer_rows(config, params, cache, s.layers_run, s.hidden, self_bias)
     return (output,) + jax.lax.cond(wanted, *branches, layer_no, output[:, 0],
-                                    s.measure_state, final_top1)
+                                    s.measure_state, final_top1,
+                                    jax.tree.map(at_layer, s.measure_memory))
   rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
   take = lambda full: jnp.take(full, rows, axis=0)
   part = decoder_layer_rows(config, params, cache, s.layers_run, take(s.hidden), self_bias,
                             rows)  # [R, 1, d]
   confidence, measure_state, logits = jax.lax.cond(
       wanted, *branches, layer_no, part[:, 0], jax.tree.map(take, s.measure_state),
-      None if final_top1 is None else take(final_top1))
+      None if final_top1 is None else take(final_top1),
+      jax.tree.map(lambda stored: take(at_layer(stored)), s.measure_memory))
   put = lambda full, piece: full.at[rows].set(piece)
   return (put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
           jax.tree.map(put, s.measure_state, measure_state),
@@ -137,8 +161,9 @@ def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "Layer
 
 
 def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
-                state: LayerLoopState, position: Array, self_bias: Array, threshold: Array,
-                lambda_t: Array, final_top1: Optional[Array], compact: bool) -> LayerLoopState:
+                classifier_params: Any, state: LayerLoopState, position: Array,
+                self_bias: Array, threshold: Array, lambda_t: Array,
+                final_top1: Optional[Array], compact: bool) -> LayerLoopState:
   """Runs decoder layers for one output position until every running example has exited.
 
   With `compact`, a layer runs only on a bucket of rows holding the running examples (see
@@ -150,7 +175,8 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
   # lambda >= 1 never exits early, whatever the decay makes of it at this position.
   # threshold and lambda_t are [] (one for the batch) or [B] (one per example).
   allow_early = threshold < 1.0 if measure.thresholded else jnp.array(True)
-  branches = _measure_branches(config, params, exit_config, measure)
+  branches = _measure_branches(config, params, exit_config, measure, classifier_params,
+                               position)
   batch = state.hidden.shape[0]
   buckets = row_buckets(batch) if compact and not full_compute else (batch,)
   on_rows = [functools.partial(_layer_on_rows, config, params, branches, size)
@@ -187,15 +213,20 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     trace = s.trace
     if trace.shape[1]:
       trace = trace.at[:, s.layers_run].set(jnp.where(computed_here, confidence, jnp.nan))
+    hidden = jnp.where(frozen, s.hidden, output)  # exited rows: their exit state
+    memory = s.measure_memory
+    if measure.remember is not None:
+      memory = measure.remember(classifier_params, memory, position, hidden[:, 0],
+                                jnp.arange(num_layers) == s.layers_run)
     return s.replace(
         layers_run=layer_no,
-        hidden=jnp.where(frozen, s.hidden, output),
+        hidden=hidden,
         exited=s.exited | leaves,
         exit_layer=jnp.where(leaves, layer_no, s.exit_layer),
         exit_hidden=jnp.where(leaves[:, None, None], output, s.exit_hidden),
         confidence=jnp.where(leaves, confidence, s.confidence),
         exit_logits=jnp.where(leaves[:, None], logits, s.exit_logits),
-        measure_state=measure_state, trace=trace, cache=cache)
+        measure_state=measure_state, measure_memory=memory, trace=trace, cache=cache)
 
   return jax.lax.while_loop(keep_going, run_layer, state)
 
@@ -216,7 +247,7 @@ def _oracle_final_top1(config, params, cache, token, position):
 
 def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfig,
                            sampling: SamplingConfig, max_decode_len: int, compact: bool,
-                           threshold: Array, tau: Array,
+                           threshold: Array, tau: Array, classifier_params: Any,
                            state: TokenLoopState) -> TokenLoopState:
   measure = get_measure(exit_config.measure)
   position, cache = state.position, state.cache
@@ -227,25 +258,28 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
   batch = embedded.shape[0]
   trace_width = config.num_decoder_layers if state.trace.shape[2] else 0
   layers = _layer_loop(
-      config, params, exit_config, measure,
+      config, params, exit_config, measure, classifier_params,
       LayerLoopState(
           layers_run=jnp.array(0, jnp.int32), hidden=embedded, exited=state.done,
           exit_layer=jnp.zeros((batch,), jnp.int32), exit_hidden=embedded,
           confidence=jnp.zeros((batch,), jnp.float32),
-          exit_logits=jnp.zeros((batch, config.vocab_size if measure.uses_logits else 0),
+          exit_logits=jnp.zeros((batch, _logits_width(config, exit_config, measure)),
                                 jnp.float32),
-          measure_state=measure.init_state(embedded[:, 0]),
+          measure_state=measure.init_state(embedded[:, 0], classifier_params=classifier_params,
+                                           exit_config=exit_config),
+          measure_memory=state.measure_memory,
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
       position, step_self_bias(config, params, position, max_decode_len), threshold,
       threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1,
       compact)
-  cache = layers.cache
+  cache, memory = layers.cache, layers.measure_memory
   if exit_config.propagation == "copy_state":
     cache = propagate_state(config, params, cache, layers.exit_hidden, layers.layers_run, position)
-  logits = (layers.exit_logits if measure.uses_logits
-            else exit_logits(config, params, layers.exit_hidden[:, 0]))  # [B, V]
+    if measure.remember is not None:
+      memory = measure.remember(classifier_params, memory, position, layers.exit_hidden[:, 0],
+                                jnp.arange(config.num_decoder_layers) >= layers.layers_run)
   rng, token_rng = jax.random.split(state.rng)
-  token = select_tokens(logits, token_rng, sampling)
+  token = _exit_tokens(config, params, measure, sampling, layers, token_rng)
   token = jnp.where(state.done, config.pad_token_id, token)
   at = (slice(None), position)
   return state.replace(
@@ -256,22 +290,43 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
       confidences=state.confidences.at[at].set(layers.confidence),
       trace=(state.trace.at[at].set(jnp.where(state.done[:, None], jnp.nan, layers.trace))
              if trace_width else state.trace),
-      cache=cache, rng=rng)
+      measure_memory=memory, cache=cache, rng=rng)
+
+
+def _exit_tokens(config: T5Config, params: Any, measure: Measure, sampling: SamplingConfig,
+                 layers: LayerLoopState, rng: Array) -> Array:
+  """The emitted tokens [B] from the exit layer's logits."""
+  if measure.uses_logits:
+    return select_tokens(layers.exit_logits, rng, sampling)
+  full = lambda: select_tokens(exit_logits(config, params, layers.exit_hidden[:, 0]), rng,
+                               sampling)
+  if measure.subset_width is None:
+    return full()
+  # The best kept token, mapped back to its id; tokens that ran all L layers take the full
+  # head (computed only when some row did).
+  subset = dataclasses.replace(sampling, top_k=min(sampling.top_k, layers.exit_logits.shape[1]))
+  index = select_tokens(layers.exit_logits, rng, subset)  # [B] into the kept ids
+  token = jnp.take_along_axis(layers.measure_state.ids, index[:, None], axis=1)[:, 0]
+  at_last = layers.exit_layer == config.num_decoder_layers
+  return jax.lax.cond(jnp.any(at_last), lambda: jnp.where(at_last, full(), token),
+                      lambda: token)
 
 
 def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
                   max_decode_len: int, return_trace: bool, params: Any, input_ids: Array,
                   attention_mask: Array, threshold: Array, tau: Array,
                   rng: Array, compact: bool = True,
-                  skip_rows: Optional[Array] = None) -> GenerateOutput:
+                  skip_rows: Optional[Array] = None,
+                  classifier_params: Any = None) -> GenerateOutput:
   """The traced body of `generate`; threshold and tau are runtime values (vmappable).
 
   threshold is [] (the whole batch) or [B] (each example its own lambda). `compact` (static)
   runs each layer on running rows only; under vmap its branch choice would become a select
   that computes every bucket, so `generate_grid` turns it off. Rows where `skip_rows` [B]
   is True start finished: they cost nothing and return padding (used to pad a batch to a
-  compiled size).
+  compiled size). `classifier_params` are a learned measure's parameters (traced).
   """
+  measure = get_measure(exit_config.measure)
   batch = input_ids.shape[0]
   encoded = encode(config, params, input_ids, attention_mask)
   trace_width = config.num_decoder_layers if return_trace else 0
@@ -283,10 +338,12 @@ def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingC
       exit_layers=jnp.zeros((batch, max_decode_len), jnp.int32),
       confidences=jnp.zeros((batch, max_decode_len), jnp.float32),
       trace=jnp.full((batch, max_decode_len, trace_width), jnp.nan, jnp.float32),
+      measure_memory=(() if measure.init_memory is None else measure.init_memory(
+          classifier_params, config.num_decoder_layers, batch, max_decode_len)),
       cache=init_decoder_cache(config, params, encoded, attention_mask, max_decode_len),
       rng=rng)
   step = functools.partial(_generate_one_position, config, params, exit_config, sampling,
-                           max_decode_len, compact, threshold, tau)
+                           max_decode_len, compact, threshold, tau, classifier_params)
   not_finished = lambda s: (s.position < max_decode_len) & ~jnp.all(s.done)
   state = jax.lax.while_loop(not_finished, step, state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,

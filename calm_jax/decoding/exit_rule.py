@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import Optional
 
 import jax.numpy as jnp
+import numpy as np
 
 from calm_jax.decoding.measures import get_measure
 
@@ -31,10 +33,15 @@ class ExitConfig:
   exit_interval: int = 1  # exit points every this many layers from min_exit_layer
   static_exit_layer: int = 0  # the layer of the 'static' measure (1..L)
   propagation: str = "copy_state"  # skipped layers' K/V: from the exit state, or computed in full
+  classifier_path: str = ""  # saved exit classifier of a learned measure (run configs only)
+  top_k: int = 2000  # softmax_topk / softmax_pruned: tokens kept at the first exit point (K, k1)
+  pruning: str = "fixed"  # softmax_pruned: 'fixed', 'decaying' (k1 -> min_top_k) or 'adaptive'
+  min_top_k: int = 10  # softmax_pruned: k*, the fewest tokens pruning keeps
 
-  def validate(self, num_layers: int) -> None:
-    """Raises ValueError naming the bad field; call before compiling anything."""
-    get_measure(self.measure)
+  def validate(self, num_layers: int, vocab_size: Optional[int] = None) -> None:
+    """Raises ValueError naming the bad field; call before compiling anything. The
+    measure's own options are checked too (against the vocabulary size when given)."""
+    measure = get_measure(self.measure)
     if not isinstance(self.threshold, numbers.Real) or not self.threshold >= 0:
       raise ValueError(f"ExitConfig.threshold (lambda) must be >= 0, got {self.threshold!r}")
     if not isinstance(self.tau, numbers.Real) or not self.tau >= 0:
@@ -53,15 +60,21 @@ class ExitConfig:
     if self.measure == "static" and not 1 <= self.static_exit_layer <= num_layers:
       raise ValueError(f"ExitConfig.static_exit_layer={self.static_exit_layer!r} must be in "
                        f"[1, {num_layers}] for the 'static' measure")
+    measure.validate_options(self, vocab_size)
 
   @classmethod
   def from_section(cls, section) -> "ExitConfig":
     """From a config's `exit` section (a ConfigDict or mapping of these fields)."""
-    return cls(**dict(section))
+    values = dict(section)
+    known = [field.name for field in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+      raise ValueError(f"unknown exit option(s) {unknown}; allowed: {', '.join(known)}")
+    return cls(**values)
 
   def compiled_part(self) -> "ExitConfig":
     """This config without its runtime values, so that changing them never recompiles."""
-    return dataclasses.replace(self, threshold=0.0, tau=0.0)
+    return dataclasses.replace(self, threshold=0.0, tau=0.0, classifier_path="")
 
 
 def is_exit_point(layer, exit_config: ExitConfig, num_layers: int):
@@ -84,3 +97,10 @@ def threshold_at(threshold, tau, position, max_decode_len: int, decay: str):
   else:
     decayed = threshold * (0.9 + 0.1 * fading)
   return jnp.where(tau > 0, decayed, threshold)
+
+
+def exit_point_layers(exit_config: ExitConfig, num_layers: int) -> tuple:
+  """The exit points as a tuple of 1-based layers (e.g. `exit_points` of the classifiers'
+  teacher-forced logits)."""
+  layers = np.arange(1, num_layers + 1)
+  return tuple(int(layer) for layer in layers[is_exit_point(layers, exit_config, num_layers)])

@@ -2,7 +2,9 @@
 
 Arguments are checked before anything is compiled. The threshold and tau are traced
 arguments: a new value never recompiles, and `generate_grid` vmaps one compiled call over a
-grid of thresholds.
+grid of thresholds. Learned measures (`classifiers.CLASSIFIERS`) take their parameters as
+`classifier_params`, also traced; the classifier's hyperparameters are read off the
+parameter shapes, so new parameters of the same shapes never recompile either.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 
 from calm_jax.decoding.early_exit import GenerateOutput, generate_impl
 from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.classifiers import check_classifier_params
 from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
+from calm_jax.decoding.measures import get_measure
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.config import T5Config
 
@@ -27,17 +31,23 @@ _generate_jit = jax.jit(generate_impl, static_argnames=STATIC + ("compact",))
 
 @functools.partial(jax.jit, static_argnames=STATIC)
 def _generate_grid_jit(config, exit_config, sampling, max_decode_len, return_trace, params,
-                       input_ids, attention_mask, thresholds, tau, rng):
+                       input_ids, attention_mask, thresholds, tau, rng, classifier_params):
   one = lambda threshold: generate_impl(config, exit_config, sampling, max_decode_len,
                                         return_trace, params, input_ids, attention_mask,
-                                        threshold, tau, rng, compact=False)
+                                        threshold, tau, rng, compact=False,
+                                        classifier_params=classifier_params)
   return jax.vmap(one)(thresholds)
 
 
 def _check(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
-           max_decode_len: int, rng) -> None:
+           max_decode_len: int, rng, classifier_params) -> None:
   check_max_decode_len(max_decode_len)
-  exit_config.validate(config.num_decoder_layers)
+  exit_config.validate(config.num_decoder_layers, config.vocab_size)
+  if get_measure(exit_config.measure).learned:
+    check_classifier_params(exit_config.measure, classifier_params, config.d_model)
+  elif classifier_params is not None:
+    raise ValueError(f"classifier_params given, but measure {exit_config.measure!r} is not "
+                     "a learned exit classifier")
   sampling.validate(config.vocab_size)
   if not sampling.greedy and rng is None:
     raise ValueError("sampling (temperature > 0) needs an explicit rng key")
@@ -47,17 +57,20 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
              exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
              max_decode_len: int, sampling: SamplingConfig = SamplingConfig(),
              rng: Optional[jax.Array] = None, return_trace: bool = False,
-             max_input_len: Optional[int] = None) -> GenerateOutput:
+             max_input_len: Optional[int] = None,
+             classifier_params: Any = None) -> GenerateOutput:
   """Early-exit decoding of input ids [B, S] (attention_mask: 1 keep, 0 pad).
 
   Returns tokens, exit layers and exit confidences, each [B, max_decode_len], and with
-  `return_trace` the per-layer confidences [B, max_decode_len, L].
+  `return_trace` the per-layer confidences [B, max_decode_len, L]. `classifier_params`:
+  the parameters of a learned measure (required for those, refused for the others).
   """
-  _check(config, exit, sampling, max_decode_len, rng)
+  _check(config, exit, sampling, max_decode_len, rng, classifier_params)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   return _generate_jit(config, exit.compiled_part(), sampling, max_decode_len, return_trace,
                        params, input_ids, attention_mask, jnp.float32(exit.threshold),
-                       jnp.float32(exit.tau), rng if rng is not None else jax.random.PRNGKey(0))
+                       jnp.float32(exit.tau), rng if rng is not None else jax.random.PRNGKey(0),
+                       classifier_params=classifier_params)
 
 
 def check_threshold_grid(thresholds) -> np.ndarray:
@@ -76,7 +89,7 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
                              thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
                              max_decode_len: int, return_trace: bool = False,
                              max_input_len: Optional[int] = None,
-                             skip_rows=None) -> GenerateOutput:
+                             skip_rows=None, classifier_params: Any = None) -> GenerateOutput:
   """Greedy `generate` where example b uses its own threshold thresholds[b] ([B]).
 
   Each row equals decoding that example alone at its threshold (batch invariance), so
@@ -85,7 +98,7 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   layer 0.
   """
   thresholds = check_threshold_grid(thresholds)
-  _check(config, exit, SamplingConfig(), max_decode_len, None)
+  _check(config, exit, SamplingConfig(), max_decode_len, None, classifier_params)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   if thresholds.size != input_ids.shape[0]:
     raise ValueError(f"thresholds has {thresholds.size} entries but the batch has "
@@ -97,19 +110,21 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   return _generate_jit(config, exit.compiled_part(), SamplingConfig(), max_decode_len,
                        return_trace, params, input_ids, attention_mask,
                        jnp.asarray(thresholds), jnp.float32(exit.tau), jax.random.PRNGKey(0),
-                       skip_rows=jnp.asarray(skip))
+                       skip_rows=jnp.asarray(skip), classifier_params=classifier_params)
 
 
 def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,
                   thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
                   max_decode_len: int, sampling: SamplingConfig = SamplingConfig(),
                   rng: Optional[jax.Array] = None, return_trace: bool = False,
-                  max_input_len: Optional[int] = None) -> GenerateOutput:
+                  max_input_len: Optional[int] = None,
+                  classifier_params: Any = None) -> GenerateOutput:
   """`generate` under K thresholds in one compiled call: every field gets a leading [K]."""
   thresholds = check_threshold_grid(thresholds)
-  _check(config, exit, sampling, max_decode_len, rng)
+  _check(config, exit, sampling, max_decode_len, rng, classifier_params)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   return _generate_grid_jit(config, exit.compiled_part(), sampling, max_decode_len,
                             return_trace, params, input_ids, attention_mask,
                             jnp.asarray(thresholds), jnp.float32(exit.tau),
-                            rng if rng is not None else jax.random.PRNGKey(0))
+                            rng if rng is not None else jax.random.PRNGKey(0),
+                            classifier_params)

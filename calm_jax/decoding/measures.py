@@ -12,16 +12,33 @@ token. It declares what it needs; the decoder supplies only that:
   exits where confidence >= 1 (static and oracle exits ignore the threshold).
 - `stateful`: the state carries information across exit points, so the decoder runs the
   measure at every exit point, also where no exit can happen (lambda >= 1).
+- `learned`: a learned exit classifier (`calm_jax.decoding.classifiers`, same name); the
+  decoder passes its parameters (`classifier_params`) and refuses to run without them.
+- `subset_width`: the measure scores its own subset of the vocabulary (softmax_topk,
+  softmax_pruned): its state holds `logits` [B, K] and their vocabulary `ids` [B, K]; the
+  token of an early exit is the best of those, mapped back to its id. A token that runs all
+  L layers is the full head's, so lambda >= 1 stays the full model.
+- `init_memory` / `remember`: a store of earlier positions (the attention classifier). Its
+  leaves are [L, B, T, ...]; the decoder writes every layer's state of the current position
+  into it (`remember`, after the layer, for every row: exited rows write their exit state,
+  like state propagation), fills the layers no example reached from the exit states, and
+  passes the measure this layer's slice for its rows ([R, T, ...]).
+
+Measures that do not use logits (and stateful ones) run at every exit point.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
+
+from calm_jax.decoding import classifiers, vocabulary
+from calm_jax.model.t5 import exit_logits
 
 Array = jnp.ndarray
 
@@ -34,7 +51,13 @@ class MeasureInputs:
   hidden: Array  # [B, d] that layer's output
   logits: Optional[Array]  # [B, V] float32 exit-head logits, when the measure uses them
   final_top1: Optional[Array]  # [B] int32 final layer's top-1, when the measure needs it
+  position: Optional[Array] = None  # [] int32, the output position
+  classifier_params: Any = None  # the learned classifier's parameters (learned measures)
+  memory: Any = ()  # this layer's store of positions, leaves [B, T, ...] (init_memory)
+  model_params: Any = None  # the model's parameters (measures that run the exit head)
   static_exit_layer: int = flax.struct.field(pytree_node=False, default=0)
+  model_config: Any = flax.struct.field(pytree_node=False, default=None)  # T5Config
+  exit_config: Any = flax.struct.field(pytree_node=False, default=None)  # ExitConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +67,25 @@ class Measure:
   name: str
   # (inputs, state) -> (confidence [B] float32, new state)
   confidence: Callable[[MeasureInputs, Any], Tuple[Array, Any]]
-  # (embedded decoder input [B, d]) -> the state before layer 1
-  init_state: Callable[[Array], Any] = lambda embedded: ()
+  # (embedded decoder input [B, d], classifier_params=, exit_config=) -> the state before
+  # layer 1
+  init_state: Callable[..., Any] = lambda embedded, **_: ()
   uses_logits: bool = False
   needs_final_top1: bool = False
   thresholded: bool = True
   # The state carries information across exit points, so the decoder must run the measure
   # at every exit point (even where it could not decide an exit) to keep it current.
   stateful: bool = False
+  learned: bool = False
+  # (classifier params, L, B, T) -> store of earlier positions, leaves [L, B, T, ...]
+  init_memory: Optional[Callable[[Any, int, int, int], Any]] = None
+  # (classifier params, store, position, states [B, d], layers [L] bool) -> the store with
+  # those layers' entries at `position` made from the states
+  remember: Optional[Callable[[Any, Any, Array, Array, Array], Any]] = None
+  # exit_config -> K, the width of the logits in the state (subset-vocabulary measures)
+  subset_width: Optional[Callable[[Any], int]] = None
+  # (exit_config, vocab_size or None) -> None; ValueError naming a bad option
+  validate_options: Callable[[Any, Optional[int]], None] = lambda exit_config, vocab_size: None
 
 
 def _top2_probabilities(logits: Array) -> Tuple[Array, Array]:
@@ -118,6 +152,136 @@ def oracle_exit(inputs: MeasureInputs, state) -> Tuple[Array, Any]:
   return (top1 == inputs.final_top1).astype(jnp.float32), state
 
 
+@flax.struct.dataclass
+class RecentStates:
+  """three_state_mlp's state: the two exit points' states before this one."""
+
+  states: Array  # [B, 2, d] float32, oldest first
+  count: Array  # [B] int32, exit points seen so far for this token
+
+
+@flax.struct.dataclass
+class AttentionMemory:
+  """The attention classifier's keys and values of every layer and output position.
+
+  Size 2 * L * B * T * width float32 (see `classifiers.init_attention_memory`)."""
+
+  keys: Array  # [L, B, T, H, dh]
+  values: Array  # [L, B, T, H, dh]
+
+
+def classifier_state_confidence(name: str, inputs: MeasureInputs, state) -> Tuple[Array, Any]:
+  """meta_linear / meta_mlp: P(consistent) of this layer's state."""
+  logits = classifiers.state_logits(name, inputs.classifier_params, inputs.hidden)
+  return classifiers.confidence_from_logits(logits), state
+
+
+def three_state_confidence(inputs: MeasureInputs,
+                           recent: RecentStates) -> Tuple[Array, RecentStates]:
+  """P(consistent) from the last three exit points' states; 0 before the third."""
+  states = jnp.concatenate([recent.states, inputs.hidden.astype(jnp.float32)[:, None]],
+                           axis=1)  # [B, 3, d]
+  logits = classifiers.three_state_logits(inputs.classifier_params, states)
+  confidence = jnp.where(recent.count >= 2, classifiers.confidence_from_logits(logits), 0.0)
+  return confidence, RecentStates(states=states[:, 1:], count=recent.count + 1)
+
+
+def _no_recent_states(embedded: Array, **_) -> RecentStates:
+  batch, width = embedded.shape
+  return RecentStates(states=jnp.zeros((batch, 2, width), jnp.float32),
+                      count=jnp.zeros((batch,), jnp.int32))
+
+
+def lstm_confidence(inputs: MeasureInputs, carry) -> Tuple[Array, Any]:
+  """P(consistent) from the LSTM's output after stepping on this exit point's state."""
+  carry, logits = classifiers.lstm_step(inputs.classifier_params, carry, inputs.hidden)
+  return classifiers.confidence_from_logits(logits), carry
+
+
+def attention_confidence(inputs: MeasureInputs, state) -> Tuple[Array, Any]:
+  """P(consistent) from causal attention over this layer's states of positions 0..t."""
+  logits = classifiers.attention_step_logits(inputs.classifier_params, inputs.hidden,
+                                             inputs.memory.keys, inputs.memory.values,
+                                             inputs.position)
+  return classifiers.confidence_from_logits(logits), state
+
+
+def _init_attention_memory(classifier_params, num_layers: int, batch: int,
+                           max_decode_len: int) -> AttentionMemory:
+  return AttentionMemory(*classifiers.init_attention_memory(classifier_params, num_layers,
+                                                            batch, max_decode_len))
+
+
+def remember_attention(classifier_params, memory: AttentionMemory, position: Array,
+                       hidden: Array, layers: Array) -> AttentionMemory:
+  """Writes the keys/values of states hidden [B, d] at `position` of layers [L] bool."""
+  entry = classifiers.attention_entry(classifier_params, hidden)  # 2 x [B, H, dh]
+
+  def write(store: Array, new: Array) -> Array:  # [L, B, T, H, dh], [B, H, dh]
+    old = jax.lax.dynamic_slice_in_dim(store, position, 1, axis=2)  # [L, B, 1, H, dh]
+    chosen = jnp.where(layers[:, None, None, None, None], new[None, :, None], old)
+    return jax.lax.dynamic_update_slice_in_dim(store, chosen, position, axis=2)
+
+  return AttentionMemory(keys=write(memory.keys, entry[0]),
+                         values=write(memory.values, entry[1]))
+
+
+def pruned_softmax_diff(inputs: MeasureInputs, pruned: vocabulary.PrunedVocabulary):
+  """softmax_topk / softmax_pruned: top-1 minus top-2 probability, of the full softmax at
+  the token's first exit point (which keeps the top-K ids and their head rows), then of the
+  softmax over the kept tokens only."""
+  return jax.lax.cond(jnp.any(pruned.ready), _over_kept_tokens, _prune_vocabulary, inputs,
+                      pruned)
+
+
+def _prune_vocabulary(inputs: MeasureInputs, pruned: vocabulary.PrunedVocabulary):
+  config, params = inputs.model_config, inputs.model_params
+  logits = exit_logits(config, params, inputs.hidden)  # [B, V]
+  top_logits, ids = jax.lax.top_k(logits, inputs.exit_config.top_k)  # [B, K] best first
+  first, second = _top2_probabilities(logits)
+  confidence = first - second
+  return confidence, vocabulary.PrunedVocabulary(
+      ids=ids.astype(jnp.int32), rows=vocabulary.head_rows(config, params, ids),
+      kept=jnp.ones(ids.shape, bool), logits=top_logits, confidence=confidence,
+      ready=jnp.ones(ids.shape[:1], bool))
+
+
+def _over_kept_tokens(inputs: MeasureInputs, pruned: vocabulary.PrunedVocabulary):
+  options, config = inputs.exit_config, inputs.model_config
+  kept = pruned.kept
+  if _pruning(options) != "fixed":
+    count = vocabulary.kept_count(_pruning(options), inputs.layer, config.num_decoder_layers,
+                                  config.vocab_size, options.top_k, options.min_top_k,
+                                  pruned.confidence)  # [B]
+    kept = vocabulary.keep_top_ranked(kept, pruned.logits, count)
+  logits = vocabulary.subset_logits(config, inputs.model_params, inputs.hidden, pruned.rows)
+  logits = jnp.where(kept, logits, -jnp.inf)  # [B, K]
+  first, second = _top2_probabilities(logits)
+  confidence = first - second
+  return confidence, pruned.replace(kept=kept, logits=logits, confidence=confidence)
+
+
+def _pruning(exit_config) -> str:
+  return exit_config.pruning if exit_config.measure == "softmax_pruned" else "fixed"
+
+
+def _check_pruning_options(exit_config, vocab_size: Optional[int]) -> None:
+  top_k = exit_config.top_k
+  largest = vocab_size if vocab_size is not None else top_k
+  if isinstance(top_k, bool) or not isinstance(top_k, int) or not 2 <= top_k <= largest:
+    raise ValueError(f"ExitConfig.top_k={top_k!r} must be an integer in [2, {largest}] (the "
+                     f"vocabulary size) for measure {exit_config.measure!r}")
+  if exit_config.measure != "softmax_pruned":
+    return
+  if exit_config.pruning not in vocabulary.PRUNINGS:
+    raise ValueError(f"ExitConfig.pruning={exit_config.pruning!r}; allowed: "
+                     f"{', '.join(vocabulary.PRUNINGS)}")
+  k_min = exit_config.min_top_k
+  if isinstance(k_min, bool) or not isinstance(k_min, int) or not 2 <= k_min <= top_k:
+    raise ValueError(f"ExitConfig.min_top_k (k*)={k_min!r} must be an integer in [2, top_k="
+                     f"{top_k}]")
+
+
 MEASURES: Dict[str, Measure] = {}
 
 
@@ -132,13 +296,28 @@ def register(measure: Measure) -> Measure:
 register(Measure("softmax_diff", softmax_diff, uses_logits=True))
 register(Measure("softmax_max", softmax_max, uses_logits=True))
 register(Measure("state_saturation", state_saturation,
-                 init_state=lambda embedded: embedded.astype(jnp.float32)))
+                 init_state=lambda embedded, **_: embedded.astype(jnp.float32)))
 register(Measure("monotone_heuristic", monotone_heuristic, uses_logits=True, stateful=True,
-                 init_state=lambda embedded: jnp.full((embedded.shape[0], 2), jnp.nan,
-                                                      jnp.float32)))
+                 init_state=lambda embedded, **_: jnp.full((embedded.shape[0], 2), jnp.nan,
+                                                           jnp.float32)))
 register(Measure("static", static_exit, thresholded=False))
 register(Measure("oracle", oracle_exit, uses_logits=True, needs_final_top1=True,
                  thresholded=False))
+for _name in ("meta_linear", "meta_mlp"):
+  register(Measure(_name, functools.partial(classifier_state_confidence, _name), learned=True))
+register(Measure("three_state_mlp", three_state_confidence, init_state=_no_recent_states,
+                 learned=True))
+register(Measure("lstm", lstm_confidence, learned=True,
+                 init_state=lambda embedded, classifier_params, **_: (
+                     classifiers.initial_lstm_carry(classifier_params, embedded.shape[0]))))
+register(Measure("attention", attention_confidence, learned=True,
+                 init_memory=_init_attention_memory, remember=remember_attention))
+for _name in ("softmax_topk", "softmax_pruned"):
+  register(Measure(_name, pruned_softmax_diff,
+                   init_state=lambda embedded, exit_config, **_: vocabulary.empty_vocabulary(
+                       embedded, exit_config.top_k),
+                   subset_width=lambda exit_config: exit_config.top_k,
+                   validate_options=_check_pruning_options))
 
 
 def get_measure(name: str) -> Measure:

@@ -129,11 +129,13 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                           thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
                           max_decode_len: int, batch_size: Optional[int] = None,
                           margin: float = 1e-4,
-                          max_input_len: Optional[int] = None) -> GridDecode:
+                          max_input_len: Optional[int] = None,
+                          classifier_params: Any = None) -> GridDecode:
   """Greedy early-exit decoding of input ids [B, S] under each of K thresholds.
 
   batch_size: most rows per decode call (default B). Calls are padded to one of
   `row_buckets(batch_size)` rows, so at most four programs are compiled.
+  classifier_params: a learned measure's parameters, as for `generate`.
   """
   thresholds = check_threshold_grid(thresholds)
   _check_arguments(margin, batch_size)
@@ -143,7 +145,7 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   batch = input_ids.shape[0]
   batch_size = batch if batch_size is None else int(batch_size)
   decode = functools.partial(generate, config, params, max_decode_len=max_decode_len,
-                             return_trace=True)
+                             return_trace=True, classifier_params=classifier_params)
   full = decode(input_ids, attention_mask, exit=dataclasses.replace(exit, threshold=1.0))
   stack = lambda field: np.repeat(np.asarray(field)[None], thresholds.size, axis=0)
   full_tokens, full_exit_layers = np.asarray(full.tokens), np.asarray(full.exit_layers)
@@ -159,12 +161,13 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   reference = _Reference(*(np.array(a) for a in (full.tokens, full.exit_layers,
                                                  full.confidences, full.trace)))
   decoded = _walk_grid(config, params, input_ids, attention_mask, exit, max_decode_len,
-                       batch_size, margin, grid, reference)
+                       batch_size, margin, grid, reference, classifier_params)
   return dataclasses.replace(grid, decoded_pairs=decoded)
 
 
 def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decode_len,
-               batch_size, margin, grid: GridDecode, reference: _Reference) -> int:
+               batch_size, margin, grid: GridDecode, reference: _Reference,
+               classifier_params) -> int:
   """Fills grid[k, b] for every pair, largest threshold first per example: copied from the
   example's reference when the decisions provably agree, else decoded (in waves led by one
   pair per example) and made the new reference. Returns the pairs decoded."""
@@ -185,7 +188,7 @@ def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decod
                                batch_size)
       ks = order[cursor[rows] + steps]
       out = _decode_rows(config, params, input_ids, attention_mask, exit_config,
-                         max_decode_len, thresholds[ks], rows, batch_size)
+                         max_decode_len, thresholds[ks], rows, batch_size, classifier_params)
       grid.tokens[ks, rows] = np.asarray(out.tokens)[:rows.size]
       grid.exit_layers[ks, rows] = np.asarray(out.exit_layers)[:rows.size]
       grid.confidences[ks, rows] = np.asarray(out.confidences)[:rows.size]
@@ -244,7 +247,7 @@ def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_l
 
 
 def _decode_rows(config, params, input_ids, attention_mask, exit_config, max_decode_len,
-                 thresholds, rows, batch_size):
+                 thresholds, rows, batch_size, classifier_params):
   """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded to the
   smallest of row_buckets(batch_size) that holds them with skipped rows (which cost nothing
   and never hold the loops)."""
@@ -255,4 +258,4 @@ def _decode_rows(config, params, input_ids, attention_mask, exit_config, max_dec
       config, params, input_ids[padded], attention_mask[padded],
       thresholds=np.concatenate([thresholds, np.ones(extra, thresholds.dtype)]),
       exit=exit_config, max_decode_len=max_decode_len, return_trace=True,
-      skip_rows=np.arange(size) >= rows.size)
+      skip_rows=np.arange(size) >= rows.size, classifier_params=classifier_params)

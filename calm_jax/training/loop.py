@@ -82,6 +82,14 @@ def _place(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(one, tree, shardings)
 
 
+def _on_mesh(tree: Any, mesh: Mesh) -> Any:
+  """Leaves left on a single device (optimizer counters made from constants) replicated
+  over the mesh, so every leaf of the train state lives on the mesh's devices."""
+  devices = set(mesh.devices.flat)
+  return jax.tree.map(lambda a: a if a.sharding.device_set == devices
+                      else jax.device_put(a, replicated(mesh)), tree)
+
+
 def _host_values(metrics: Dict[str, jax.Array]) -> Dict[str, Any]:
   out = {}
   for key, value in jax.device_get(metrics).items():
@@ -154,7 +162,8 @@ def read_metrics(workdir: str, name: str = "train") -> List[Dict[str, Any]]:
   return _read_records(os.path.join(workdir, f"{name}_metrics.jsonl"))
 
 
-def _train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+  """(state {params, opt_state}, frozen, batch, rng) -> (new state, metrics): one step."""
   def step(state, frozen, batch, rng):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], frozen, batch, rng)
@@ -179,7 +188,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
   params = _place(params, shardings)
   if frozen is not None:
     frozen = _place(frozen, param_shardings(frozen, mesh, rules))
-  state = {"params": params, "opt_state": jax.jit(optimizer.init)(params)}
+  state = {"params": params, "opt_state": _on_mesh(jax.jit(optimizer.init)(params), mesh)}
   checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints", name),
                                  save_every=settings.checkpoint_every,
                                  keep=settings.keep_checkpoints,
@@ -188,7 +197,7 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
   if start:
     state = checkpoints.restore(start, state, description)
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
-  step_fn = jax.jit(_train_step(loss_fn, optimizer), donate_argnums=0,
+  step_fn = jax.jit(make_train_step(loss_fn, optimizer), donate_argnums=0,
                     out_shardings=(state_shardings, replicated(mesh)))
   rows = batch_sharding(mesh)
   base_key = jax.random.PRNGKey(settings.seed)

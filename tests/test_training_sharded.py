@@ -1,0 +1,112 @@
+"""Training on 8 simulated CPU devices, and on two processes joined by
+jax.distributed, gives the 1-device losses (data and model parallel).
+
+XLA fixes the device count when JAX starts, so each comparison runs in fresh processes with
+XLA_FLAGS=--xla_force_host_platform_device_count=N.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r'''
+import json, sys, tempfile
+import jax, numpy as np
+if len(sys.argv) > 1:  # one of two processes: coordinator address, process id
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+sys.path.insert(0, "tests")
+from test_training import TINY, tiny_data
+from calm_jax.model.t5 import init_params
+from calm_jax.training.calm import train_calm
+from calm_jax.training.loop import LoopSettings
+from calm_jax.training.objectives import AnytimeObjective
+from calm_jax.training.optimizers import OptimizerConfig
+from calm_jax.training.sharding import DEFAULT_RULES, MeshConfig, make_mesh
+
+def losses(mesh_config, devices, batch_size=8):
+  result = train_calm(
+      TINY, init_params(TINY, jax.random.PRNGKey(0)), tiny_data(),
+      objective=AnytimeObjective(),
+      optimizer=OptimizerConfig(optimizer="adafactor", learning_rate=1e-2, warmup_steps=1),
+      settings=LoopSettings(steps=3, batch_size=batch_size, log_every=10),
+      workdir=tempfile.mkdtemp(), mesh=make_mesh(mesh_config, devices), rules=DEFAULT_RULES)
+  sharding = result.params["decoder"]["layers"]["ffn"]["wi_0"]["kernel"].sharding
+  return [r["loss"] for r in result.history], list(sharding.spec)
+
+out = {"devices": jax.device_count(), "process": jax.process_index()}
+if len(sys.argv) > 1:
+  out["two_processes"], _ = losses(MeshConfig(data=-1), None)
+  print("RESULT" + json.dumps(out))
+  sys.exit(0)
+out["one"], _ = losses(MeshConfig(data=1), jax.devices()[:1])
+out["data8"], _ = losses(MeshConfig(data=-1), None)
+out["data4_model2"], out["mlp_spec"] = losses(MeshConfig(data=4, model=2), None)
+try:
+  losses(MeshConfig(data=-1), None, batch_size=12)
+except ValueError as error:
+  out["error"] = str(error)
+print("RESULT" + json.dumps(out))
+'''
+
+
+def _environment(devices):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+
+
+def _result(stdout, stderr):
+  lines = [l for l in stdout.splitlines() if l.startswith("RESULT")]
+  assert lines, stdout[-3000:] + stderr[-3000:]
+  return json.loads(lines[0][len("RESULT"):])
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+ONE_DEVICE = {}  # the 1-device losses, shared with the two-process test
+
+
+def test_eight_devices_match_one_device():
+  done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=_environment(8),
+                        capture_output=True, text=True, timeout=900, check=False)
+  out = _result(done.stdout, done.stderr)
+  ONE_DEVICE["losses"] = out["one"]
+  assert out["devices"] == 8
+  assert len(out["one"]) == 3 and out["one"][2] < out["one"][0]
+  for name in ("data8", "data4_model2"):
+    assert max(abs(a - b) for a, b in zip(out[name], out["one"])) < 1e-5, (name, out)
+  assert out["mlp_spec"] == [None, None, "model"]
+  assert out["error"] == ("train.batch_size=12 is not divisible by the data-parallel size 8 "
+                          "(mesh.data)")
+
+
+def test_two_processes_with_two_devices_each_match_one_device(tmp_path):
+  """Two hosts (processes) each feed their own half of every batch."""
+  address = f"localhost:{_free_port()}"
+  logs = [open(tmp_path / f"process_{i}.log", "w+", encoding="utf-8") for i in range(2)]
+  # Output goes to files: a full pipe would block one process inside a collective.
+  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, address, str(i)], cwd=ROOT,
+                              env=_environment(2), stdout=log, stderr=subprocess.STDOUT,
+                              text=True) for i, log in enumerate(logs)]
+  outs = []
+  for worker, log in zip(workers, logs):
+    worker.wait(timeout=900)
+    log.seek(0)
+    outs.append(_result(log.read(), ""))
+    log.close()
+  assert [o["process"] for o in outs] == [0, 1] and outs[0]["devices"] == 4
+  assert outs[0]["two_processes"] == outs[1]["two_processes"]
+  expected = ONE_DEVICE.get("losses")
+  if expected is None:  # run alone: compute the 1-device losses here
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=_environment(8),
+                          capture_output=True, text=True, timeout=900, check=False)
+    expected = _result(done.stdout, done.stderr)["one"]
+  assert max(abs(a - b) for a, b in zip(outs[0]["two_processes"], expected)) < 1e-5
