@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = r'''
 import json, sys, tempfile
 import jax, numpy as np
-if len(sys.argv) > 1:  # one of two processes: coordinator address, process id
+if len(sys.argv) > 1:  # one of two processes: coordinator, process id, shared workdir
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 sys.path.insert(0, "tests")
@@ -34,7 +34,8 @@ def losses(mesh_config, devices, batch_size=8):
       objective=AnytimeObjective(),
       optimizer=OptimizerConfig(optimizer="adafactor", learning_rate=1e-2, warmup_steps=1),
       settings=LoopSettings(steps=3, batch_size=batch_size, log_every=10),
-      workdir=tempfile.mkdtemp(), mesh=make_mesh(mesh_config, devices), rules=DEFAULT_RULES)
+      workdir=sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(),
+      mesh=make_mesh(mesh_config, devices), rules=DEFAULT_RULES)
   sharding = result.params["decoder"]["layers"]["ffn"]["wi_0"]["kernel"].sharding
   return [r["loss"] for r in result.history], list(sharding.spec)
 
@@ -93,7 +94,8 @@ def test_two_processes_with_two_devices_each_match_one_device(tmp_path):
   address = f"localhost:{_free_port()}"
   logs = [open(tmp_path / f"process_{i}.log", "w+", encoding="utf-8") for i in range(2)]
   # Output goes to files: a full pipe would block one process inside a collective.
-  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, address, str(i)], cwd=ROOT,
+  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, address, str(i),
+                               str(tmp_path / "workdir")], cwd=ROOT,
                               env=_environment(2), stdout=log, stderr=subprocess.STDOUT,
                               text=True) for i, log in enumerate(logs)]
   outs = []
