@@ -42,6 +42,8 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS["verbosity"].using_default_value:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
   initialize_distributed()
   logging.info("JAX process %d of %d; local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
