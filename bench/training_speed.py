@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from calm_jax.model.source import load_model
 from calm_jax.train_mode import optimizer_from, training_data
-from calm_jax.training.data import host_batch
+from calm_jax.training.data import device_batch
 from calm_jax.training.loop import make_train_step
-from calm_jax.training.objectives import AnytimeObjective, Batch, anytime_loss
+from calm_jax.training.objectives import AnytimeObjective, anytime_loss
 from calm_jax.training.optimizers import make_optimizer
 
 config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(__file__), "..",
@@ -57,7 +57,8 @@ def main(argv):
   data = training_data(config, model_config.vocab_size)
   optimizer = make_optimizer(optimizer_from(config.train))
   batch_size = config.train.batch_size
-  batches = [Batch(*(jax.numpy.asarray(a) for a in host_batch(data, s, batch_size, config.seed)))
+  on_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  batches = [device_batch(data, s, batch_size, config.seed, on_device)
              for s in range(FLAGS.steps)]
   tokens_per_round = sum(int((np.asarray(b.targets) != 0).sum()) for b in batches)
   steps = {w: make_step(model_config, w, optimizer) for w in ("calm", "last")}

@@ -16,12 +16,15 @@ from typing import Dict
 import jax
 import ml_collections
 
-from calm_jax.decoding.classifiers import get_classifier, init_classifier, save_classifier
+from calm_jax.data.tasks import get_task
+from calm_jax.decoding.classifiers import (check_classifier_options, get_classifier,
+                                           init_classifier, save_classifier)
 from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
 from calm_jax.model.source import check_source, load_model
 from calm_jax.train_mode import (loop_settings_from, mesh_config_from, optimizer_from,
                                  training_data)
-from calm_jax.training.exit_classifier import ClassifierObjective, train_classifier
+from calm_jax.training.exit_classifier import (ClassifierObjective, asked_layers,
+                                               train_classifier)
 from calm_jax.training.sharding import make_mesh
 
 CLASSIFIER_DIR = "exit_classifiers"
@@ -46,8 +49,9 @@ def objective_from(section: ml_collections.ConfigDict, exit_points) -> Classifie
                              exit_points=tuple(exit_points))
 
 
-def train_exit_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Trains config.train_exit.classifier; returns the directory it was saved to."""
+def check_train_exit_config(config: ml_collections.ConfigDict):
+  """Every setting of `train_exit`, `exit` and `mesh` checked before anything loads;
+  returns (loop settings, optimizer, exit config, classifier options, mesh config)."""
   section = config.train_exit
   exit_config = ExitConfig.from_section(config.exit)
   settings = loop_settings_from(section, config.seed)
@@ -55,15 +59,24 @@ def train_exit_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   optimizer.validate()
   objective_from(section, ()).validate()
   options = classifier_options_from(section)
+  # The options' own checks (d_model only fills a default width, so any value serves).
+  check_classifier_options(section.classifier, 1, options)
   mesh_config = mesh_config_from(config.mesh)
-  mesh = make_mesh(mesh_config)
-  settings.validate(mesh)
+  settings.validate(make_mesh(mesh_config))
   check_source(config.model)
+  get_task(config.train.task)
+  return settings, optimizer, exit_config, options, mesh_config
 
+
+def train_exit_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains config.train_exit.classifier; returns the directory it was saved to."""
+  section = config.train_exit
+  settings, optimizer, exit_config, options, mesh_config = check_train_exit_config(config)
   model_config, backbone = load_model(config.model, config.seed)
   exit_config.validate(model_config.num_decoder_layers)
   objective = objective_from(section, exit_point_layers(exit_config,
                                                         model_config.num_decoder_layers))
+  asked_layers(objective, model_config.num_decoder_layers)
   params = init_classifier(section.classifier, model_config,
                            jax.random.PRNGKey(config.seed + 1), **options)
   data = training_data(config, model_config.vocab_size)
@@ -74,7 +87,7 @@ def train_exit_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
           flush=True)
   result = train_classifier(model_config, backbone, params, data, objective=objective,
                             optimizer=optimizer, settings=settings, workdir=workdir,
-                            mesh=mesh, rules=mesh_config.rules)
+                            mesh=make_mesh(mesh_config), rules=mesh_config.rules)
   directory = os.path.join(workdir, CLASSIFIER_DIR, section.classifier)
   if jax.process_index() == 0:
     save_classifier(directory, section.classifier, jax.device_get(result.params))

@@ -26,7 +26,7 @@ from calm_jax.training.data import EncodedExamples
 from calm_jax.training.loop import LoopSettings
 from calm_jax.training.objectives import AnytimeObjective
 from calm_jax.training.optimizers import OptimizerConfig
-from calm_jax.training.sharding import MeshConfig, make_mesh
+from calm_jax.training.sharding import MESH_AXES, MeshConfig, make_mesh
 
 EXPORT_DIR = "model"
 
@@ -46,8 +46,13 @@ def optimizer_from(section: ml_collections.ConfigDict) -> OptimizerConfig:
 
 
 def mesh_config_from(section: ml_collections.ConfigDict) -> MeshConfig:
-  return MeshConfig(data=section.data, model=section.model,
-                    rules=tuple((str(name), axis) for name, axis in section.rules))
+  """MeshConfig from the `mesh` section; a rule must map a name to a mesh axis or None."""
+  rules = tuple((str(name), axis) for name, axis in section.rules)
+  for name, axis in rules:
+    if axis is not None and axis not in MESH_AXES:
+      raise ValueError(f"mesh.rules maps {name!r} to {axis!r}, which is no mesh axis; "
+                       f"allowed: {', '.join(MESH_AXES)} or None")
+  return MeshConfig(data=section.data, model=section.model, rules=rules)
 
 
 def encode_pairs(examples, max_input_len: int, max_target_len: int,

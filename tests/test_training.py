@@ -11,12 +11,12 @@ import pytest
 
 from calm_jax.data import byte_vocab
 from calm_jax.model.config import T5Config
-from calm_jax.model.t5 import forward, init_params, shift_right
+from calm_jax.model.t5 import exit_logits, forward, init_params, shift_right
 from calm_jax.training import objectives
 from calm_jax.training.calm import train_calm
-from calm_jax.training.checkpoints import (CheckpointMismatchError, export_params,
-                                           load_exported)
-from calm_jax.training.data import EncodedExamples, global_rows, process_share
+from calm_jax.training.checkpoints import (CheckpointMismatchError, TrainCheckpoints,
+                                           export_params, load_exported)
+from calm_jax.training.data import EncodedExamples, device_batch, global_rows
 from calm_jax.training.loop import LoopSettings, NonFiniteLossError, fit, read_metrics
 from calm_jax.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from calm_jax.training.sharding import DEFAULT_RULES, MeshConfig, make_mesh
@@ -68,24 +68,27 @@ def test_token_losses_match_numpy_with_label_smoothing_and_z_loss():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("weighting", ["calm", "geometric", "last"])
-def test_anytime_loss_is_the_weighted_sum_of_every_layers_masked_nll(weighting):
+@pytest.mark.parametrize("weighting,smoothing", [("calm", 0.0), ("geometric", 0.0),
+                                                 ("last", 0.0), ("uniform", 0.2)])
+def test_anytime_loss_is_the_weighted_sum_of_every_layers_masked_nll(weighting, smoothing):
   params = init_params(TINY, jax.random.PRNGKey(1))
   data = tiny_data(4)
   batch = objectives.Batch(inputs=jnp.asarray(data.inputs), targets=jnp.asarray(data.targets))
   loss, metrics = objectives.anytime_loss(
-      TINY, objectives.AnytimeObjective(layer_weighting=weighting), params, batch)
+      TINY, objectives.AnytimeObjective(layer_weighting=weighting, label_smoothing=smoothing),
+      params, batch)
   out = forward(TINY, params, batch.inputs, shift_right(TINY, batch.targets),
                 (batch.inputs != 0).astype(jnp.int32))
-  from calm_jax.model.t5 import exit_logits  # pylint: disable=import-outside-toplevel
   mask = data.targets != 0
   weights = objectives.layer_weights(weighting, 3)
   expected, per_layer = 0.0, []
   for layer in range(3):
     log_p = numpy_log_softmax(exit_logits(TINY, params, out.hidden_states[layer]))
+    q = np.full(log_p.shape, smoothing / (log_p.shape[-1] - 1))
+    np.put_along_axis(q, data.targets[..., None], 1 - smoothing, axis=-1)
     nll = -np.take_along_axis(log_p, data.targets[..., None], -1)[..., 0]
-    per_layer.append(nll[mask].mean())
-    expected += weights[layer] * per_layer[-1]
+    per_layer.append(nll[mask].mean())  # the logged loss: plain NLL
+    expected += weights[layer] * (-(q * log_p).sum(-1))[mask].mean()
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   used = weights > 0
   np.testing.assert_allclose(np.asarray(metrics["layer_loss"])[used],
@@ -133,9 +136,10 @@ def test_batches_depend_only_on_seed_and_step_and_cover_each_epoch():
   # A batch straddling two epochs takes the end of one permutation and the start of the next.
   straddling = global_rows(2, 10, 4, seed=3)  # stream positions 8..11
   np.testing.assert_array_equal(straddling[:2], first_epoch[8:])
-  np.testing.assert_array_equal(process_share(np.arange(8), 1, 4), [2, 3])
-  with pytest.raises(ValueError, match="does not split over 3 processes"):
-    process_share(np.arange(8), 0, 3)
+  data = tiny_data(10)
+  batch = device_batch(data, 2, 4, 3, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  np.testing.assert_array_equal(batch.inputs, data.inputs[straddling])
+  np.testing.assert_array_equal(batch.targets, data.targets[straddling])
 
 
 def _train(workdir, steps=4, stop_after=None, config=TINY, **objective):
@@ -149,17 +153,22 @@ def _train(workdir, steps=4, stop_after=None, config=TINY, **objective):
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
-  whole = _train(tmp_path / "whole")
-  first = _train(tmp_path / "resumed", stop_after=3)
+  with_dropout = T5Config(**{**TINY.__dict__, "dropout_rate": 0.2})
+  whole = _train(tmp_path / "whole", steps=5, config=with_dropout)
+  # Preempted after step 3: the last checkpoint is step 2, so step 3 is done again.
+  first = _train(tmp_path / "resumed", steps=5, stop_after=3, config=with_dropout)
   assert first.last_step == 3 and len(first.history) == 3
-  second = _train(tmp_path / "resumed")
-  assert second.start_step == 3 and [r["step"] for r in second.history] == [4]
+  second = _train(tmp_path / "resumed", steps=5, config=with_dropout)
+  assert second.start_step == 2 and [r["step"] for r in second.history] == [3, 4, 5]
   for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(second.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   logged = read_metrics(str(tmp_path / "resumed"))
-  assert [r["step"] for r in logged] == [1, 2, 3, 4]
-  assert [r["loss"] for r in logged] == [r["loss"] for r in read_metrics(str(tmp_path / "whole"))]
+  assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
+  assert logged == read_metrics(str(tmp_path / "whole"))
   assert whole.history[-1]["loss"] < whole.history[0]["loss"]
+  # Dropout is on: the same step with another key gives another loss.
+  assert _train(tmp_path / "other", steps=1, config=T5Config(
+      **{**with_dropout.__dict__, "dropout_rate": 0.5})).history[0]["loss"] != logged[0]["loss"]
   assert os.listdir(tmp_path / "whole" / "tensorboard" / "train")
 
 
@@ -172,20 +181,41 @@ def test_resuming_with_a_different_model_says_what_differs(tmp_path):
     _train(tmp_path, steps=4, layer_weighting="uniform")
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path):
-  # Adam with a constant rate of 1 raises w by 1 per step; the loss turns NaN once w > 2.5,
-  # at step 4.
+@jax.custom_vjp
+def _gradient_breaks_above(w):
+  return w
+
+
+_gradient_breaks_above.defvjp(lambda w: (w, w),
+                              lambda w, g: (jnp.where(w > 2.5, jnp.nan, g),))
+
+
+@pytest.mark.parametrize("broken,message", [("loss", "the loss at step 4 is nan"),
+                                            ("gradient", "the grad norm at step 4 is nan")])
+def test_non_finite_loss_or_gradient_stops_with_the_last_good_checkpoint_intact(
+    tmp_path, broken, message):
+  # Adam with a constant rate of 1 raises w by 1 per step; at step 4 (w = 3 > 2.5) either
+  # the loss or only its gradient turns NaN.
   def loss_fn(params, frozen, batch, rng):
     del frozen, batch, rng
-    loss = jnp.where(params["w"] > 2.5, jnp.nan, -params["w"])
+    w = params["w"]
+    loss = jnp.where(w > 2.5, jnp.nan, -w) if broken == "loss" else -_gradient_breaks_above(w)
     return loss, {"loss": loss}
   settings = LoopSettings(steps=10, batch_size=2, log_every=1, checkpoint_every=2)
   optimizer = make_optimizer(OptimizerConfig(optimizer="adamw", learning_rate=1.0,
                                              schedule="constant", clip_norm=0.0))
-  with pytest.raises(NonFiniteLossError, match="at step 4 is nan.*last good checkpoint is step 2"):
-    fit(loss_fn, {"w": np.float32(0.0)}, optimizer, tiny_data(4), settings,
-        make_mesh(MeshConfig()), DEFAULT_RULES, str(tmp_path), {"kind": "test"})
+  run = lambda: fit(loss_fn, {"w": np.float32(0.0)}, optimizer, tiny_data(4), settings,
+                    make_mesh(MeshConfig()), DEFAULT_RULES, str(tmp_path), {"kind": "test"})
+  with pytest.raises(NonFiniteLossError, match=message + ".*last good checkpoint is step 2"):
+    run()
   assert sorted(os.listdir(tmp_path / "checkpoints" / "train")) == ["2"]
+  checkpoints = TrainCheckpoints(str(tmp_path / "checkpoints" / "train"), save_every=2, keep=2)
+  like = {"params": {"w": jnp.float32(0)},
+          "opt_state": optimizer.init({"w": jnp.float32(0)})}
+  restored = checkpoints.restore(2, like, {"kind": "test", "parameter_shapes": {"['w']": []},
+                                           "seed": 0, "batch_size": 2})
+  checkpoints.close()
+  assert float(restored["params"]["w"]) == pytest.approx(2.0, abs=1e-3)
 
 
 def test_export_round_trip_and_model_source(tmp_path):

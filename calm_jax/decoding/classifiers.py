@@ -256,6 +256,13 @@ def _check_options(name: str, d_model: int, options: Mapping[str, Any]) -> Dict[
   return {key: int(value) for key, value in filled.items()}
 
 
+def check_classifier_options(name: str, d_model: int,
+                             options: Mapping[str, Any]) -> Dict[str, int]:
+  """Public form of the option check: the options with defaults filled in, or a ValueError
+  naming the bad one (used by training configs before any model is loaded)."""
+  return _check_options(name, d_model, options)
+
+
 def _init_inputs(spec: ClassifierSpec, d_model: int, options: Mapping[str, int]):
   """(arguments, method) that make `init` touch every parameter."""
   if spec.context == "exit_points":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Dict, Optional
 
 from jax.sharding import Mesh
@@ -12,14 +11,16 @@ from calm_jax.model.config import T5Config
 from calm_jax.training import data as data_lib
 from calm_jax.training.loop import LoopSettings, TrainResult, fit
 from calm_jax.training.objectives import AnytimeObjective, anytime_loss
-from calm_jax.training.optimizers import OptimizerConfig, make_optimizer
+from calm_jax.training.optimizers import OptimizerConfig, make_optimizer, optimizer_description
 from calm_jax.training.sharding import DEFAULT_RULES, make_mesh, MeshConfig
 
 
-def calm_description(config: T5Config, objective: AnytimeObjective) -> Dict[str, Any]:
-  """What a CALM checkpoint must match to be resumed: the model and the objective."""
+def calm_description(config: T5Config, objective: AnytimeObjective,
+                     optimizer: OptimizerConfig) -> Dict[str, Any]:
+  """What a CALM checkpoint must match to be resumed: model, objective and optimizer."""
   return {"kind": "calm", "model": dataclasses.asdict(config),
-          "objective": dataclasses.asdict(objective)}
+          "objective": dataclasses.asdict(objective),
+          "optimizer": optimizer_description(optimizer)}
 
 
 def train_calm(config: T5Config, params: Any, data: data_lib.EncodedExamples, *,
@@ -38,5 +39,5 @@ def train_calm(config: T5Config, params: Any, data: data_lib.EncodedExamples, *,
     return anytime_loss(config, objective, params, batch, rng=rng)
 
   return fit(loss_fn, params, make_optimizer(optimizer), data, settings, mesh, rules,
-             workdir, calm_description(config, objective), name="train",
+             workdir, calm_description(config, objective, optimizer), name="train",
              stop_after=stop_after)

@@ -1,11 +1,10 @@
 """Training batches in a fixed order that depends only on (seed, step), so a run resumed from
 a checkpoint sees exactly the batches an uninterrupted run would, and every host agrees on
-the global batch and takes its own contiguous share of its rows."""
+the global batch and materialises only the rows its own devices hold."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Tuple
 
 import jax
 import numpy as np
@@ -38,23 +37,16 @@ def global_rows(step: int, num_examples: int, batch_size: int, seed: int) -> np.
   return np.asarray(rows, np.int64)
 
 
-def process_share(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-  """This host's contiguous part of the global batch rows."""
-  if len(rows) % process_count:
-    raise ValueError(f"the global batch of {len(rows)} rows does not split over "
-                     f"{process_count} processes")
-  per_host = len(rows) // process_count
-  return rows[process_index * per_host:(process_index + 1) * per_host]
+def device_batch(data: EncodedExamples, step: int, batch_size: int, seed: int,
+                 sharding: jax.sharding.Sharding) -> Batch:
+  """The global batch of `step` as arrays split as `sharding` says. Every process computes
+  the same global row indices and fills only the slices its own devices hold, so any mesh
+  layout over any number of hosts gets consistent rows."""
+  rows = global_rows(step, len(data.inputs), batch_size, seed)  # [B]
 
+  def place(table: np.ndarray) -> jax.Array:
+    shape = (batch_size,) + table.shape[1:]
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: table[rows[index[0]]][(slice(None),) + tuple(index[1:])])
 
-def host_batch(data: EncodedExamples, step: int, batch_size: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-  """This process's (inputs, targets) rows of the global batch at `step`."""
-  rows = process_share(global_rows(step, len(data.inputs), batch_size, seed),
-                       jax.process_index(), jax.process_count())
-  return data.inputs[rows], data.targets[rows]
-
-
-def device_batch(local: Sequence[np.ndarray], sharding: jax.sharding.Sharding) -> Batch:
-  """Global arrays, rows split as `sharding` says, from each process's local rows."""
-  inputs, targets = (jax.make_array_from_process_local_data(sharding, a) for a in local)
-  return Batch(inputs=inputs, targets=targets)
+  return Batch(inputs=place(data.inputs), targets=place(data.targets))

@@ -20,7 +20,10 @@ Losses, over the classifier's defined exit points and real target positions:
   the first of them whose label is 1: loss = -log q(oracle) (as in the Depth-Adaptive
   Transformer's geometric-like halting, the option CALM mentions).
 
-Metrics per layer: accuracy of the 0.5 decision and F1 of the "don't exit" class (label 0).
+The cross-entropy and the metrics cover the layers where the decoder asks the classifier:
+its exit points except layer L, where every token exits anyway. Metrics per layer (NaN
+elsewhere): accuracy of the 0.5 decision, F1 of the "don't exit" class (label 0) and the
+share of label 1.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from calm_jax.model.t5 import decode_teacher_forced, encode, exit_logits, shift_
 from calm_jax.training import data as data_lib
 from calm_jax.training.loop import LoopSettings, TrainResult, fit
 from calm_jax.training.objectives import Batch
-from calm_jax.training.optimizers import OptimizerConfig, make_optimizer
+from calm_jax.training.optimizers import OptimizerConfig, make_optimizer, optimizer_description
 from calm_jax.training.sharding import DEFAULT_RULES, MeshConfig, make_mesh
 
 Array = jnp.ndarray
@@ -76,7 +79,9 @@ def backbone_states(config: T5Config, backbone: Any, batch: Batch) -> Tuple[Arra
   encoded = encode(config, backbone, batch.inputs, mask)
   states = decode_teacher_forced(config, backbone, shift_right(config, batch.targets),
                                  encoded, mask)  # [L, B, T, d]
-  top1 = jnp.argmax(exit_logits(config, backbone, states), axis=-1)  # [L, B, T]
+  # One layer's [B, T, V] logits at a time.
+  top1 = jax.lax.map(lambda h: jnp.argmax(exit_logits(config, backbone, h), axis=-1),
+                     states)  # [L, B, T]
   return jax.lax.stop_gradient(states), top1
 
 
@@ -134,6 +139,21 @@ def _layer_metrics(logits: Array, labels: Array, weights: Array) -> Dict[str, Ar
   }
 
 
+def asked_layers(objective: ClassifierObjective, num_layers: int) -> np.ndarray:
+  """[L] bool: where the decoder consults the classifier, i.e. its defined exit points
+  except layer L (where every token exits anyway); the cross-entropy and the metrics cover
+  these. ValueError when there is none."""
+  asked = defined_layers(objective.classifier, num_layers, objective.exit_points).copy()
+  asked[-1] = False
+  if not asked.any():
+    points = objective.exit_points or tuple(range(1, num_layers + 1))
+    raise ValueError(f"exit classifier {objective.classifier!r} makes no prediction before "
+                     f"the last layer with exit points {tuple(points)} of a "
+                     f"{num_layers}-layer decoder (three_state_mlp needs three exit points "
+                     "before the last layer); lower exit.min_exit_layer or exit_interval")
+  return asked
+
+
 def classifier_loss(config: T5Config, objective: ClassifierObjective, params: Any,
                     backbone: Any, batch: Batch) -> Tuple[Array, Dict[str, Array]]:
   """The classifier's loss on one batch and its per-layer metrics."""
@@ -142,11 +162,12 @@ def classifier_loss(config: T5Config, objective: ClassifierObjective, params: An
   decoder_mask = jnp.ones_like(batch.targets)  # every decoder input position is real
   logits = classifier_logits_teacher_forced(objective.classifier, params, states,
                                             decoder_mask, objective.exit_points)  # [L, B, T, 2]
-  labels = exit_labels(top1, batch.targets, objective.labels)
+  labels = exit_labels(top1, batch.targets, objective.labels)  # [L, B, T]
   points = defined_layers(objective.classifier, config.num_decoder_layers,
                           objective.exit_points)  # [L] static
-  weights = jnp.asarray(points, jnp.float32)[:, None, None] * token_mask[None]  # [L, B, T]
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  asked = asked_layers(objective, config.num_decoder_layers)  # [L] static
+  weights = jnp.asarray(asked, jnp.float32)[:, None, None] * token_mask[None]  # [L, B, T]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)  # [L, B, T, 2]
   if objective.loss == "geometric":
     loss = _geometric_loss(log_probs, labels, points, token_mask)
   else:
@@ -154,9 +175,12 @@ def classifier_loss(config: T5Config, objective: ClassifierObjective, params: An
   return loss, {"loss": loss, **_layer_metrics(logits, labels, weights)}
 
 
-def classifier_description(config: T5Config, objective: ClassifierObjective) -> Dict[str, Any]:
+def classifier_description(config: T5Config, objective: ClassifierObjective,
+                           optimizer: OptimizerConfig) -> Dict[str, Any]:
+  """What a classifier checkpoint must match to be resumed."""
   return {"kind": "exit_classifier", "model": dataclasses.asdict(config),
-          "objective": dataclasses.asdict(objective)}
+          "objective": dataclasses.asdict(objective),
+          "optimizer": optimizer_description(optimizer)}
 
 
 def train_classifier(config: T5Config, backbone: Any, params: Any,
@@ -166,6 +190,7 @@ def train_classifier(config: T5Config, backbone: Any, params: Any,
                      stop_after: Optional[int] = None) -> TrainResult:
   """Trains classifier `params` on the frozen `backbone`; checkpoints as exit_<name>."""
   objective.validate()
+  asked_layers(objective, config.num_decoder_layers)
   optimizer = dataclasses.replace(optimizer, total_steps=settings.steps)
   optimizer.validate()
   mesh = mesh if mesh is not None else make_mesh(MeshConfig())
@@ -176,5 +201,5 @@ def train_classifier(config: T5Config, backbone: Any, params: Any,
     return classifier_loss(config, objective, params, frozen, batch)
 
   return fit(loss_fn, params, make_optimizer(optimizer), data, settings, mesh, rules, workdir,
-             classifier_description(config, objective), frozen=backbone,
+             classifier_description(config, objective, optimizer), frozen=backbone,
              name=f"exit_{objective.classifier}", stop_after=stop_after)

@@ -69,6 +69,7 @@ class TrainResult:
   """What `fit` returns."""
 
   params: Any  # the trained parameters (sharded on the mesh)
+  frozen: Any  # the untrained input (e.g. the backbone) as placed on the mesh, or None
   history: List[Dict[str, Any]]  # metrics of every step run by this call, in order
   start_step: int  # 0, or the checkpoint step the run resumed from
   last_step: int  # steps completed
@@ -167,6 +168,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
   def step(state, frozen, batch, rng):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], frozen, batch, rng)
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates),
             "opt_state": opt_state}, metrics
@@ -180,10 +182,12 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
         stop_after: Optional[int] = None) -> TrainResult:
   """Trains `params` (host arrays) for settings.steps steps, resuming from the workdir's
   checkpoints of this `name`. `stop_after` ends this call after that many completed steps
-  (a preempted job); the next call resumes. `description` (JSON) identifies the model and
-  setup; a checkpoint with a different one is refused."""
+  (simulating a preempted job: no save at that step, so a later call resumes from the last
+  periodic checkpoint and recomputes the steps after it). `description` (JSON) identifies
+  the model and setup; a checkpoint with a different one is refused."""
   settings.validate(mesh)
-  description = {**description, "parameter_shapes": parameter_shapes(params)}
+  description = {**description, "parameter_shapes": parameter_shapes(params),
+                 "seed": settings.seed, "batch_size": settings.batch_size}
   shardings = param_shardings(params, mesh, rules)
   params = _place(params, shardings)
   if frozen is not None:
@@ -199,28 +203,34 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
   step_fn = jax.jit(make_train_step(loss_fn, optimizer), donate_argnums=0,
                     out_shardings=(state_shardings, replicated(mesh)))
-  rows = batch_sharding(mesh)
+  rows_sharding = batch_sharding(mesh)
   base_key = jax.random.PRNGKey(settings.seed)
   reporter = _Reporter(workdir, name, start, settings.steps)
   end = settings.steps if stop_after is None else min(settings.steps, stop_after)
   history = []
   try:
     for step in range(start + 1, end + 1):
-      local = data_lib.host_batch(data, step - 1, settings.batch_size, settings.seed)
-      state, metrics = step_fn(state, frozen, data_lib.device_batch(local, rows),
-                               jax.random.fold_in(base_key, step))
+      batch = data_lib.device_batch(data, step - 1, settings.batch_size, settings.seed,
+                                    rows_sharding)
+      state, metrics = step_fn(state, frozen, batch, jax.random.fold_in(base_key, step))
       record = {"step": step, **_host_values(metrics)}
-      if not math.isfinite(record["loss"]):
-        raise NonFiniteLossError(
-            f"[{name}] the loss at step {step} is {record['loss']}; training stopped without "
-            f"saving that state. The last good checkpoint is step "
-            f"{checkpoints.latest_step()} in {checkpoints.directory}")
+      _check_finite(record, name, checkpoints)
       history.append(record)
       reporter.step(record, log=step % settings.log_every == 0 or step == end)
-      checkpoints.save(step, state, description, force=step == end)
+      checkpoints.save(step, state, description, force=step == settings.steps)
   finally:
     checkpoints.wait()
     checkpoints.close()
     reporter.close()
-  return TrainResult(params=state["params"], history=history, start_step=start,
-                     last_step=max(end, start))
+  return TrainResult(params=state["params"], frozen=frozen, history=history,
+                     start_step=start, last_step=max(end, start))
+
+
+def _check_finite(record: Dict[str, Any], name: str, checkpoints: TrainCheckpoints) -> None:
+  """A NaN or infinite loss or gradient norm stops the run before its state is saved."""
+  for key in ("loss", "grad_norm"):
+    if not math.isfinite(record[key]):
+      raise NonFiniteLossError(
+          f"[{name}] the {key.replace('_', ' ')} at step {record['step']} is {record[key]}; "
+          f"training stopped without saving that state. The last good checkpoint is step "
+          f"{checkpoints.latest_step()} in {checkpoints.directory}")

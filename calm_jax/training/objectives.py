@@ -9,10 +9,11 @@ exit head, and the losses are summed with per-layer weights.
 Optional label smoothing (the target keeps 1 - s, the rest spread uniformly) and T5X's
 z-loss (z * log(Z)^2, which keeps the softmax normaliser near 1).
 
-Keeping the extra heads cheap: the L layer states go through the final norm and the LM head
-as one [L*B*T, d] x [d, V] product, the loss takes log Z with one logsumexp and the target
-logit with one gather (no one-hot, no [.., V] log-softmax kept), and layers with zero weight
-are dropped before the head runs, so 'last' costs one head and 'calm' L heads.
+Keeping the extra heads cheap: the loss takes log Z with one logsumexp and the target logit
+with one gather (no one-hot, no [.., V] log-softmax), layers with zero weight never reach
+the head (so 'last' costs one head and 'calm' L), and the heads run one layer at a time in
+a rematerialised `lax.map`, so memory holds one layer's [B, T, V] logits, not L of them
+(the backward pass recomputes each layer's logits once).
 """
 
 from __future__ import annotations
@@ -93,13 +94,42 @@ class Batch:
   targets: Array  # [B, T] int32 target ids ending in EOS, padding 0
 
 
+def _layer_sums(config: T5Config, objective: AnytimeObjective, params: Any, states: Array,
+                targets: Array, token_mask: Array, rng: Optional[Array]) -> Tuple[Array, ...]:
+  """Per layer of `states` [L', B, T, d]: token sums of the objective term (cross-entropy
+  plus z-loss), the plain NLL and the top-1 hits, each [L'].
+
+  One layer's logits [B, T, V] exist at a time: the map body is rematerialised, so the
+  backward pass recomputes them instead of keeping L' of them alive.
+  """
+  deterministic = rng is None
+  keys = jax.random.split(rng if rng is not None else jax.random.PRNGKey(0), states.shape[0])
+
+  def one_layer(layer_inputs):
+    hidden, key = layer_inputs
+    logits = exit_logits(config, params, hidden, deterministic=deterministic,
+                         rng=None if deterministic else key)  # [B, T, V]
+    cross_entropy, z_term = token_losses(logits, targets, objective.label_smoothing,
+                                         objective.z_loss)  # [B, T] each
+    if objective.label_smoothing:
+      nll, _ = token_losses(logits, targets, 0.0, 0.0)  # [B, T]
+    else:
+      nll = cross_entropy
+    hits = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)  # [B, T]
+    total = lambda x: jnp.sum(x * token_mask)
+    return total(cross_entropy + z_term), total(nll), total(hits)
+
+  return jax.lax.map(jax.checkpoint(one_layer), (states, keys))
+
+
 def anytime_loss(config: T5Config, objective: AnytimeObjective, params: Any, batch: Batch, *,
                  rng: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
   """The weighted anytime loss and its metrics.
 
-  Dropout runs when `rng` is given (training). Metrics: 'loss' (the objective, z-loss
-  included), 'layer_loss' [L] mean NLL per layer, 'layer_accuracy' [L] top-1 accuracy per
-  layer, 'tokens' (non-padding targets); layers with zero weight report NaN.
+  Dropout runs when `rng` is given (training). Metrics: 'loss' (the objective, label
+  smoothing and z-loss included), 'layer_loss' [L] mean NLL of the target per layer
+  (without smoothing or z-loss), 'layer_accuracy' [L] top-1 accuracy per layer, 'tokens'
+  (non-padding targets); layers with zero weight are never computed and report NaN.
   """
   deterministic = rng is None
   enc_rng, dec_rng, head_rng = jax.random.split(rng, 3) if rng is not None else (None,) * 3
@@ -109,16 +139,11 @@ def anytime_loss(config: T5Config, objective: AnytimeObjective, params: Any, bat
                                  mask, deterministic=deterministic, rng=dec_rng)  # [L, B, T, d]
   weights = layer_weights(objective.layer_weighting, config.num_decoder_layers)
   used = np.flatnonzero(weights > 0)  # layers that enter the loss (static)
-  logits = exit_logits(config, params, states[used], deterministic=deterministic,
-                       rng=head_rng)  # [L', B, T, V]
-  nll, z_term = token_losses(logits, batch.targets[None], objective.label_smoothing,
-                             objective.z_loss)  # [L', B, T]
   token_mask = (batch.targets != config.pad_token_id).astype(jnp.float32)  # [B, T]
   tokens = jnp.maximum(token_mask.sum(), 1.0)
-  per_layer = lambda x: (x * token_mask).sum((1, 2)) / tokens  # [L']
-  layer_nll = per_layer(nll)
-  loss = jnp.sum(jnp.asarray(weights[used], jnp.float32) * (layer_nll + per_layer(z_term)))
-  correct = (jnp.argmax(logits, -1) == batch.targets[None]).astype(jnp.float32)
+  objective_sums, nll_sums, hit_sums = _layer_sums(
+      config, objective, params, states[used], batch.targets, token_mask, head_rng)  # [L'] each
+  loss = jnp.sum(jnp.asarray(weights[used], jnp.float32) * objective_sums) / tokens
   scatter = lambda values: jnp.full((config.num_decoder_layers,), jnp.nan).at[used].set(values)
-  return loss, {"loss": loss, "layer_loss": scatter(layer_nll),
-                "layer_accuracy": scatter(per_layer(correct)), "tokens": token_mask.sum()}
+  return loss, {"loss": loss, "layer_loss": scatter(nll_sums / tokens),
+                "layer_accuracy": scatter(hit_sums / tokens), "tokens": token_mask.sum()}

@@ -47,6 +47,11 @@ class OptimizerConfig:
       raise ValueError(f"clip_norm must be >= 0 (0 = no clipping), got {self.clip_norm!r}")
 
 
+def optimizer_description(config: OptimizerConfig) -> dict:
+  """The settings a resumed run must share (JSON); the run length may grow."""
+  return {k: v for k, v in dataclasses.asdict(config).items() if k != "total_steps"}
+
+
 def make_schedule(config: OptimizerConfig) -> Callable[[Any], Any]:
   """The learning rate as a function of the step (0-based)."""
   peak, warmup = config.learning_rate, config.warmup_steps
