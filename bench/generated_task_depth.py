@@ -4,8 +4,9 @@ reports, on test examples under teacher forcing:
 
 - per kind: token accuracy and sequence accuracy (every byte right = greedy exact match);
 - for easy and hard target bytes (generated.hard_byte_mask; EOS counted separately): the
-  accuracy of every decoder layer's prediction through the shared exit head, and the mean
-  oracle exit layer (the first layer whose top-1 equals the last layer's).
+  accuracy and mean softmax_max confidence of every decoder layer's prediction through the
+  shared exit head, the mean oracle exit layer (the first layer whose top-1 equals the last
+  layer's) and the mean exit layer of softmax_max at lambda = 0.9.
 
 Run: .venv/bin/python bench/generated_task_depth.py --seconds=240 --decoder_layers=6
 """
@@ -67,7 +68,8 @@ def _layer_predictions(config, params, examples):
   states = decode_teacher_forced(config, params, shift_right(config, jnp.asarray(labels)),
                                  encoded, jnp.asarray(mask))  # [L, B, T, d]
   logits = jax.vmap(lambda h: exit_logits(config, params, h))(states)  # [L, B, T, V]
-  return np.asarray(logits.argmax(-1)), labels  # [L, B, T], [B, T]
+  confidence = jax.nn.softmax(logits, axis=-1).max(-1)  # softmax_max, [L, B, T]
+  return np.asarray(logits.argmax(-1)), np.asarray(confidence), labels
 
 
 def _roles(examples):
@@ -82,7 +84,7 @@ def _roles(examples):
 
 def _report(config, params, count):
   examples = generated.examples("test", count, seed=0)
-  predicted, labels = _layer_predictions(config, params, examples)
+  predicted, confidence, labels = _layer_predictions(config, params, examples)
   final = predicted[-1]
   right = final == labels  # [B, T]
   valid = labels != byte_vocab.PAD_ID
@@ -97,12 +99,17 @@ def _report(config, params, count):
   agrees = predicted == final[None]  # [L, B, T]
   oracle = np.argmax(agrees, axis=0) + 1  # first layer agreeing with the last, [B, T]
   roles = _roles(examples)
-  print("\nrole  count  oracle exit  accuracy per layer 1..L")
+  # softmax_max exit at lambda = 0.9: the first layer whose confidence clears it (L if none).
+  clears = confidence >= 0.9
+  exit_09 = np.where(clears.any(0), np.argmax(clears, axis=0) + 1, num_layers)  # [B, T]
+  print("\nrole  count  oracle exit  exit@0.9  accuracy per layer 1..L  |  mean softmax_max")
   for role, name in enumerate(("easy", "hard", "eos")):
     where = roles == role
     per_layer = [(predicted[i] == labels)[where].mean() for i in range(num_layers)]
-    print(f"{name:5} {where.sum():6d} {oracle[where].mean():11.2f}  "
-          + " ".join(f"{acc:.2f}" for acc in per_layer))
+    mean_conf = [confidence[i][where].mean() for i in range(num_layers)]
+    print(f"{name:5} {where.sum():6d} {oracle[where].mean():11.2f} {exit_09[where].mean():9.2f}"
+          "  " + " ".join(f"{acc:.2f}" for acc in per_layer) + "  |  "
+          + " ".join(f"{c:.2f}" for c in mean_conf))
 
 
 def main():

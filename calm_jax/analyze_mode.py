@@ -26,8 +26,8 @@ from absl import logging
 from calm_jax import analysis
 from calm_jax.analysis import (accuracy, collect, confidence, layerwise, oracle, plots, rank,
                                saturation, stability)
-from calm_jax.data import byte_vocab
-from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.data.vocabulary import Vocabulary, get_vocabulary
+from calm_jax.run_data import check_data, encode_split, encode_targets
 from calm_jax.data.metrics import TEXT_SIMILARITIES
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.measures import get_measure
@@ -197,13 +197,14 @@ def model_sources(config: ml_collections.ConfigDict,
 
 
 def check_models(sources: List[ModelSource], settings: AnalysisSettings,
-                 exit_config: ExitConfig) -> None:
-  """Per model: the byte vocabulary fits, the layer numbers exist, the exit grid is valid."""
+                 exit_config: ExitConfig, vocabulary: Vocabulary) -> None:
+  """Per model: the vocabulary fits, the layer numbers exist, the exit grid is valid."""
   for source in sources:
     cfg = source.config
-    if cfg.vocab_size < byte_vocab.VOCAB_SIZE:
+    if cfg.vocab_size < vocabulary.size:
       raise ValueError(f"model {source.source!r} has vocab_size {cfg.vocab_size}; the "
-                       f"analysis examples are byte-encoded and need >= {byte_vocab.VOCAB_SIZE}")
+                       f"analysis examples use vocabulary {vocabulary.name!r} with "
+                       f"{vocabulary.size} ids")
     where = f"model {source.source!r}"
     try:
       layerwise.check_after_layers(settings.after_layers, cfg.num_decoder_layers)
@@ -220,19 +221,14 @@ def check_models(sources: List[ModelSource], settings: AnalysisSettings,
 # ----------------------------------------------------------------------------- data
 
 def analysis_inputs(config: ml_collections.ConfigDict, count: int) -> collect.AnalysisInputs:
-  """The examples analysed: generated arithmetic/copy/reverse examples, byte-encoded.
-
-  The one place that knows the data source; replace it here to analyse another task.
-  """
-  examples = sample_examples(count, config.seed)
-  input_ids, input_mask = byte_vocab.encode_batch([e.inputs for e in examples],
-                                                  config.data.max_input_len)
-  target_ids, _ = byte_vocab.encode_batch([e.targets for e in examples],
-                                          config.decode.max_decode_len)
+  """The examples analysed: `count` of data.task's test split, through data.vocabulary."""
+  vocabulary = get_vocabulary(config.data.vocabulary)
+  split = encode_split(config, config.data.test_split, count, vocabulary)
+  target_ids = encode_targets(split.examples, vocabulary, config.decode.max_decode_len)
   return collect.AnalysisInputs(
-      input_ids=input_ids, input_mask=input_mask, target_ids=target_ids,
-      target_mask=target_ids != byte_vocab.PAD_ID, references=[e.targets for e in examples],
-      detokenize=byte_vocab.decode)
+      input_ids=split.input_ids, input_mask=split.attention_mask, target_ids=target_ids,
+      target_mask=target_ids != vocabulary.pad_id,
+      references=[e.targets for e in split.examples], detokenize=vocabulary.decode)
 
 
 # ----------------------------------------------------------------------------- studies
@@ -403,8 +399,9 @@ def analyze_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the analyze mode; returns the path of analysis.json."""
   settings = settings_from(config.analysis)
   exit_config = ExitConfig.from_section(config.exit)
+  vocabulary = check_data(config)
   sources = model_sources(config, settings)
-  check_models(sources, settings, exit_config)
+  check_models(sources, settings, exit_config, vocabulary)
   inputs = analysis_inputs(config, settings.num_examples)
   reports = []
   for source in sources:

@@ -19,14 +19,14 @@ import numpy as np
 from absl import logging
 
 from calm_jax import calibration, consistency, validity
-from calm_jax.data import byte_vocab
-from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.data.metrics import TEXT_SIMILARITIES
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.threshold_grid import GridDecode, decode_threshold_grid
 from calm_jax.files import write_json_atomically, write_text_atomically
 from calm_jax.model.source import load_model
+from calm_jax.run_data import check_data, encode_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +99,13 @@ def _is_integer(value) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _outputs(grid: GridDecode, settings: CalibrationSettings):
+def _outputs(grid: GridDecode, settings: CalibrationSettings, vocabulary: Vocabulary):
   """Early outputs [k][n] and full outputs [n]: token ids for token_agreement, else texts."""
   early, full = grid.generated_ids()
   if settings.similarity == "token_agreement":
     return early, full
-  return [[byte_vocab.decode(ids) for ids in column] for column in early], [
-      byte_vocab.decode(ids) for ids in full]
+  return [[vocabulary.decode(ids) for ids in column] for column in early], [
+      vocabulary.decode(ids) for ids in full]
 
 
 def _choices(losses, grid: GridDecode, settings: CalibrationSettings) -> List[dict]:
@@ -132,11 +132,12 @@ def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the calibrate mode; returns the path of calibration.json."""
   settings = settings_from(config.calibration)
   exit_config = ExitConfig.from_section(config.exit)
+  vocabulary = check_data(config)
   model_config, params = load_model(config.model, config.seed)
   exit_config.validate(model_config.num_decoder_layers)
-  examples = sample_examples(settings.num_examples, config.seed)
-  input_ids, mask = byte_vocab.encode_batch([e.inputs for e in examples],
-                                            config.data.max_input_len)
+  vocabulary.check_model(model_config.vocab_size)
+  split = encode_split(config, config.data.calibration_split, settings.num_examples, vocabulary)
+  examples, input_ids, mask = split.examples, split.input_ids, split.attention_mask
   logging.info("decoding %d examples under %d thresholds", len(examples),
                settings.thresholds.size)
   grid = decode_threshold_grid(model_config, params, input_ids, mask,
@@ -145,9 +146,9 @@ def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
                                batch_size=settings.batch_size or None,
                                classifier_params=classifier_params_for(exit_config,
                                                                        model_config))
-  early, full = _outputs(grid, settings)
+  early, full = _outputs(grid, settings, vocabulary)
   losses = consistency.consistency_losses(
-      settings.objective, early, full, references=[[e.targets] for e in examples],
+      settings.objective, early, full, references=split.references,
       similarity=settings.similarity)  # [n, k]
   report = validity.validity_study(
       losses, settings.thresholds, grid.layer_sums.T, grid.num_tokens.T,

@@ -3,6 +3,8 @@
 The same command runs on every host of a pod (see launch/); only process 0 writes.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -39,6 +41,34 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(**given)
 
 
+def unknown_override(error: Exception, argv) -> str:
+  """The --config.* flag naming a field the config lacks, as ml_collections reports it (a
+  bare KeyError / AttributeError, sometimes with a "Did you mean" line); "" if none does."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+  key = text.splitlines()[0].strip("'") if text else ""
+  for arg in argv[1:]:
+    path = arg.split("=", 1)[0]
+    if key and path.startswith("--config.") and key in path.split(".")[1:]:
+      hint = " ".join(text.splitlines()[1:])
+      return f"{path}: the config has no field {key!r}{'; ' + hint if hint else ''}"
+  return ""
+
+
+def parse_flags(argv):
+  """absl's flag parsing; an override of an unknown config field exits with a one-line
+  error like any other bad flag instead of a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    message = unknown_override(error, argv)
+    if not message:
+      raise
+    sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -51,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -12,13 +12,13 @@ from absl import logging
 
 from calm_jax.analyze_mode import analyze_examples
 from calm_jax.calibrate_mode import calibrate_examples
-from calm_jax.data import byte_vocab
-from calm_jax.data.arithmetic_preview import sample_examples
 from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.files import write_jsonl_atomically
+from calm_jax.generate_mode import generate_texts
 from calm_jax.model.source import load_model
+from calm_jax.run_data import check_data, encode_split
 from calm_jax.train_exit_mode import train_exit_examples
 from calm_jax.train_mode import train_examples
 
@@ -29,19 +29,20 @@ def exit_config_from(config: ml_collections.ConfigDict) -> ExitConfig:
 
 
 def decode_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Greedy early-exit decoding of generated examples; writes decode.jsonl with the
-  exit layer of every token."""
+  """Greedy early-exit decoding of data.num_examples test examples; writes decode.jsonl
+  with the exit layer of every token."""
   exit_config = exit_config_from(config)
+  vocabulary = check_data(config)
   model_config, params = load_model(config.model, config.seed)
   exit_config.validate(model_config.num_decoder_layers)
-  examples = sample_examples(config.data.num_examples, config.seed)
-  input_ids, mask = byte_vocab.encode_batch([e.inputs for e in examples],
-                                            config.data.max_input_len)
+  vocabulary.check_model(model_config.vocab_size)
+  split = encode_split(config, config.data.test_split, config.data.num_examples, vocabulary)
+  examples, input_ids, mask = split.examples, split.input_ids, split.attention_mask
   out = generate(model_config, params, input_ids, mask, exit=exit_config,
                  classifier_params=classifier_params_for(exit_config, model_config),
                  max_decode_len=config.decode.max_decode_len)
   tokens, exit_layers = np.asarray(out.tokens), np.asarray(out.exit_layers)
-  records = [{"inputs": e.inputs, "targets": e.targets, "output": byte_vocab.decode(row),
+  records = [{"inputs": e.inputs, "targets": e.targets, "output": vocabulary.decode(row),
               "output_ids": row.tolist(), "exit_layers": layers[layers > 0].tolist()}
              for e, row, layers in zip(examples, tokens, exit_layers)]
   path = os.path.join(workdir, "decode.jsonl")
@@ -63,6 +64,7 @@ MODES: Dict[str, Callable[[ml_collections.ConfigDict, str], str]] = {
     "train_exit": train_exit_examples,
     "calibrate": calibrate_examples,
     "analyze": analyze_examples,
+    "generate": generate_texts,
 }
 
 

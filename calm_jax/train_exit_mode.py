@@ -16,11 +16,11 @@ from typing import Dict
 import jax
 import ml_collections
 
-from calm_jax.data.tasks import get_task
 from calm_jax.decoding.classifiers import (check_classifier_options, get_classifier,
                                            init_classifier, save_classifier)
 from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
 from calm_jax.model.source import check_source, load_model
+from calm_jax.run_data import check_data
 from calm_jax.train_mode import (loop_settings_from, mesh_config_from, optimizer_from,
                                  training_data)
 from calm_jax.training.exit_classifier import (ClassifierObjective, asked_layers,
@@ -64,7 +64,7 @@ def check_train_exit_config(config: ml_collections.ConfigDict):
   mesh_config = mesh_config_from(config.mesh)
   settings.validate(make_mesh(mesh_config))
   check_source(config.model)
-  get_task(config.train.task)
+  check_data(config)
   return settings, optimizer, exit_config, options, mesh_config
 
 

@@ -16,10 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from calm_jax.data import byte_vocab
-from calm_jax.data.tasks import get_task
+from calm_jax.data.vocabulary import get_vocabulary
 from calm_jax.model.config import T5Config
 from calm_jax.model.source import check_source, load_model
+from calm_jax.run_data import check_data, encode_split, encode_targets
 from calm_jax.training.calm import train_calm
 from calm_jax.training.checkpoints import export_params
 from calm_jax.training.data import EncodedExamples
@@ -55,24 +55,17 @@ def mesh_config_from(section: ml_collections.ConfigDict) -> MeshConfig:
   return MeshConfig(data=section.data, model=section.model, rules=rules)
 
 
-def encode_pairs(examples, max_input_len: int, max_target_len: int,
-                 vocab_size: int) -> EncodedExamples:
-  """Byte-level ids of (inputs, targets) pairs, padded/truncated; targets keep their EOS
-  only when they fit."""
-  if vocab_size < byte_vocab.VOCAB_SIZE:
-    raise ValueError(f"the model's vocabulary ({vocab_size} rows) cannot hold the "
-                     f"{byte_vocab.VOCAB_SIZE} byte-level ids the training data uses")
-  inputs, _ = byte_vocab.encode_batch([e.inputs for e in examples], max_input_len)
-  targets, _ = byte_vocab.encode_batch([e.targets for e in examples], max_target_len)
-  return EncodedExamples(inputs=inputs, targets=targets)
-
-
 def training_data(config: ml_collections.ConfigDict, vocab_size: int) -> EncodedExamples:
-  """The `train` split of config.train.task, encoded."""
-  task = get_task(config.train.task)
-  examples = task.examples("train", config.train.num_examples, config.seed)
-  return encode_pairs(examples, config.data.max_input_len, config.decode.max_decode_len,
-                      vocab_size)
+  """train.num_examples of data.task's `train` split through data.vocabulary: inputs cut
+  to data.max_input_len, targets to decode.max_decode_len (keeping EOS)."""
+  vocabulary = get_vocabulary(config.data.vocabulary)
+  vocabulary.check_model(vocab_size)
+  if vocabulary.pad_id != 0:
+    raise ValueError(f"vocabulary {vocabulary.name!r} pads with id {vocabulary.pad_id}; "
+                     "T5 training expects padding id 0")
+  split = encode_split(config, "train", config.train.num_examples, vocabulary)
+  targets = encode_targets(split.examples, vocabulary, config.decode.max_decode_len)
+  return EncodedExamples(inputs=split.input_ids, targets=targets)
 
 
 def check_train_config(config: ml_collections.ConfigDict) -> Tuple[LoopSettings, OptimizerConfig,
@@ -89,13 +82,13 @@ def check_train_config(config: ml_collections.ConfigDict) -> Tuple[LoopSettings,
   settings.validate(make_mesh(mesh_config))
   if section.num_examples < 1:
     raise ValueError(f"train.num_examples must be >= 1, got {section.num_examples!r}")
-  get_task(section.task)
+  check_data(config)
   check_source(config.model)
   return settings, optimizer, objective, mesh_config
 
 
 def describe(model: T5Config, data: EncodedExamples, settings: LoopSettings) -> str:
-  tokens = int(np.sum(data.targets != byte_vocab.PAD_ID))
+  tokens = int(np.sum(data.targets != 0))
   return (f"CALM training of a {model.num_layers}+{model.num_decoder_layers}-layer T5 "
           f"(d_model {model.d_model}) on {len(data.inputs)} examples ({tokens} target "
           f"tokens), {settings.steps} steps of batch {settings.batch_size}, on "

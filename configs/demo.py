@@ -7,6 +7,7 @@ Override any field: --config.decode.max_decode_len=32 --config.model.d_model=128
 import ml_collections
 
 from calm_jax.data import byte_vocab
+from configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,43 +36,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.param_dtype = "float32"  # parameters: 'float32' or 'bfloat16'
 
   config.data = ml_collections.ConfigDict()
-  config.data.num_examples = 4  # generated examples to decode
-  config.data.max_input_len = 32  # input length in bytes (+EOS), padded/truncated
+  config.data.task = "generated"  # task of calm_jax.data.tasks (every mode reads it)
+  config.data.vocabulary = "byte"  # 'byte' or a local Hugging Face tokenizer directory
+  config.data.calibration_split = "validation"  # split the calibrate mode decodes
+  config.data.test_split = "test"  # split decode, evaluate and analyze read
+  config.data.num_examples = 4  # examples the decode mode decodes
+  config.data.max_input_len = 49  # input ids (+EOS), padded; longer inputs are cut
 
   config.decode = ml_collections.ConfigDict()
-  config.decode.max_decode_len = 16  # output positions generated per example
+  config.decode.max_decode_len = 25  # output positions generated (and trained) per example
 
-  config.exit = ml_collections.ConfigDict()
-  config.exit.measure = "softmax_diff"  # confidence measure (calm_jax.decoding.measures)
-  config.exit.threshold = 0.9  # lambda; >= 1 never exits early
-  config.exit.tau = 0.0  # threshold decay over positions; 0 = constant
-  config.exit.decay = "paper"  # 'paper' or 'code' form of the decaying threshold
-  config.exit.min_exit_layer = 1  # first layer a token may leave after
-  config.exit.exit_interval = 1  # exit points every this many layers
-  config.exit.static_exit_layer = 0  # layer of the 'static' measure
-  config.exit.propagation = "copy_state"  # 'copy_state' or 'full_compute'
-  # Directory written by decoding.classifiers.save_classifier, for the learned measures
-  # (meta_linear, meta_mlp, three_state_mlp, lstm, attention); "" for the others.
-  config.exit.classifier_path = ""
+  # Every ExitConfig field (configs/base.py documents each); top_k fits the byte vocabulary.
+  config.exit = base.exit_section(measure="softmax_diff", threshold=0.9, tau=0.0, top_k=64)
 
-  config.calibration = ml_collections.ConfigDict()
-  config.calibration.num_examples = 200  # generated examples decoded for calibration
-  # Candidate thresholds, strictly decreasing: 1.0, 0.95, ..., 0.05.
-  config.calibration.thresholds = tuple(round(1.0 - 0.05 * i, 2) for i in range(20))
-  config.calibration.deltas = (0.05, 0.1, 0.2, 0.3)  # tolerated expected losses
-  config.calibration.epsilon = 0.1  # allowed probability that the guarantee fails
-  # Rules compared: 'naive' or 'ltt_<hoeffding|bentkus|hoeffding_bentkus|binomial>[_bonferroni]'
-  config.calibration.rules = ("ltt_hoeffding_bentkus", "ltt_hoeffding", "ltt_bentkus", "naive")
-  config.calibration.objective = "textual"  # 'textual' (vs the full model) or 'risk' (vs targets)
-  # Loss = 1 - similarity: rouge_l, token_f1, exact_match, bleu, chrf, or token_agreement (ids)
-  config.calibration.similarity = "token_agreement"
-  config.calibration.num_splits = 100  # random calibration/test splits of the validity study
-  config.calibration.calibration_fraction = 0.8  # share of examples calibrating each split
-  config.calibration.batch_size = 0  # rows per packed grid decode call; 0 = num_examples
+  # 200 calibration examples, thresholds 1.0, 0.95, ..., 0.05, deltas 0.05 to 0.3, textual
+  # consistency by token agreement with the full model (configs/base.py documents each field).
+  config.calibration = base.calibration_section(num_examples=200, similarity="token_agreement",
+                                                epsilon=0.1)
 
   config.train = ml_collections.ConfigDict()
-  config.train.task = "generated"  # training task (calm_jax.data.tasks), its 'train' split
-  config.train.num_examples = 20000  # training examples drawn from the task
+  config.train.num_examples = 20000  # examples drawn from data.task's 'train' split
   config.train.steps = 2000  # optimizer steps
   config.train.batch_size = 64  # global batch (divisible by mesh.data and the hosts)
   config.train.optimizer = "adamw"  # 'adafactor' (T5's default) or 'adamw'
@@ -116,13 +100,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_exit.keep_checkpoints = 2  # kept in <workdir>/checkpoints/exit_<classifier>
   config.train_exit.async_checkpoints = True  # save in the background
 
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.data = -1  # data-parallel size; -1 = every device left after `model`
-  config.mesh.model = 1  # model-parallel size (splits vocab, mlp and attention dims)
-  # Logical parameter axis -> mesh axis (None = replicated); see calm_jax.training.sharding.
-  config.mesh.rules = (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
-                       ("joined_kv", "model"), ("heads", "model"), ("embed", None),
-                       ("layers", None), ("relpos_buckets", None))
+  config.mesh = base.mesh_section(data=-1, model=1)  # all devices data-parallel
+
+  config.generate = ml_collections.ConfigDict()
+  # UTF-8 text file with one input a line (blank lines skipped), or '-' for standard input;
+  # the generate mode writes <workdir>/generate.jsonl. "" = not set (the mode refuses to run).
+  config.generate.input_file = ""
+  config.generate.batch_size = 8  # inputs per decode call; 0 = all at once
+  config.generate.input_prefix = ""  # prepended to every input (T5's task prefix, if any)
 
   config.analysis = ml_collections.ConfigDict()
   # Studies run (calm_jax.analysis.STUDIES): stability, confidence, rank, accuracy,

@@ -217,8 +217,8 @@ def _no_collection(*args, **kwargs):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(after_layers=(0, 2)), r"after-layer 2 is not allowed for a 3-layer decoder"),
-    (dict(compare_hf_paths="small_vocab"), r"has vocab_size 67; the analysis examples are "
-                                           r"byte-encoded and need >= 259"),
+    (dict(compare_hf_paths="small_vocab"), r"has vocab_size 67; the analysis examples use "
+                                           r"vocabulary 'byte' with 259 ids"),
 ])
 def test_settings_that_depend_on_the_model_fail_before_it_runs(tmp_path, monkeypatch,
                                                                overrides, message):

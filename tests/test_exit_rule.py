@@ -156,9 +156,9 @@ def _softmax(logits):
 
 def test_registry_names_and_flags():
   assert sorted(measures.MEASURES) == [
-      "attention", "lstm", "meta_linear", "meta_mlp", "monotone_heuristic", "oracle",
-      "softmax_diff", "softmax_max", "softmax_pruned", "softmax_topk", "state_saturation",
-      "static", "three_state_mlp"]
+      "attention", "contrastive_jsd", "contrastive_weighted", "lstm", "meta_linear",
+      "meta_mlp", "monotone_heuristic", "oracle", "softmax_diff", "softmax_max",
+      "softmax_pruned", "softmax_topk", "state_saturation", "static", "three_state_mlp"]
   assert get_measure("monotone_heuristic").stateful
   assert not any(get_measure(m).stateful for m in ["softmax_diff", "softmax_max", "oracle"])
   assert get_measure("softmax_diff").uses_logits and get_measure("softmax_max").uses_logits

@@ -175,7 +175,9 @@ def test_every_target_is_correct():
 def test_numbers_use_one_or_two_digits_and_carry():
   adds = examples("train", 2000, seed=0, kinds=("add",))
   operands = [int(n) for e in adds for n in re.findall(r"\d+", e.inputs)]
-  assert {len(str(n)) for n in operands} == {1, 2}
+  lengths = collections.Counter(len(str(n)) for n in operands)
+  assert set(lengths) == {1, 2}
+  assert lengths[2] / len(operands) == pytest.approx(2 / 3, abs=0.03)
   assert {len(str(a + b)) for a, b in zip(operands[::2], operands[1::2])} == {1, 2, 3}
   # A carry out of the units digit happens often (the hard case for early layers).
   pairs = [tuple(map(int, re.findall(r"\d+", e.inputs))) for e in adds]

@@ -12,6 +12,7 @@ import pytest
 from calm_jax import calibrate_mode, calibration, consistency, files, run
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
+from calm_jax.run_data import split_examples
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate, generate_grid
 from calm_jax.decoding.greedy import greedy_decode
@@ -41,7 +42,7 @@ def _decoded(tmp_path, config):
 def test_demo_decode_writes_the_early_exit_outputs(tmp_path):
   config = demo_config()
   records = _decoded(tmp_path, config)
-  examples = sample_examples(3, config.seed)
+  examples = split_examples(config, "test", 3)
   assert [r["inputs"] for r in records] == [e.inputs for e in examples]
   model_config, params = load_model(config.model, config.seed)
   ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
@@ -57,7 +58,7 @@ def test_demo_with_threshold_one_is_the_full_greedy_model(tmp_path):
   config = demo_config(threshold=1.0)
   records = _decoded(tmp_path, config)
   model_config, params = load_model(config.model, config.seed)
-  examples = sample_examples(3, config.seed)
+  examples = split_examples(config, "test", 3)
   ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
   full = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
   assert [r["output_ids"] for r in records] == full.tolist()
@@ -149,7 +150,7 @@ def test_calibrate_mode_chooses_what_ltt_chooses_on_the_decoded_grid(tmp_path, o
                                           "validity.png"]
   summary = json.load(open(path, encoding="utf-8"))
   # Decode the grid independently (vmapped decoder) and recompute the losses.
-  examples = sample_examples(12, config.seed)
+  examples = split_examples(config, "validation", 12)
   model_config, params = load_model(config.model, config.seed)
   ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
   thresholds = list(config.calibration.thresholds)

@@ -56,8 +56,9 @@ def _grid_from_trace(model, exit_config, size, classifier_params=None):
     ExitConfig(measure="state_saturation", propagation="full_compute"),
     ExitConfig(measure="monotone_heuristic"),
     ExitConfig(measure="softmax_pruned", pruning="decaying", top_k=20, min_top_k=3),
+    ExitConfig(measure="contrastive_weighted", min_exit_layer=3, contrastive_token=True),
 ], ids=["softmax_diff", "saturation_min2", "max_tau", "diff_code_decay", "full_compute",
-        "monotone", "pruned_decaying"])
+        "monotone", "pruned_decaying", "contrastive_token"])
 def test_packed_grid_equals_vmapped_grid(model, exit_config):
   params, ids, mask = model
   thresholds = _grid_from_trace(model, exit_config, 8)

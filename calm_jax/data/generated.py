@@ -103,7 +103,7 @@ def _build(inputs: str, kind: str, parts: Sequence[Tuple[str, bool]]) -> Example
 
 def _number(rng: random.Random) -> int:
   """1 digit (a third of the time) or 2 digits: carries are frequent, yet a tiny model
-  learns the sums within minutes."""
+  learns the sums in a few thousand steps (3-digit operands take several times longer)."""
   digits = rng.choice((1, 2, 2))
   return rng.randint(0 if digits == 1 else 10**(digits - 1), 10**digits - 1)
 

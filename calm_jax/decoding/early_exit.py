@@ -115,8 +115,10 @@ def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
                            static_exit_layer=exit_config.static_exit_layer,
                            model_config=config, exit_config=exit_config)
     confidence, measure_state = measure.confidence(inputs, measure_state)
-    if measure.subset_width is not None:
-      logits = measure_state.logits  # [R, K] over the measure's own ids
+    if measure.token_logits is not None:
+      # The measure's own token logits: [R, K] over its ids, or [R, V] contrastive scores.
+      own = measure.token_logits(exit_config, measure_state)
+      logits = logits if own is None else own
     return confidence.astype(jnp.float32), measure_state, (
         logits if logits is not None else jnp.zeros(hidden.shape[:1] + (0,), jnp.float32))
 
@@ -195,10 +197,11 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     exit_point = is_exit_point(layer_no, exit_config, num_layers)
     # Logit-based confidence (the costly head) is only computed where it can decide an
     # exit, where the trace records it, or at layer L (its logits give the token); cheap
-    # and stateful measures run at every exit point so their state stays current.
-    wanted = exit_point & (jnp.any(allow_early) | (s.trace.shape[1] > 0)
-                           | (layer_no == num_layers) | (not measure.uses_logits)
-                           | measure.stateful)
+    # and stateful measures run at every exit point so their state stays current (and
+    # at every layer for those that look at any earlier layer).
+    wanted = (exit_point | measure.every_layer) & (
+        jnp.any(allow_early) | (s.trace.shape[1] > 0) | (layer_no == num_layers)
+        | (not measure.uses_logits) | measure.stateful)
     operands = (s, cache, self_bias, wanted, final_top1)
     if len(buckets) == 1:
       output, confidence, measure_state, logits = on_rows[0](*operands)
@@ -209,7 +212,7 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     passes = confidence >= (lambda_t if measure.thresholded else 1.0)
     leaves = ~s.exited & exit_point & ((passes & allow_early) | (layer_no == num_layers))
     frozen = s.exited[:, None, None] & (not full_compute)
-    computed_here = wanted & (~s.exited | full_compute)
+    computed_here = wanted & exit_point & (~s.exited | full_compute)
     trace = s.trace
     if trace.shape[1]:
       trace = trace.at[:, s.layers_run].set(jnp.where(computed_here, confidence, jnp.nan))
@@ -266,7 +269,8 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
           exit_logits=jnp.zeros((batch, _logits_width(config, exit_config, measure)),
                                 jnp.float32),
           measure_state=measure.init_state(embedded[:, 0], classifier_params=classifier_params,
-                                           exit_config=exit_config),
+                                           exit_config=exit_config, model_params=params,
+                                           model_config=config),
           measure_memory=state.measure_memory,
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
       position, step_self_bias(config, params, position, max_decode_len), threshold,

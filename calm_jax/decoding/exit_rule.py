@@ -15,8 +15,6 @@ from typing import Optional
 import jax.numpy as jnp
 import numpy as np
 
-from calm_jax.decoding.measures import get_measure
-
 DECAYS = ("paper", "code")
 PROPAGATIONS = ("copy_state", "full_compute")
 
@@ -34,6 +32,9 @@ class ExitConfig:
   static_exit_layer: int = 0  # the layer of the 'static' measure (1..L)
   propagation: str = "copy_state"  # skipped layers' K/V: from the exit state, or computed in full
   classifier_path: str = ""  # saved exit classifier of a learned measure (run configs only)
+  contrastive_alpha: float = 0.1  # contrastive_*: head set {v : p_i(v) >= alpha max p_i}, (0, 1]
+  jsd_by_distance: bool = False  # contrastive_jsd: divide the JSD by the layer distance i - j
+  contrastive_token: bool = False  # contrastive_*: emit the contrastive argmax (contrastive decoding)
   top_k: int = 2000  # softmax_topk / softmax_pruned: tokens kept at the first exit point (K, k1)
   pruning: str = "fixed"  # softmax_pruned: 'fixed', 'decaying' (k1 -> min_top_k) or 'adaptive'
   min_top_k: int = 10  # softmax_pruned: k*, the fewest tokens pruning keeps
@@ -41,6 +42,8 @@ class ExitConfig:
   def validate(self, num_layers: int, vocab_size: Optional[int] = None) -> None:
     """Raises ValueError naming the bad field; call before compiling anything. The
     measure's own options are checked too (against the vocabulary size when given)."""
+    # The measures import this module (exit points); the registry is read only here.
+    from calm_jax.decoding.measures import get_measure  # pylint: disable=import-outside-toplevel
     measure = get_measure(self.measure)
     if not isinstance(self.threshold, numbers.Real) or not self.threshold >= 0:
       raise ValueError(f"ExitConfig.threshold (lambda) must be >= 0, got {self.threshold!r}")

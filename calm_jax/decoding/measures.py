@@ -14,10 +14,15 @@ token. It declares what it needs; the decoder supplies only that:
   measure at every exit point, also where no exit can happen (lambda >= 1).
 - `learned`: a learned exit classifier (`calm_jax.decoding.classifiers`, same name); the
   decoder passes its parameters (`classifier_params`) and refuses to run without them.
-- `subset_width`: the measure scores its own subset of the vocabulary (softmax_topk,
-  softmax_pruned): its state holds `logits` [B, K] and their vocabulary `ids` [B, K]; the
-  token of an early exit is the best of those, mapped back to its id. A token that runs all
-  L layers is the full head's, so lambda >= 1 stays the full model.
+- `every_layer`: the measure looks at any earlier layer (contrastive_weighted's amateur is
+  layer floor(i/2)), so the decoder runs it at every layer, not only at exit points.
+  contrastive_* with `contrastive_token` emit the contrastive argmax (also at layer L, so
+  lambda >= 1 is then contrastive decoding, not the full model).
+- `token_logits`: (exit_config, state) -> the logits the token is chosen from at an exit,
+  or None for the exit head's. With `subset_width` the measure scores its own subset of
+  the vocabulary (softmax_topk, softmax_pruned): its state holds `logits` [B, K] and their
+  vocabulary `ids` [B, K]; an early exit emits the best of those, mapped back to its id,
+  and a token that runs all L layers the full head's, so lambda >= 1 stays the full model.
 - `init_memory` / `remember`: a store of earlier positions (the attention classifier). Its
   leaves are [L, B, T, ...]; the decoder writes every layer's state of the current position
   into it (`remember`, after the layer, for every row: exited rows write their exit state,
@@ -37,7 +42,12 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from calm_jax.decoding import classifiers, vocabulary
+import numbers
+
+import numpy as np
+
+from calm_jax.decoding import classifiers, contrastive, vocabulary
+from calm_jax.decoding.exit_rule import is_exit_point
 from calm_jax.model.t5 import exit_logits
 
 Array = jnp.ndarray
@@ -67,8 +77,8 @@ class Measure:
   name: str
   # (inputs, state) -> (confidence [B] float32, new state)
   confidence: Callable[[MeasureInputs, Any], Tuple[Array, Any]]
-  # (embedded decoder input [B, d], classifier_params=, exit_config=) -> the state before
-  # layer 1
+  # (embedded decoder input [B, d], classifier_params=, exit_config=, model_params=,
+  # model_config=) -> the state before layer 1
   init_state: Callable[..., Any] = lambda embedded, **_: ()
   uses_logits: bool = False
   needs_final_top1: bool = False
@@ -82,6 +92,9 @@ class Measure:
   # (classifier params, store, position, states [B, d], layers [L] bool) -> the store with
   # those layers' entries at `position` made from the states
   remember: Optional[Callable[[Any, Any, Array, Array, Array], Any]] = None
+  every_layer: bool = False
+  # (exit_config, state) -> logits [B, K or V] the token is chosen from, or None
+  token_logits: Optional[Callable[[Any, Any], Optional[Array]]] = None
   # exit_config -> K, the width of the logits in the state (subset-vocabulary measures)
   subset_width: Optional[Callable[[Any], int]] = None
   # (exit_config, vocab_size or None) -> None; ValueError naming a bad option
@@ -282,6 +295,44 @@ def _check_pruning_options(exit_config, vocab_size: Optional[int]) -> None:
                      f"{top_k}]")
 
 
+def contrastive_confidence(inputs: MeasureInputs,
+                           history: contrastive.LayerHistory) -> Tuple[Array, Any]:
+  """contrastive_weighted / contrastive_jsd: top-1 minus top-2 of the contrastive score s
+  (see `contrastive`)."""
+  options = inputs.exit_config
+  log_probs = jax.nn.log_softmax(inputs.logits.astype(jnp.float32), axis=-1)  # [B, V]
+  history = contrastive.record(history, inputs.layer, log_probs)
+  if options.measure == "contrastive_jsd":
+    num_layers = inputs.model_config.num_decoder_layers
+    layers = np.arange(num_layers + 1)
+    candidates = (layers == 0) | np.asarray(is_exit_point(layers, options, num_layers))
+    amateur = contrastive.jsd_amateur(history, inputs.layer, log_probs, candidates,
+                                      options.jsd_by_distance)
+  else:
+    amateur = contrastive.weighted_amateur(history, inputs.layer)
+  contrast, mass = contrastive.head_contrast(log_probs, amateur, options.contrastive_alpha)
+  first, second = _top2_probabilities(contrast)
+  return (first - second) * mass, history.replace(contrast=contrast)
+
+
+def _start_contrastive_history(embedded: Array, model_params, model_config,
+                               **_) -> contrastive.LayerHistory:
+  logits = exit_logits(model_config, model_params, embedded)  # [B, V], layer 0
+  return contrastive.start_history(jax.nn.log_softmax(logits, axis=-1),
+                                   model_config.num_decoder_layers)
+
+
+def _check_contrastive_options(exit_config, vocab_size: Optional[int]) -> None:
+  del vocab_size
+  alpha = exit_config.contrastive_alpha
+  if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= 1:
+    raise ValueError(f"ExitConfig.contrastive_alpha={alpha!r} must be in (0, 1]")
+  for name in ("jsd_by_distance", "contrastive_token"):
+    if not isinstance(getattr(exit_config, name), bool):
+      raise ValueError(f"ExitConfig.{name} must be true or false, got "
+                       f"{getattr(exit_config, name)!r}")
+
+
 MEASURES: Dict[str, Measure] = {}
 
 
@@ -312,11 +363,18 @@ register(Measure("lstm", lstm_confidence, learned=True,
                      classifiers.initial_lstm_carry(classifier_params, embedded.shape[0]))))
 register(Measure("attention", attention_confidence, learned=True,
                  init_memory=_init_attention_memory, remember=remember_attention))
+for _name, _every_layer in (("contrastive_weighted", True), ("contrastive_jsd", False)):
+  register(Measure(_name, contrastive_confidence, uses_logits=True, stateful=True,
+                   every_layer=_every_layer, init_state=_start_contrastive_history,
+                   token_logits=lambda exit_config, history: (
+                       history.contrast if exit_config.contrastive_token else None),
+                   validate_options=_check_contrastive_options))
 for _name in ("softmax_topk", "softmax_pruned"):
   register(Measure(_name, pruned_softmax_diff,
                    init_state=lambda embedded, exit_config, **_: vocabulary.empty_vocabulary(
                        embedded, exit_config.top_k),
                    subset_width=lambda exit_config: exit_config.top_k,
+                   token_logits=lambda exit_config, pruned: pruned.logits,
                    validate_options=_check_pruning_options))
 
 

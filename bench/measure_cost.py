@@ -1,0 +1,220 @@
+"""Cost of one confidence check of every measure, as ratios measured in one run.
+
+Model: the CALM paper's shape (8 decoder layers, d_model 512, 6 heads x 64, d_ff 1024
+gated-GELU, vocabulary 32128, untied head), random weights. A "check" is what the decoder
+does for a measure at one exit point of one token: the exit head where the measure uses
+logits, then the measure (and its state or store updates). Each is timed as a jitted loop of
+`--checks` checks over a batch of `--batch` rows, next to one decoder layer step (self
+K/V write plus the layer, with a `--positions`-long self-attention cache and a
+`--input_len`-long encoder output), with the timings interleaved and medians taken.
+
+Prints, per measure: ms per check, ratio to softmax_diff, ratio to one decoder layer, the
+FLOPs formula and its value per row, and the extra memory the measure holds per row.
+Targets (issue 4): softmax_topk with K <= 2000 at most 10% of a decoder layer per check,
+learned classifiers at most 5%.
+
+  .venv/bin/python bench/measure_cost.py --batch=1
+"""
+
+import dataclasses
+import functools
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
+from calm_jax.decoding import classifiers
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.measures import MeasureInputs, get_measure
+from calm_jax.model.config import T5Config
+from calm_jax.model.incremental import (decoder_layer_rows, init_decoder_cache,
+                                        step_self_bias, write_self_kv)
+from calm_jax.model.t5 import exit_logits, init_params
+
+CALM_SHAPE = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=1,
+                      num_decoder_layers=8, num_heads=6, feed_forward_proj="gated-gelu",
+                      tie_word_embeddings=False, scale_decoder_outputs=False)
+flags.DEFINE_integer("batch", 1, "Rows per check.")
+flags.DEFINE_integer("checks", 32, "Checks per timed call (a loop inside one jit).")
+flags.DEFINE_integer("positions", 256, "Output positions (decoder self-attention cache).")
+flags.DEFINE_integer("input_len", 256, "Encoder output length (cross-attention).")
+flags.DEFINE_integer("top_k", 2000, "K of softmax_topk / softmax_pruned.")
+flags.DEFINE_integer("repeats", 7, "Timed rounds (median).")
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One measure as benchmarked."""
+
+  label: str
+  exit_config: ExitConfig
+  flops: str  # formula per row and check
+  memory: str  # extra state per row
+  first_exit_point: bool = False  # the pruned measures' first check (full head + top-K)
+
+
+def cases(top_k: int):
+  K = top_k
+  head = "2dV"
+  pruned = ExitConfig(measure="softmax_pruned", pruning="decaying", top_k=K, min_top_k=10)
+  return [
+      Case("softmax_diff", ExitConfig(), f"{head} + ~5V", "-"),
+      Case("softmax_max", ExitConfig(measure="softmax_max"), f"{head} + ~5V", "-"),
+      Case("state_saturation", ExitConfig(measure="state_saturation"), "~6d", "d floats"),
+      Case("monotone_heuristic", ExitConfig(measure="monotone_heuristic"), f"{head} + ~5V",
+           "2 floats"),
+      Case("softmax_topk (first point)", ExitConfig(measure="softmax_topk", top_k=K),
+           f"{head} + top-K of V + K*d gather", "K*(d+3) floats", first_exit_point=True),
+      Case("softmax_topk", ExitConfig(measure="softmax_topk", top_k=K), "2dK + ~5K",
+           "K*(d+3) floats"),
+      Case("softmax_pruned decaying", pruned, "2dK + ~5K + 2 sorts of K", "K*(d+3) floats"),
+      Case("contrastive_weighted", ExitConfig(measure="contrastive_weighted"),
+           f"{head} + ~12V", "(L+2)*V floats"),
+      Case("contrastive_jsd", ExitConfig(measure="contrastive_jsd"),
+           f"{head} + ~12V + ~10(L+1)V", "(L+2)*V floats"),
+      Case("meta_linear", ExitConfig(measure="meta_linear"), "4d + ~4d", "-"),
+      Case("meta_mlp", ExitConfig(measure="meta_mlp"), "2d*d + 4d", "-"),
+      Case("three_state_mlp", ExitConfig(measure="three_state_mlp"), "6d*d + 4d",
+           "2d floats"),
+      Case("lstm (2 x 64)", ExitConfig(measure="lstm"), "2*4w(d+w) + 2*4w(2w), w=64",
+           "2*2*w floats"),
+      Case("attention (64, 4 heads)", ExitConfig(measure="attention"),
+           "2(dw + 3w^2 + w^2) + 4Tw (+ 2(dw + 2w^2) store write), w=64",
+           "2*L*T*w floats (store)"),
+  ]
+
+
+def flops_value(label: str, d: int, V: int, K: int, L: int, T: int) -> float:
+  """The formula of `cases` evaluated (per row and check)."""
+  w = 64
+  values = {
+      "softmax_diff": 2 * d * V + 5 * V, "softmax_max": 2 * d * V + 5 * V,
+      "state_saturation": 6 * d, "monotone_heuristic": 2 * d * V + 5 * V,
+      "softmax_topk (first point)": 2 * d * V + K * d, "softmax_topk": 2 * d * K + 5 * K,
+      "softmax_pruned decaying": 2 * d * K + 5 * K,
+      "contrastive_weighted": 2 * d * V + 12 * V,
+      "contrastive_jsd": 2 * d * V + 12 * V + 10 * (L + 1) * V,
+      "meta_linear": 8 * d, "meta_mlp": 2 * d * d + 4 * d, "three_state_mlp": 6 * d * d + 4 * d,
+      "lstm (2 x 64)": 8 * w * (d + w) + 8 * w * 2 * w,
+      "attention (64, 4 heads)": 2 * (d * w + 4 * w * w) + 4 * T * w + 2 * (d * w + 2 * w * w),
+  }
+  return values[label]
+
+
+def layer_flops(config: T5Config, T: int, S: int) -> float:
+  """One decoder layer for one row: projections, attention over T and S keys, gated FFN."""
+  d, inner, ff = config.d_model, config.inner_dim, config.d_ff
+  return 2 * (6 * d * inner + 3 * d * ff) + 4 * inner * (T + S)
+
+
+def timed_loop(step, carry, checks):
+  """A jitted call that runs `step(i, carry)` `checks` times."""
+  run = jax.jit(lambda c: jax.lax.fori_loop(0, checks, step, c))
+  return lambda: run(carry)
+
+
+def layer_timer(config, params, batch, checks):
+  """One decoder layer step (K/V write + layer) at position T/2 of a T-long cache."""
+  encoded = jax.random.normal(jax.random.PRNGKey(1), (batch, FLAGS.input_len, config.d_model))
+  cache = init_decoder_cache(config, params, encoded, None, FLAGS.positions)
+  position = jnp.int32(FLAGS.positions // 2)
+  bias = step_self_bias(config, params, position, FLAGS.positions)
+  x = jax.random.normal(jax.random.PRNGKey(2), (batch, 1, config.d_model))
+
+  def step(i, carry):
+    x, cache = carry
+    layer = i % config.num_decoder_layers
+    cache = write_self_kv(config, params, cache, layer, x, position)
+    return decoder_layer_rows(config, params, cache, layer, x, bias), cache
+  return timed_loop(step, (x, cache), checks)
+
+
+def measure_timer(config, params, case: Case, head_params, batch, checks):
+  """`checks` exit-point checks of one measure (head, measure, state/store updates)."""
+  exit_config = case.exit_config
+  measure = get_measure(exit_config.measure)
+  hidden = jax.random.normal(jax.random.PRNGKey(3), (batch, config.d_model))
+  state = measure.init_state(hidden, classifier_params=head_params, exit_config=exit_config,
+                             model_params=params, model_config=config)
+  memory = (() if measure.init_memory is None else measure.init_memory(
+      head_params, config.num_decoder_layers, batch, FLAGS.positions))
+  position = jnp.int32(FLAGS.positions // 2)
+  if measure.subset_width is not None and not case.first_exit_point:
+    # A later exit point: the vocabulary was pruned at the first one.
+    _, state = measure.confidence(_inputs(config, params, exit_config, head_params, memory,
+                                          hidden, 1, position, measure), state)
+
+  def step(i, carry):
+    total, state, memory = carry
+    x = hidden + i.astype(hidden.dtype) * 1e-3
+    layer = 2 + i % (config.num_decoder_layers - 2)
+    at_layer = jax.tree.map(lambda m: m[layer], memory)
+    confidence, new_state = measure.confidence(
+        _inputs(config, params, exit_config, head_params, at_layer, x, layer, position,
+                measure), state)
+    if measure.remember is not None:
+      layers = jnp.arange(config.num_decoder_layers) == layer
+      memory = measure.remember(head_params, memory, position, x, layers)
+    if case.first_exit_point:
+      new_state = state  # every check is a first exit point
+    return total + jnp.sum(confidence), new_state, memory
+  return timed_loop(step, (jnp.float32(0), state, memory), checks)
+
+
+def _inputs(config, params, exit_config, head_params, memory, hidden, layer, position,
+            measure):
+  logits = exit_logits(config, params, hidden) if measure.uses_logits else None
+  return MeasureInputs(layer=jnp.int32(layer), hidden=hidden, logits=logits, final_top1=None,
+                       position=position, classifier_params=head_params, memory=memory,
+                       model_params=params, model_config=config, exit_config=exit_config)
+
+
+def main(_):
+  config = CALM_SHAPE
+  params = init_params(config, jax.random.PRNGKey(0))
+  batch, checks = FLAGS.batch, FLAGS.checks
+  timers = {"decoder layer": layer_timer(config, params, batch, checks)}
+  all_cases = cases(FLAGS.top_k)
+  for case in all_cases:
+    name = case.exit_config.measure
+    head = (classifiers.init_classifier(name, config, jax.random.PRNGKey(4))
+            if name in classifiers.CLASSIFIERS else None)
+    timers[case.label] = measure_timer(config, params, case, head, batch, checks)
+  compile_seconds = {}
+  for label, timer in timers.items():
+    start = time.perf_counter()
+    jax.block_until_ready(timer())
+    compile_seconds[label] = time.perf_counter() - start
+  seconds = {label: [] for label in timers}
+  for _ in range(FLAGS.repeats):  # interleaved rounds: drift hits every timer alike
+    for label, timer in timers.items():
+      start = time.perf_counter()
+      jax.block_until_ready(timer())
+      seconds[label].append((time.perf_counter() - start) / checks)
+  per_check = {label: float(np.median(times)) for label, times in seconds.items()}
+  layer, reference = per_check["decoder layer"], per_check["softmax_diff"]
+  d, V, L, T = config.d_model, config.vocab_size, config.num_decoder_layers, FLAGS.positions
+  print(f"CALM shape (d={d}, V={V}, L={L}, heads {config.num_heads}x{config.d_kv}, d_ff "
+        f"{config.d_ff}), batch {batch}, {T} positions, K={FLAGS.top_k}, {jax.devices()[0]}")
+  print(f"one decoder layer: {layer * 1e3:.3f} ms per step "
+        f"({layer_flops(config, T, FLAGS.input_len) / 1e6:.1f} MFLOP per row)\n")
+  print("| measure | ms / check | vs softmax_diff | vs decoder layer | FLOPs / row (formula) "
+        "| MFLOP | extra memory / row |")
+  print("|---|---|---|---|---|---|---|")
+  for case in all_cases:
+    t = per_check[case.label]
+    value = flops_value(case.label, d, V, FLAGS.top_k, L, T) / 1e6
+    print(f"| {case.label} | {t * 1e3:.3f} | {t / reference:.3f} | {t / layer:.3f} | "
+          f"{case.flops} | {value:.3f} | {case.memory} |")
+  print(f"\ncompile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in compile_seconds.items()))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,202 @@
+"""Shared building blocks of the run configs: each function returns one whole section.
+
+The dataset configs (cnndm.py, xsum.py, ...) start from demo.py's structure and swap in
+these sections, so every config has the same keys (tests/test_configs.py pins this):
+
+  model_section(preset)   T5 sizes of a named checkpoint family (MODEL_PRESETS)
+  exit_section(...)       every ExitConfig field (calm_jax.decoding.exit_rule)
+  threshold_grid(step)    a strictly decreasing calibration grid 1.0, 1 - step, ...
+  calibration_section(...)  Learn-then-Test settings and the validity study
+  mesh_section(...)       device mesh sizes and logical-axis sharding rules
+
+This module imports nothing from calm_jax, so loading a config never pulls in JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Tuple
+
+import ml_collections
+
+T5_VOCAB_SIZE = 32128  # rows of T5's SentencePiece embedding (32100 pieces + padding rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPreset:
+  """The T5Config sizes of one checkpoint family and where its public weights live."""
+
+  d_model: int  # residual width
+  d_kv: int  # width of one attention head
+  d_ff: int  # feed-forward hidden width
+  num_layers: int  # encoder layers
+  num_decoder_layers: int  # decoder layers (L, the exit points)
+  num_heads: int  # attention heads
+  gated: bool  # True: T5 1.1 (gated-GELU, untied head); False: T5 1.0 (ReLU, tied, scaled)
+  hub_name: str  # the public Hugging Face checkpoint with these sizes ("" = none)
+
+
+MODEL_PRESETS = {
+    # CALM's model (Schuster et al. 2022): T5 1.1 with 8 encoder and 8 decoder layers,
+    # 6 heads of 64, d_ff 1024, fine-tuned with the anytime objective. No public weights:
+    # train it (mode 'train') or import a fine-tuned google/t5-v1_1-small (same sizes).
+    "calm_t5_8l": ModelPreset(512, 64, 1024, 8, 8, 6, True, ""),
+    # T5 1.0 (Raffel et al. 2020): ReLU feed-forward, LM head tied to the embedding.
+    "t5_small": ModelPreset(512, 64, 2048, 6, 6, 8, False, "t5-small"),
+    "t5_base": ModelPreset(768, 64, 3072, 12, 12, 12, False, "t5-base"),
+    "t5_large": ModelPreset(1024, 64, 4096, 24, 24, 16, False, "t5-large"),
+    # Flan-T5 (Chung et al. 2022): T5 1.1 sizes, gated-GELU, untied LM head.
+    "flan_t5_small": ModelPreset(512, 64, 1024, 8, 8, 6, True, "google/flan-t5-small"),
+    "flan_t5_base": ModelPreset(768, 64, 2048, 12, 12, 12, True, "google/flan-t5-base"),
+    "flan_t5_large": ModelPreset(1024, 64, 2816, 24, 24, 16, True, "google/flan-t5-large"),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+  """The preset called `name`; an unknown name lists the known ones."""
+  if name not in MODEL_PRESETS:
+    raise ValueError(f"model preset {name!r} is unknown; allowed: {', '.join(MODEL_PRESETS)}")
+  return MODEL_PRESETS[name]
+
+
+def model_section(preset: str, *, dtype: str = "float32",
+                  dropout_rate: float = 0.1) -> ml_collections.ConfigDict:
+  """The `model` section for `preset` (a name in MODEL_PRESETS), initialised fresh.
+
+  Real weights come from a local Hugging Face directory (`--config.model.hf_path=DIR`,
+  e.g. a copy of the preset's hub_name or a fine-tuned model) or from a calm_jax params
+  export (`--config.model.checkpoint=<workdir>/model`); either one brings its own sizes,
+  and the size fields below then only describe what a fresh initialisation would build.
+  """
+  sizes = get_preset(preset)
+  model = ml_collections.ConfigDict()
+  model.hf_path = ""  # local Hugging Face T5 directory or Hub name; "" = no import
+  # A calm_jax params export (what `train` writes to <workdir>/model); "" = none. At most
+  # one of checkpoint and hf_path; with either, the size fields below are ignored.
+  model.checkpoint = ""
+  model.vocab_size = T5_VOCAB_SIZE  # embedding and LM head rows (T5's SentencePiece)
+  model.d_model = sizes.d_model  # residual width
+  model.d_kv = sizes.d_kv  # width of one attention head
+  model.d_ff = sizes.d_ff  # feed-forward hidden width
+  model.num_layers = sizes.num_layers  # encoder layers
+  model.num_decoder_layers = sizes.num_decoder_layers  # decoder layers (exit points)
+  model.num_heads = sizes.num_heads  # attention heads
+  # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1, Flan-T5, CALM)
+  model.feed_forward_proj = "gated-gelu" if sizes.gated else "relu"
+  model.tie_word_embeddings = not sizes.gated  # LM head = embedding (T5 v1.0 only)
+  model.scale_decoder_outputs = not sizes.gated  # d_model**-0.5 before the head (v1.0 only)
+  model.dropout_rate = dropout_rate  # dropout used only in training (T5 fine-tunes with 0.1)
+  model.dtype = dtype  # activations: 'float32' or 'bfloat16' (TPU/GPU throughput)
+  model.param_dtype = "float32"  # parameters: 'float32' or 'bfloat16'
+  return model
+
+
+def exit_section(*, measure: str = "softmax_diff", threshold: float = 0.9, tau: float = 0.0,
+                 min_exit_layer: int = 1, exit_interval: int = 1,
+                 top_k: int = 2000) -> ml_collections.ConfigDict:
+  """The `exit` section: one field per ExitConfig field (calm_jax.decoding.exit_rule)."""
+  section = ml_collections.ConfigDict()
+  # Confidence measure (calm_jax.decoding.measures): softmax_diff (CALM's softmax response),
+  # softmax_max, softmax_topk, softmax_pruned, state_saturation, monotone_heuristic,
+  # contrastive_weighted, contrastive_jsd, static, oracle, or a learned classifier.
+  section.measure = measure
+  section.threshold = threshold  # lambda; >= 1 never exits early (calibrate chooses it)
+  section.tau = tau  # decay of the threshold over output positions; 0 = constant
+  section.decay = "paper"  # 'paper': clip(0.9 l + 0.1 e^(-tau t/N)) or 'code': l (0.9 + ...)
+  section.min_exit_layer = min_exit_layer  # first layer a token may leave after
+  section.exit_interval = exit_interval  # exit points every this many layers
+  section.static_exit_layer = 0  # layer of the 'static' measure (1..L); 0 = unused
+  section.propagation = "copy_state"  # skipped layers' K/V: 'copy_state' or 'full_compute'
+  # Directory written by decoding.classifiers.save_classifier, for the learned measures
+  # (meta_linear, meta_mlp, three_state_mlp, lstm, attention); "" for the others.
+  section.classifier_path = ""
+  section.contrastive_alpha = 0.1  # contrastive_*: head set {v : p_i(v) >= alpha max p_i}
+  section.jsd_by_distance = False  # contrastive_jsd: divide the JSD by the layer distance
+  section.contrastive_token = False  # contrastive_*: emit the contrastive argmax token
+  section.top_k = top_k  # softmax_topk / softmax_pruned: tokens kept at the first exit point
+  section.pruning = "fixed"  # softmax_pruned: 'fixed', 'decaying' or 'adaptive'
+  section.min_top_k = 10  # softmax_pruned: the fewest tokens pruning keeps (k*)
+  return section
+
+
+def threshold_grid(step: float = 0.05) -> Tuple[float, ...]:
+  """Strictly decreasing candidate thresholds 1.0, 1 - step, ... down to just above 0."""
+  if not 0.0 < step < 1.0:
+    raise ValueError(f"threshold grid step must lie strictly between 0 and 1, got {step!r}")
+  count = int(round(1.0 / step))
+  grid = tuple(round(1.0 - step * i, 6) for i in range(count))
+  return tuple(value for value in grid if value > 0.0)
+
+
+def calibration_section(*, num_examples: int, similarity: str, objective: str = "textual",
+                        deltas: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
+                        epsilon: float = 0.05, step: float = 0.05,
+                        batch_size: int = 0) -> ml_collections.ConfigDict:
+  """The `calibration` section (calm_jax.calibrate_mode.settings_from checks it)."""
+  section = ml_collections.ConfigDict()
+  section.num_examples = num_examples  # examples of data.calibration_split decoded
+  section.thresholds = threshold_grid(step)  # candidate thresholds, strictly decreasing
+  section.deltas = tuple(deltas)  # tolerated expected losses, each in (0, 1)
+  section.epsilon = epsilon  # allowed probability that the guarantee fails
+  # Rules compared: 'naive' or 'ltt_<hoeffding|bentkus|hoeffding_bentkus|binomial>[_bonferroni]'
+  section.rules = ("ltt_hoeffding_bentkus", "ltt_hoeffding", "ltt_bentkus", "naive")
+  section.objective = objective  # 'textual' (vs the full model) or 'risk' (vs references)
+  # Loss = 1 - similarity: rouge_l, token_f1, exact_match, bleu, chrf, ... (data.metrics),
+  # or token_agreement (ids, textual only)
+  section.similarity = similarity
+  section.num_splits = 100  # random calibration/test splits of the validity study
+  section.calibration_fraction = 0.8  # share of examples calibrating each split
+  section.batch_size = batch_size  # rows per packed grid decode call; 0 = num_examples
+  return section
+
+
+def mesh_section(*, data: int = -1, model: int = 1) -> ml_collections.ConfigDict:
+  """The `mesh` section: ('data', 'model') sizes and the logical-axis rules."""
+  section = ml_collections.ConfigDict()
+  section.data = data  # data-parallel size; -1 = every device left after `model`
+  section.model = model  # model-parallel size (splits vocab, mlp and attention dims)
+  # Logical parameter axis -> mesh axis (None = replicated); see calm_jax.training.sharding.
+  section.rules = (("batch", "data"), ("vocab", "model"), ("mlp", "model"),
+                   ("joined_kv", "model"), ("heads", "model"), ("embed", None),
+                   ("layers", None), ("relpos_buckets", None))
+  return section
+
+
+def override(section: ml_collections.ConfigDict, **values) -> None:
+  """Sets existing fields of `section`; a name the section lacks is a ValueError, so a
+  dataset config can never grow a key that demo.py (and so calm_jax.run) does not know."""
+  unknown = sorted(set(values) - set(section.keys()))
+  if unknown:
+    raise ValueError(f"config section has no field(s) {unknown}; known: "
+                     f"{', '.join(sorted(section.keys()))}")
+  for name, value in values.items():
+    section[name] = value
+
+
+def real_data_defaults(config: ml_collections.ConfigDict) -> None:
+  """Settings every dataset config shares (demo.py's structure, accelerator-sized runs):
+  T5's fine-tuning recipe, the mesh, and batch and sample sizes of the other modes."""
+  config.mesh = mesh_section(data=-1, model=1)  # all devices data-parallel
+  override(config.data,
+           num_examples=16)  # test examples the decode mode decodes
+  override(config.train,
+           num_examples=100_000,  # examples read from data.task's 'train' split
+           steps=50_000,  # optimizer steps
+           batch_size=64,  # global batch (divisible by mesh.data and the hosts)
+           optimizer="adafactor",  # T5's fine-tuning optimizer
+           learning_rate=1e-3,  # T5's constant fine-tuning rate
+           schedule="constant",  # no decay after warmup
+           warmup_steps=1000,  # linear warmup from 0
+           z_loss=1e-4,  # weight of log(Z)^2, as in T5X
+           log_every=100,  # console line and TensorBoard every this many steps
+           checkpoint_every=2000)  # Orbax save every this many steps (and at the end)
+  override(config.train_exit,
+           steps=5000,  # optimizer steps of the exit classifier (the backbone is frozen)
+           batch_size=64,  # global batch of examples (all their tokens)
+           checkpoint_every=1000)  # Orbax save every this many steps (and at the end)
+  override(config.generate,
+           batch_size=16)  # inputs per decode call
+  override(config.analysis,
+           num_examples=64,  # test examples analysed
+           batch_size=16,  # examples per forward/decode call
+           after_layers=(0, 2, 4))  # monotonicity after these layers (each <= L - 2)
