@@ -10,8 +10,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from calm_jax.all_mode import run_all
 from calm_jax.analyze_mode import analyze_examples
 from calm_jax.calibrate_mode import calibrate_examples
+from calm_jax.evaluate_mode import evaluate_examples
 from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
@@ -64,6 +66,8 @@ MODES: Dict[str, Callable[[ml_collections.ConfigDict, str], str]] = {
     "train_exit": train_exit_examples,
     "calibrate": calibrate_examples,
     "analyze": analyze_examples,
+    "evaluate": evaluate_examples,
+    "all": run_all,
     "generate": generate_texts,
 }
 

@@ -12,8 +12,9 @@ from configs import base
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # What to run (calm_jax.run.MODES): 'decode', 'train', 'train_exit', 'calibrate' or 'analyze'.
-  config.mode = "decode"
+  # What to run (calm_jax.run.MODES): 'all', 'decode', 'train', 'train_exit', 'calibrate',
+  # 'evaluate', 'analyze' or 'generate'.
+  config.mode = "all"  # the README's first command: train, train_exit, calibrate, evaluate
   config.seed = 0  # seeds parameter initialisation and the generated examples
 
   config.model = ml_collections.ConfigDict()
@@ -56,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.num_examples = 20000  # examples drawn from data.task's 'train' split
-  config.train.steps = 2000  # optimizer steps
+  config.train.steps = 1500  # optimizer steps
   config.train.batch_size = 64  # global batch (divisible by mesh.data and the hosts)
   config.train.optimizer = "adamw"  # 'adafactor' (T5's default) or 'adamw'
   config.train.learning_rate = 3e-3  # peak learning rate
@@ -87,7 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'class_weights' (CALM's per-layer balancing), 'logit_adjustment' or 'none'
   config.train_exit.balancing = "class_weights"
   config.train_exit.loss = "cross_entropy"  # or 'geometric' (fit the oracle exit layer)
-  config.train_exit.steps = 600  # optimizer steps
+  config.train_exit.steps = 300  # optimizer steps
   config.train_exit.batch_size = 64  # global batch of examples (all their tokens)
   config.train_exit.optimizer = "adamw"  # 'adafactor' or 'adamw'
   config.train_exit.learning_rate = 3e-3  # peak learning rate
@@ -108,6 +109,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.generate.input_file = ""
   config.generate.batch_size = 8  # inputs per decode call; 0 = all at once
   config.generate.input_prefix = ""  # prepended to every input (T5's task prefix, if any)
+
+  config.evaluate = ml_collections.ConfigDict()
+  # Measures calibrated and evaluated; learned ones (meta_mlp, ...) need a classifier in
+  # evaluate.classifier_dir/<name> (the `all` mode trains each one first).
+  config.evaluate.measures = ("softmax_diff", "state_saturation", "meta_mlp")
+  config.evaluate.rule = "ltt_hoeffding_bentkus"  # calibration rule choosing each threshold
+  config.evaluate.num_examples = 200  # test examples decoded per configuration
+  config.evaluate.static_layers = (1, 2)  # static exits measured beside the measures
+  config.evaluate.oracle = True  # also measure the local oracle (an upper bound)
+  config.evaluate.timing_repeats = 3  # timed decodes per configuration (median)
+  config.evaluate.classifier_dir = ""  # "" = <workdir>/exit_classifiers
 
   config.analysis = ml_collections.ConfigDict()
   # Studies run (calm_jax.analysis.STUDIES): stability, confidence, rank, accuracy,

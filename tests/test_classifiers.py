@@ -355,6 +355,7 @@ def test_a_saved_classifier_is_used_from_the_run_config(tmp_path):
   from calm_jax.model.source import load_model  # pylint: disable=import-outside-toplevel
   from configs import demo  # pylint: disable=import-outside-toplevel
   config = demo.get_config()
+  config.mode = "decode"
   config.data.num_examples, config.decode.max_decode_len = 2, 4
   config.model.num_decoder_layers = 3
   config.exit.measure, config.exit.threshold = "meta_linear", 0.5

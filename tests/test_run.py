@@ -25,6 +25,7 @@ def demo_config(threshold=0.9):
   sys.path.insert(0, ROOT)
   from configs import demo  # pylint: disable=import-outside-toplevel
   config = demo.get_config()
+  config.mode = "decode"
   config.data.num_examples = 3
   config.decode.max_decode_len = 5
   config.model.num_decoder_layers = 3
@@ -115,7 +116,7 @@ def test_generated_examples_are_deterministic_and_correct():
 def test_main_flags_override_and_reject_bad_values(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   command = [sys.executable, "-m", "calm_jax.main", "--config=configs/demo.py",
-             f"--workdir={tmp_path}", "--config.data.num_examples=2",
+             f"--workdir={tmp_path}", "--config.mode=decode", "--config.data.num_examples=2",
              "--config.decode.max_decode_len=3", "--config.model.num_decoder_layers=1"]
   done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr

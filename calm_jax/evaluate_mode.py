@@ -1,0 +1,259 @@
+"""The `evaluate` mode: every requested measure at its calibrated threshold, against the full
+model, static exits and the local oracle, on the test split.
+
+For each measure of `evaluate.measures`: decode the calibration split under the threshold
+grid of `calibration`, compute the consistency losses, choose a threshold per delta with
+`evaluate.rule` (Learn-then-Test), then decode the test split at that threshold and
+measure the average exit layer, the wall-clock speedup over full greedy decoding (median
+of `evaluate.timing_repeats` timed runs after a warm-up), the task metric against the
+references, the consistency loss against the full model's output, and whether that loss
+exceeds delta on the test split (a violation). Static exits at `evaluate.static_layers` and
+the oracle are measured the same way without calibration.
+
+Writes report.json, report.md (printed at the end) and three plots: quality vs speedup,
+exit-layer histograms, delta vs achieved loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from calm_jax import calibration, consistency
+from calm_jax.calibrate_mode import CalibrationSettings, settings_from
+from calm_jax.data.tasks import get_task
+from calm_jax.data.vocabulary import Vocabulary
+from calm_jax.decoding.classifiers import CLASSIFIERS, load_classifier
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.generate import generate
+from calm_jax.decoding.greedy import greedy_decode
+from calm_jax.decoding.measures import get_measure
+from calm_jax.decoding.threshold_grid import decode_threshold_grid
+from calm_jax.evaluate_report import plot_report, report_table
+from calm_jax.files import write_json_atomically, write_text_atomically
+from calm_jax.model.source import check_source, load_model
+from calm_jax.run_data import EncodedSplit, check_data, encode_split
+
+CLASSIFIER_DIR = "exit_classifiers"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSettings:
+  """The `evaluate` section, checked."""
+
+  measures: List[str]  # calibrated measures
+  rule: str  # calibration rule choosing each threshold
+  num_examples: int  # test examples
+  static_layers: List[int]  # static exit layers measured (no calibration)
+  oracle: bool  # also measure the local oracle
+  timing_repeats: int  # timed runs per configuration (median)
+  classifier_dir: str  # where learned classifiers are found (<dir>/<name>)
+
+
+def evaluate_settings_from(section: ml_collections.ConfigDict, workdir: str) -> EvaluateSettings:
+  measures = list(section.measures)
+  for name in measures:
+    get_measure(name)
+    if name in ("static", "oracle"):
+      raise ValueError(f"evaluate.measures has {name!r}, which is not calibrated; use "
+                       "evaluate.static_layers / evaluate.oracle")
+  if section.rule not in calibration.rule_names():
+    raise ValueError(f"evaluate.rule={section.rule!r}; allowed: "
+                     f"{', '.join(calibration.rule_names())}")
+  for name in ("num_examples", "timing_repeats"):
+    if section[name] < 1:
+      raise ValueError(f"evaluate.{name} must be >= 1, got {section[name]!r}")
+  directory = section.classifier_dir or os.path.join(workdir, CLASSIFIER_DIR)
+  for name in measures:
+    if name in CLASSIFIERS and not os.path.isdir(os.path.join(directory, name)):
+      raise ValueError(f"evaluate.measures has the learned measure {name!r}, but "
+                       f"{os.path.join(directory, name)} does not exist; run the train_exit "
+                       f"mode with train_exit.classifier={name!r} first")
+  return EvaluateSettings(measures, section.rule, section.num_examples,
+                          [int(layer) for layer in section.static_layers], bool(section.oracle),
+                          section.timing_repeats, directory)
+
+
+@dataclasses.dataclass
+class Decoded:
+  """One decode of the test split."""
+
+  tokens: np.ndarray  # [N, T] int32
+  exit_layers: Optional[np.ndarray]  # [N, T] int32, 0 after EOS (None for greedy)
+  seconds: float  # median wall-clock time of one decode of the split
+
+
+def _timed(decode: Callable[[], Any], repeats: int):
+  """(result, median seconds) after one untimed warm-up call (compilation)."""
+  result = jax.block_until_ready(decode())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    result = jax.block_until_ready(decode())
+    times.append(time.perf_counter() - start)
+  return result, float(np.median(times))
+
+
+def _generated_ids(tokens: np.ndarray, eos_id: int) -> List[List[int]]:
+  """Each row's ids up to and including its first EOS."""
+  rows = []
+  for row in np.asarray(tokens):
+    row = row.tolist()
+    rows.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
+  return rows
+
+
+class Evaluator:
+  """Decodes and scores the test split for one model."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model_config, params,
+               vocabulary: Vocabulary, test: EncodedSplit, settings: EvaluateSettings,
+               calibration_settings: CalibrationSettings):
+    self.config, self.model_config, self.params = config, model_config, params
+    self.vocabulary, self.test, self.settings = vocabulary, test, settings
+    self.calibration_settings = calibration_settings
+    self.task = get_task(config.data.task)
+    self.max_decode_len = config.decode.max_decode_len
+    tokens, seconds = _timed(lambda: greedy_decode(
+        model_config, params, test.input_ids, test.attention_mask,
+        max_decode_len=self.max_decode_len), settings.timing_repeats)
+    self.full = Decoded(np.asarray(tokens), None, seconds)
+    self.full_ids = _generated_ids(self.full.tokens, vocabulary.eos_id)
+    self.full_texts = [vocabulary.decode(ids) for ids in self.full_ids]
+
+  def decode(self, exit_config: ExitConfig, classifier_params=None) -> Decoded:
+    out, seconds = _timed(lambda: generate(
+        self.model_config, self.params, self.test.input_ids, self.test.attention_mask,
+        exit=exit_config, max_decode_len=self.max_decode_len,
+        classifier_params=classifier_params), self.settings.timing_repeats)
+    return Decoded(np.asarray(out.tokens), np.asarray(out.exit_layers), seconds)
+
+  def score(self, decoded: Decoded) -> Dict[str, Any]:
+    """Exit layer, speedups, quality and consistency of one test decode."""
+    ids = [row[layers > 0].tolist() for row, layers in zip(decoded.tokens, decoded.exit_layers)]
+    texts = [self.vocabulary.decode(row) for row in ids]
+    layers = decoded.exit_layers[decoded.exit_layers > 0]
+    cal = self.calibration_settings
+    early = ids if cal.similarity == "token_agreement" else texts
+    full = self.full_ids if cal.similarity == "token_agreement" else self.full_texts
+    losses = consistency.consistency_losses(cal.objective, [early], full,
+                                            self.test.references, cal.similarity)[:, 0]
+    mean_layer = float(layers.mean()) if layers.size else float("nan")
+    return {
+        "mean_exit_layer": mean_layer,
+        "layer_speedup": self.model_config.num_decoder_layers / mean_layer,
+        "wall_clock_speedup": self.full.seconds / decoded.seconds,
+        "seconds": decoded.seconds,
+        "quality": self.task.evaluate(texts, self.test.examples),
+        "test_loss": float(losses.mean()),
+        "exit_layer_counts": np.bincount(
+            layers, minlength=self.model_config.num_decoder_layers + 1)[1:].tolist(),
+    }
+
+  def full_row(self) -> Dict[str, Any]:
+    texts = self.full_texts
+    return {"kind": "full", "measure": "full model", "seconds": self.full.seconds,
+            "mean_exit_layer": float(self.model_config.num_decoder_layers),
+            "wall_clock_speedup": 1.0, "layer_speedup": 1.0, "test_loss": 0.0,
+            "quality": self.task.evaluate(texts, self.test.examples)}
+
+
+def _calibrated_thresholds(evaluator: Evaluator, exit_config: ExitConfig, calib: EncodedSplit,
+                           classifier_params) -> Dict[float, calibration.CalibrationResult]:
+  """LTT's choice per delta on the calibration split's grid decode."""
+  cal = evaluator.calibration_settings
+  grid = decode_threshold_grid(evaluator.model_config, evaluator.params, calib.input_ids,
+                               calib.attention_mask, thresholds=cal.thresholds,
+                               exit=exit_config, max_decode_len=evaluator.max_decode_len,
+                               batch_size=cal.batch_size or None,
+                               classifier_params=classifier_params)
+  early, full = grid.generated_ids()
+  if cal.similarity != "token_agreement":
+    decode = evaluator.vocabulary.decode
+    early = [[decode(ids) for ids in column] for column in early]
+    full = [decode(ids) for ids in full]
+  losses = consistency.consistency_losses(cal.objective, early, full, calib.references,
+                                          cal.similarity)  # [n, k]
+  return {delta: calibration.calibrate(losses, cal.thresholds, delta, cal.epsilon,
+                                       evaluator.settings.rule)
+          for delta in cal.deltas}
+
+
+def _measure_rows(evaluator: Evaluator, base_exit: ExitConfig, measure: str,
+                  calib: EncodedSplit) -> List[Dict[str, Any]]:
+  exit_config = dataclasses.replace(base_exit, measure=measure, classifier_path="")
+  classifier_params = None
+  if measure in CLASSIFIERS:
+    classifier_params = load_classifier(
+        os.path.join(evaluator.settings.classifier_dir, measure), evaluator.model_config,
+        expected_name=measure).params
+  rows = []
+  for delta, result in _calibrated_thresholds(evaluator, exit_config, calib,
+                                              classifier_params).items():
+    decoded = evaluator.decode(dataclasses.replace(exit_config, threshold=result.threshold),
+                               classifier_params)
+    row = {"kind": "calibrated", "measure": measure, "delta": delta,
+           "threshold": result.threshold, **evaluator.score(decoded)}
+    row["violation"] = row["test_loss"] > delta
+    rows.append(row)
+    print(f"[evaluate] {measure} delta={delta:g}: threshold {result.threshold:.3f}, "
+          f"mean exit layer {row['mean_exit_layer']:.2f}, speedup "
+          f"{row['wall_clock_speedup']:.2f}x, test loss {row['test_loss']:.4f}", flush=True)
+  return rows
+
+
+def _reference_rows(evaluator: Evaluator, base_exit: ExitConfig) -> List[Dict[str, Any]]:
+  rows = []
+  for layer in evaluator.settings.static_layers:
+    exit_config = dataclasses.replace(base_exit, measure="static", static_exit_layer=layer,
+                                      classifier_path="")
+    rows.append({"kind": "static", "measure": f"static layer {layer}",
+                 **evaluator.score(evaluator.decode(exit_config))})
+  if evaluator.settings.oracle:
+    exit_config = dataclasses.replace(base_exit, measure="oracle", classifier_path="")
+    rows.append({"kind": "oracle", "measure": "oracle",
+                 **evaluator.score(evaluator.decode(exit_config))})
+  return rows
+
+
+def evaluate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Runs the evaluate mode; returns the path of report.json."""
+  settings = evaluate_settings_from(config.evaluate, workdir)
+  calibration_settings = settings_from(config.calibration)
+  base_exit = ExitConfig.from_section(config.exit)
+  vocabulary = check_data(config)
+  check_source(config.model)
+  model_config, params = load_model(config.model, config.seed)
+  vocabulary.check_model(model_config.vocab_size)
+  for layer in settings.static_layers:
+    dataclasses.replace(base_exit, measure="static", static_exit_layer=layer).validate(
+        model_config.num_decoder_layers)
+  test = encode_split(config, config.data.test_split, settings.num_examples, vocabulary)
+  calib = encode_split(config, config.data.calibration_split,
+                       calibration_settings.num_examples, vocabulary)
+  evaluator = Evaluator(config, model_config, params, vocabulary, test, settings,
+                        calibration_settings)
+  rows = [evaluator.full_row()]
+  for measure in settings.measures:
+    rows.extend(_measure_rows(evaluator, base_exit, measure, calib))
+  rows.extend(_reference_rows(evaluator, base_exit))
+  report = {"task": config.data.task, "test_split": config.data.test_split,
+            "num_test_examples": len(test.examples),
+            "num_calibration_examples": len(calib.examples),
+            "num_layers": model_config.num_decoder_layers, "rule": settings.rule,
+            "epsilon": calibration_settings.epsilon, "objective": calibration_settings.objective,
+            "similarity": calibration_settings.similarity, "rows": rows}
+  path = os.path.join(workdir, "report.json")
+  if jax.process_index() == 0:
+    table = report_table(report)
+    write_json_atomically(path, report)
+    write_text_atomically(os.path.join(workdir, "report.md"), table + "\n")
+    plot_report(report, workdir)
+    print(table, flush=True)
+  return path

@@ -1,0 +1,126 @@
+"""The evaluate mode's report: a Markdown table and three plots from report.json's rows.
+
+Plots (PNG, written atomically):
+- report_quality_speedup.png: task quality vs wall-clock speedup, one line per measure over
+  its deltas, with the full model, static exits and the oracle as single points;
+- report_exit_layers.png: the distribution of exit layers per measure at its middle delta;
+- report_delta_loss.png: delta vs the consistency loss achieved on the test split.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+# pylint: disable=wrong-import-position
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from calm_jax.files import replace_atomically  # noqa: E402
+
+
+def _quality(row: Dict[str, Any]) -> float:
+  """The first metric of the task's quality dictionary."""
+  return float(next(iter(row["quality"].values())))
+
+
+def _quality_name(report: Dict[str, Any]) -> str:
+  return next(iter(report["rows"][0]["quality"]))
+
+
+def report_table(report: Dict[str, Any]) -> str:
+  """Markdown: one row per configuration."""
+  metric = _quality_name(report)
+  lines = [
+      f"Evaluation on {report['num_test_examples']} {report['test_split']} examples of "
+      f"{report['task']} ({report['num_layers']} decoder layers). Thresholds by "
+      f"{report['rule']} (epsilon {report['epsilon']}) on {report['num_calibration_examples']} "
+      f"calibration examples; loss = {report['objective']} consistency "
+      f"({report['similarity']}).", "",
+      f"| measure | delta | threshold | mean exit layer | layer speedup | wall-clock speedup "
+      f"| {metric} | test loss | violates delta |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for row in report["rows"]:
+    delta = f"{row['delta']:g}" if "delta" in row else "-"
+    threshold = f"{row['threshold']:.3f}" if "threshold" in row else "-"
+    violation = ("yes" if row["violation"] else "no") if "violation" in row else "-"
+    lines.append(
+        f"| {row['measure']} | {delta} | {threshold} | {row['mean_exit_layer']:.2f} | "
+        f"{row['layer_speedup']:.2f}x | {row['wall_clock_speedup']:.2f}x | "
+        f"{_quality(row):.2f} | {row['test_loss']:.4f} | {violation} |")
+  return "\n".join(lines)
+
+
+def _save(figure, path: str) -> None:
+  replace_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+  plt.close(figure)
+
+
+def _by_measure(report: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+  groups: Dict[str, List[Dict[str, Any]]] = {}
+  for row in report["rows"]:
+    if row["kind"] == "calibrated":
+      groups.setdefault(row["measure"], []).append(row)
+  return groups
+
+
+def _plot_quality_speedup(report: Dict[str, Any], path: str) -> None:
+  figure, axes = plt.subplots(figsize=(6.5, 4.5))
+  for measure, rows in _by_measure(report).items():
+    deltas = ", ".join(f"{r['delta']:g}" for r in rows)
+    axes.plot([r["wall_clock_speedup"] for r in rows], [_quality(r) for r in rows], "o-",
+              label=f"{measure} (deltas {deltas})")
+  for row in report["rows"]:
+    if row["kind"] != "calibrated":
+      axes.plot(row["wall_clock_speedup"], _quality(row), "s", label=row["measure"])
+  axes.set_xlabel("wall-clock speedup over the full model (x)")
+  axes.set_ylabel(f"test {_quality_name(report)}")
+  axes.set_title("Quality vs speedup at the calibrated thresholds")
+  axes.legend(fontsize=7)
+  axes.grid(alpha=0.3)
+  _save(figure, path)
+
+
+def _plot_exit_layers(report: Dict[str, Any], path: str) -> None:
+  groups = _by_measure(report)
+  figure, axes = plt.subplots(figsize=(6.5, 4.5))
+  layers = np.arange(1, report["num_layers"] + 1)
+  width = 0.8 / max(len(groups), 1)
+  for i, (measure, rows) in enumerate(groups.items()):
+    row = rows[len(rows) // 2]
+    counts = np.asarray(row["exit_layer_counts"], float)
+    axes.bar(layers + i * width - 0.4 + width / 2, counts / max(counts.sum(), 1), width,
+             label=f"{measure}, delta {row['delta']:g}")
+  axes.set_xticks(layers)
+  axes.set_xlabel("exit layer")
+  axes.set_ylabel("share of generated tokens")
+  axes.set_title("Where tokens exit (test split)")
+  axes.legend(fontsize=7)
+  _save(figure, path)
+
+
+def _plot_delta_loss(report: Dict[str, Any], path: str) -> None:
+  figure, axes = plt.subplots(figsize=(6.5, 4.5))
+  deltas = sorted({r["delta"] for rows in _by_measure(report).values() for r in rows})
+  if deltas:
+    axes.plot(deltas, deltas, "k--", label="delta (the allowed loss)")
+  for measure, rows in _by_measure(report).items():
+    axes.plot([r["delta"] for r in rows], [r["test_loss"] for r in rows], "o-", label=measure)
+  axes.set_xlabel("delta")
+  axes.set_ylabel(f"test {report['objective']} consistency loss")
+  axes.set_title("Tolerance vs loss achieved on the test split")
+  axes.legend(fontsize=7)
+  axes.grid(alpha=0.3)
+  _save(figure, path)
+
+
+def plot_report(report: Dict[str, Any], workdir: str) -> List[str]:
+  """Writes the three plots; returns their paths."""
+  paths = [os.path.join(workdir, name) for name in (
+      "report_quality_speedup.png", "report_exit_layers.png", "report_delta_loss.png")]
+  for plot, path in zip((_plot_quality_speedup, _plot_exit_layers, _plot_delta_loss), paths):
+    plot(report, path)
+  return paths
