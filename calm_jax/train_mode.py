@@ -56,14 +56,14 @@ def mesh_config_from(section: ml_collections.ConfigDict) -> MeshConfig:
 
 
 def training_data(config: ml_collections.ConfigDict, vocab_size: int) -> EncodedExamples:
-  """train.num_examples of data.task's `train` split through data.vocabulary: inputs cut
+  """train.num_examples of data.task's train.split through data.vocabulary: inputs cut
   to data.max_input_len, targets to decode.max_decode_len (keeping EOS)."""
   vocabulary = get_vocabulary(config.data.vocabulary)
   vocabulary.check_model(vocab_size)
   if vocabulary.pad_id != 0:
     raise ValueError(f"vocabulary {vocabulary.name!r} pads with id {vocabulary.pad_id}; "
                      "T5 training expects padding id 0")
-  split = encode_split(config, "train", config.train.num_examples, vocabulary)
+  split = encode_split(config, config.train.split, config.train.num_examples, vocabulary)
   targets = encode_targets(split.examples, vocabulary, config.decode.max_decode_len)
   return EncodedExamples(inputs=split.input_ids, targets=targets)
 

@@ -56,7 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
                                                 epsilon=0.1)
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_examples = 20000  # examples drawn from data.task's 'train' split
+  config.train.split = "train"  # split of data.task trained on (e.g. 'validation' for a
+  # ../shared/data set, which has no train split)
+  config.train.num_examples = 20000  # examples drawn from that split (files: the first N)
   config.train.steps = 1500  # optimizer steps
   config.train.batch_size = 64  # global batch (divisible by mesh.data and the hosts)
   config.train.optimizer = "adamw"  # 'adafactor' (T5's default) or 'adamw'
