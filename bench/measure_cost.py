@@ -17,7 +17,6 @@ learned classifiers at most 5%.
 """
 
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -74,7 +73,7 @@ def cases(top_k: int):
            f"{head} + top-K of V + K*d gather", "K*(d+3) floats", first_exit_point=True),
       Case("softmax_topk", ExitConfig(measure="softmax_topk", top_k=K), "2dK + ~5K",
            "K*(d+3) floats"),
-      Case("softmax_pruned decaying", pruned, "2dK + ~5K + 2 sorts of K", "K*(d+3) floats"),
+      Case("softmax_pruned decaying", pruned, "2dK + ~5K + a sort of K", "K*(d+3) floats"),
       Case("contrastive_weighted", ExitConfig(measure="contrastive_weighted"),
            f"{head} + ~12V", "(L+2)*V floats"),
       Case("contrastive_jsd", ExitConfig(measure="contrastive_jsd"),

@@ -15,7 +15,8 @@ from calm_jax.decoding.generate import generate, generate_with_thresholds
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.measures import MeasureInputs, get_measure
 from calm_jax.model.config import T5Config
-from calm_jax.model.t5 import decode_teacher_forced, encode, init_params, shift_right
+from calm_jax.model.t5 import (decode_teacher_forced, encode, exit_logits, init_params,
+                              shift_right)
 
 CONFIG = T5Config(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2,
                   num_decoder_layers=5, num_heads=4, feed_forward_proj="gated-gelu",
@@ -148,7 +149,6 @@ def test_measure_over_layers_matches_the_numpy_reference(params, variant):
 
 
 def _logits_jax(params, hidden):
-  from calm_jax.model.t5 import exit_logits  # pylint: disable=import-outside-toplevel
   return exit_logits(CONFIG, params, hidden)
 
 

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
-
-import numbers
-
 import numpy as np
 
 from calm_jax.decoding import classifiers, contrastive, vocabulary

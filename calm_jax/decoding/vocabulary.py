@@ -11,7 +11,6 @@ shapes, so a smaller set changes which tokens compete, not the FLOPs of a check.
 from __future__ import annotations
 
 import flax
-import jax
 import jax.numpy as jnp
 
 from calm_jax.model.config import T5Config
@@ -91,7 +90,9 @@ def kept_count(pruning: str, layer: Array, num_layers: int, vocab_size: int, top
 
 def keep_top_ranked(kept: Array, logits: Array, count: Array) -> Array:
   """The kept set [B, K] bool shrunk to the `count` [B] best of its members by `logits`
-  [B, K] (ties: the earlier entry, i.e. the better rank at the first exit point)."""
-  order = jnp.argsort(-jnp.where(kept, logits, -jnp.inf), axis=-1, stable=True)  # [B, K]
-  rank = jnp.argsort(order, axis=-1)  # [B, K] 0 = best
-  return kept & (rank < count[:, None])
+  [B, K]: those at or above the count-th largest logit (one sort; a tie at that value
+  keeps every tied member)."""
+  values = jnp.where(kept, logits, -jnp.inf)  # [B, K]
+  ascending = jnp.sort(values, axis=-1)
+  kth = jnp.take_along_axis(ascending, (values.shape[-1] - count)[:, None], axis=-1)  # [B, 1]
+  return kept & (values >= kth)
