@@ -72,8 +72,10 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS["verbosity"].using_default_value:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+  if not any(arg.split("=")[0] in ("--verbosity", "-v", "--v") for arg in sys.argv[1:]):
+    # Orbax logs every save at INFO (and an import raises the verbosity to INFO), so
+    # warnings only unless the user asks with --verbosity.
+    logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   logging.info("JAX process %d of %d; local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
