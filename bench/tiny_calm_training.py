@@ -2,9 +2,8 @@
 measure early exit on a model whose confidences mean something (an untrained model's early
 outputs diverge from its full outputs at once).
 
-Benchmark support only: the training issue owns the real objective, optimizer schedules,
-checkpoints and sharding. The loss here is CALM's anytime objective, sum_i w_i NLL_i over
-every decoder layer through the shared exit head with w_i = i / sum_j j.
+Benchmark support only: a short in-memory Adam loop over calm_jax.training's anytime
+objective (sum_i w_i NLL_i, w_i = i / sum_j j), without checkpoints or sharding.
 """
 
 from typing import Any, Sequence, Tuple
@@ -16,19 +15,15 @@ import optax
 
 from calm_jax.data import byte_vocab
 from calm_jax.model.config import T5Config
-from calm_jax.model.t5 import decode_teacher_forced, encode, exit_logits, shift_right
+from calm_jax.training.objectives import AnytimeObjective, Batch, anytime_loss
 
 
 def _anytime_loss(config: T5Config, params: Any, ids, mask, targets) -> jax.Array:
-  encoded = encode(config, params, ids, mask)
-  states = decode_teacher_forced(config, params, shift_right(config, targets), encoded,
-                                 mask)  # [L, B, T, d]
-  logits = jax.vmap(lambda h: exit_logits(config, params, h))(states)  # [L, B, T, V]
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets[None])  # [L, B, T]
-  weights = (targets != byte_vocab.PAD_ID).astype(jnp.float32)  # [B, T]
-  per_layer = (nll * weights).sum((1, 2)) / weights.sum()  # [L]
-  layer_weights = jnp.arange(1, config.num_decoder_layers + 1, dtype=jnp.float32)
-  return (per_layer * layer_weights / layer_weights.sum()).sum()
+  """calm_jax.training's anytime loss (calm weights) on one batch; `mask` is implied by the
+  padding of `ids`."""
+  del mask
+  loss, _ = anytime_loss(config, AnytimeObjective(), params, Batch(ids, targets))
+  return loss
 
 
 def train(config: T5Config, params: Any, inputs: Sequence[str], targets: Sequence[str], *,
