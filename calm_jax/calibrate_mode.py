@@ -99,7 +99,7 @@ def _is_integer(value) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _outputs(grid: GridDecode, settings: CalibrationSettings, vocabulary: Vocabulary):
+def grid_outputs(grid: GridDecode, settings: CalibrationSettings, vocabulary: Vocabulary):
   """Early outputs [k][n] and full outputs [n]: token ids for token_agreement, else texts."""
   early, full = grid.generated_ids()
   if settings.similarity == "token_agreement":
@@ -146,7 +146,7 @@ def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
                                batch_size=settings.batch_size or None,
                                classifier_params=classifier_params_for(exit_config,
                                                                        model_config))
-  early, full = _outputs(grid, settings, vocabulary)
+  early, full = grid_outputs(grid, settings, vocabulary)
   losses = consistency.consistency_losses(
       settings.objective, early, full, references=split.references,
       similarity=settings.similarity)  # [n, k]

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from calm_jax import calibration, consistency
-from calm_jax.calibrate_mode import CalibrationSettings, settings_from
+from calm_jax.calibrate_mode import CalibrationSettings, grid_outputs, settings_from
 from calm_jax.data.tasks import get_task
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.classifiers import CLASSIFIERS, load_classifier
@@ -173,11 +173,7 @@ def _calibrated_thresholds(evaluator: Evaluator, exit_config: ExitConfig, calib:
                                exit=exit_config, max_decode_len=evaluator.max_decode_len,
                                batch_size=cal.batch_size or None,
                                classifier_params=classifier_params)
-  early, full = grid.generated_ids()
-  if cal.similarity != "token_agreement":
-    decode = evaluator.vocabulary.decode
-    early = [[decode(ids) for ids in column] for column in early]
-    full = [decode(ids) for ids in full]
+  early, full = grid_outputs(grid, cal, evaluator.vocabulary)
   losses = consistency.consistency_losses(cal.objective, early, full, calib.references,
                                           cal.similarity)  # [n, k]
   return {delta: calibration.calibrate(losses, cal.thresholds, delta, cal.epsilon,

@@ -12,11 +12,12 @@ import pytest
 
 from calm_jax.decoding import vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate, generate_with_thresholds
+from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.measures import MeasureInputs, get_measure
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.config import T5Config
+from measure_checks import assert_mixed_batch_equals_each_alone
 from calm_jax.model.t5 import decode_teacher_forced, encode, init_params, shift_right
 
 CONFIG = T5Config(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2,
@@ -240,23 +241,9 @@ def test_decoder_follows_the_reference_and_maps_tokens_back(model, variant):
 
 @pytest.mark.parametrize("variant", ["topk", "adaptive"])
 def test_batch_with_mixed_exits_equals_each_example_alone(model, variant):
-  config, params, ids, mask, _ = model
   exit_config = MEASURES[variant]
-  lam = _median_threshold(model, exit_config)
-  thresholds = [lam, 0.7 * lam, 1.0, 1.3 * lam]
-  both = jax.tree.map(np.asarray, generate_with_thresholds(
-      config, params, ids, mask, thresholds=thresholds, exit=exit_config, max_decode_len=T,
-      return_trace=True))
-  generated = both.exit_layers > 0
-  assert any(len(np.unique(both.exit_layers[generated[:, t], t])) > 1 for t in range(T))
-  for row, threshold in enumerate(thresholds):
-    alone = jax.tree.map(np.asarray, generate(
-        config, params, ids[row:row + 1], mask[row:row + 1],
-        exit=dataclasses.replace(exit_config, threshold=threshold), max_decode_len=T,
-        return_trace=True))
-    np.testing.assert_array_equal(alone.tokens[0], both.tokens[row], err_msg=f"row {row}")
-    np.testing.assert_array_equal(alone.exit_layers[0], both.exit_layers[row])
-    np.testing.assert_allclose(alone.trace[0], both.trace[row], atol=1e-5)
+  assert_mixed_batch_equals_each_alone(model, exit_config,
+                                       _median_threshold(model, exit_config), T)
 
 
 def test_sampling_draws_from_the_kept_tokens(model):
