@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import ml_collections
@@ -27,7 +27,6 @@ import numpy as np
 
 from calm_jax import calibration, consistency
 from calm_jax.calibrate_mode import CalibrationSettings, grid_outputs, settings_from
-from calm_jax.data.tasks import get_task
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.classifiers import CLASSIFIERS, load_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
@@ -38,7 +37,7 @@ from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.evaluate_report import plot_report, report_table
 from calm_jax.files import write_json_atomically, write_text_atomically
 from calm_jax.model.source import check_source, load_model
-from calm_jax.run_data import EncodedSplit, check_data, encode_split
+from calm_jax.run_data import EncodedSplit, check_data, encode_split, run_task
 
 CLASSIFIER_DIR = "exit_classifiers"
 
@@ -118,7 +117,7 @@ class Evaluator:
     self.config, self.model_config, self.params = config, model_config, params
     self.vocabulary, self.test, self.settings = vocabulary, test, settings
     self.calibration_settings = calibration_settings
-    self.task = get_task(config.data.task)
+    self.task = run_task(config.data.task)
     self.max_decode_len = config.decode.max_decode_len
     tokens, seconds = _timed(lambda: greedy_decode(
         model_config, params, test.input_ids, test.attention_mask,

@@ -3,19 +3,97 @@ so every mode (train, decode, calibrate, evaluate, analyze) sees the same data t
 
 Splits: `train` trains; `data.calibration_split` (validation) calibrates; `data.test_split`
 (test) decodes, evaluates and analyses.
+
+`data.task` names a task of data/tasks.py or, with the `calm_` prefix, a seqio task of
+data/seqio_tasks.py (optional: seqio and TensorFlow are imported only then). Both become a
+RunTask, so no mode knows where its examples came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence
+import functools
+from typing import Callable, Dict, List, Protocol, Sequence, Tuple
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from calm_jax.data.tasks import Example, get_task
+from calm_jax.data import metrics
+from calm_jax.data.tasks import get_task
 from calm_jax.data.vocabulary import Vocabulary, get_vocabulary
+
+SEQIO_TASK_PREFIX = "calm_"  # seqio_tasks.TASK_PREFIX, known here without importing seqio
+SEQIO_REQUIREMENTS = "requirements-seqio.txt"
+
+
+class Example(Protocol):
+  """What a run reads of an example, whichever registry made it (tasks.Example,
+  seqio_tasks.TextExample)."""
+
+  @property
+  def inputs(self) -> str: ...
+
+  @property
+  def targets(self) -> str: ...
+
+  @property
+  def references(self) -> Sequence[str]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTask:
+  """data.task as the run modes see it, from the plain registry or from seqio.
+
+  Attributes:
+    name: the task's name (data.task).
+    metric_names: corpus metrics scoring it (keys of metrics.CORPUS_METRICS).
+    read: (split, count, seed) -> the first `count` examples of `split`, each with
+      inputs, targets and references.
+  """
+  name: str
+  metric_names: Tuple[str, ...]
+  read: Callable[[str, int, int], Sequence[Example]]
+
+  def examples(self, split: str, count: int, seed: int) -> List[Example]:
+    """The first `count` examples of `split` (`seed` picks a generated stream)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+      raise ValueError(f"task {self.name!r}: count must be an int >= 1; got {count!r}")
+    return list(self.read(split, count, seed))
+
+  def evaluate(self, predictions: Sequence[str],
+               examples: Sequence[Example]) -> Dict[str, float]:
+    """The task's corpus metrics of predictions against the examples' references."""
+    return metrics.evaluate(self.metric_names, predictions, [e.references for e in examples])
+
+
+def _seqio_tasks(name: str):
+  """calm_jax.data.seqio_tasks, imported on first use; without seqio / TensorFlow, an
+  error naming the task and the install command."""
+  try:
+    from calm_jax.data import seqio_tasks  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError(f"data.task={name!r} is a seqio task, but seqio / TensorFlow cannot "
+                      f"be imported ({error}); install them with `pip install -r "
+                      f"{SEQIO_REQUIREMENTS}`") from error
+  return seqio_tasks
+
+
+def run_task(name: str) -> RunTask:
+  """The task `name`: a seqio task when it starts with `calm_`, else a tasks.py task. An
+  unknown name lists the known ones of its registry."""
+  if isinstance(name, str) and name.startswith(SEQIO_TASK_PREFIX):
+    seqio_tasks = _seqio_tasks(name)
+    return RunTask(name, seqio_tasks.metric_names(name),
+                   functools.partial(seqio_tasks.text_examples, name))
+  task = get_task(name)
+  return RunTask(name, task.metric_names, task.examples)
+
+
+def read_examples(name: str, split: str, count: int, seed: int) -> List[Example]:
+  """The first `count` examples of `split` of task `name` (either registry), in a fixed
+  order: `seed` picks a generated stream; files and TFDS are read unshuffled."""
+  return run_task(name).examples(split, count, seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +111,9 @@ class EncodedSplit:
 
 
 def check_data(config: ml_collections.ConfigDict) -> Vocabulary:
-  """The task exists and the vocabulary loads (before any model work)."""
-  get_task(config.data.task)
+  """The task exists (seqio importable for a `calm_` task) and the vocabulary loads (before
+  any model work)."""
+  run_task(config.data.task)
   if config.data.max_input_len < 1:
     raise ValueError(f"data.max_input_len must be >= 1, got {config.data.max_input_len!r}")
   return get_vocabulary(config.data.vocabulary)
@@ -43,7 +122,7 @@ def check_data(config: ml_collections.ConfigDict) -> Vocabulary:
 def split_examples(config: ml_collections.ConfigDict, split: str, count: int) -> List[Example]:
   """The first `count` examples of `split` of data.task (the run's seed picks a generated
   stream)."""
-  return get_task(config.data.task).examples(split, count, config.seed)
+  return read_examples(config.data.task, split, count, config.seed)
 
 
 def encode_split(config: ml_collections.ConfigDict, split: str, count: int,

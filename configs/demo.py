@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.param_dtype = "float32"  # parameters: 'float32' or 'bfloat16'
 
   config.data = ml_collections.ConfigDict()
-  config.data.task = "generated"  # task of calm_jax.data.tasks (every mode reads it)
+  config.data.task = "generated"  # data/tasks.py task, or seqio calm_* (every mode reads it)
   config.data.vocabulary = "byte"  # 'byte' or a local Hugging Face tokenizer directory
   config.data.calibration_split = "validation"  # split the calibrate mode decodes
   config.data.test_split = "test"  # split decode, evaluate and analyze read

@@ -23,13 +23,17 @@ tokenizer directory holding spiece.model), for T5 checkpoints.
 
 Summaries and translations are scored with ROUGE / BLEU (metrics.py, 0-100); SQuAD with
 exact match and F1 against every reference answer; generated tasks with accuracy.
+
+The run modes (run_data.py) read a task as text with `text_examples` (the task's
+preprocessors, no shuffling) and score it with `metric_names`; they tokenize with their own
+data.vocabulary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import seqio
 import tensorflow as tf
@@ -92,6 +96,7 @@ def seqio_metric_fn(name: str) -> Callable[..., Dict[str, float]]:
     return metric(list(predictions), [t if isinstance(t, str) else list(t) for t in targets])
 
   metric_fn.__name__ = f"{name}_metric"
+  metric_fn.corpus_metric = name  # read back by metric_names
   return metric_fn
 
 
@@ -267,6 +272,69 @@ def register_all(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = ""
   plain += list(tasks.local_tasks(data_dir)) + [iwslt2017_task(data_dir)]
   registered += [register_plain_task(task, vocabulary, suffix) for task in plain]
   return [task.name for task in registered]
+
+
+
+# --- text examples for the run modes (run_data.py) ---------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TextExample:
+  """One example of a seqio task as text, before any tokenization.
+
+  Attributes:
+    inputs: the preprocessed input (task prefix included).
+    targets: the expected output.
+    references: every acceptable output (the example's `references` feature, else
+      (targets,)).
+  """
+  inputs: str
+  targets: str
+  references: Tuple[str, ...]
+
+
+def calm_task_names() -> Tuple[str, ...]:
+  """Every seqio task registered under TASK_PREFIX (this module's and later ones), sorted."""
+  return tuple(sorted(n for n in seqio.TaskRegistry.names() if n.startswith(TASK_PREFIX)))
+
+
+def get_calm_task(name: str) -> seqio.Task:
+  """The seqio task `name`; an unknown name lists the registered calm_ tasks."""
+  if name not in calm_task_names():
+    raise ValueError(f"seqio task {name!r} is not registered; registered: "
+                     f"{', '.join(calm_task_names())}")
+  return seqio.get_mixture_or_task(name)
+
+
+def metric_names(name: str) -> Tuple[str, ...]:
+  """The corpus metrics (keys of metrics.CORPUS_METRICS) that score seqio task `name`."""
+  fns = get_calm_task(name).metric_fns
+  return tuple(fn.corpus_metric for fn in fns if hasattr(fn, "corpus_metric"))
+
+
+def task_splits(name: str) -> Tuple[str, ...]:
+  """The splits of seqio task `name`; () for a TFDS dataset not prepared yet and declaring
+  none (TFDS names them once it has prepared the data)."""
+  return tuple(get_calm_task(name).source.splits)
+
+
+def text_examples(name: str, split: str, count: int, seed: int) -> List[TextExample]:
+  """The first `count` examples of `split`, in source order (no shuffling; `seed` picks a
+  generated stream), as text: the task's preprocessors run, tokens are not kept."""
+  splits = task_splits(name)
+  if splits and split not in splits:
+    raise ValueError(f"seqio task {name!r} has no split {split!r}; its splits: "
+                     f"{', '.join(splits)}")
+  dataset = get_calm_task(name).get_dataset(None, split=split, shuffle=False, seed=seed,
+                                            try_in_mem_cache=False)
+  return [_text_example(x) for x in dataset.take(count).as_numpy_iterator()]
+
+
+def _text_example(features: Mapping) -> TextExample:
+  """TextExample from a preprocessed example's `*_pretokenized` strings."""
+  targets = _text(features["targets_pretokenized"])
+  references = tuple(_text(r) for r in features.get("references", ()))
+  return TextExample(_text(features["inputs_pretokenized"]), targets, references or (targets,))
 
 
 TASK_NAMES = tuple(register_all())
