@@ -25,6 +25,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.threshold_grid import GridDecode, decode_threshold_grid
 from calm_jax.files import write_json_atomically, write_text_atomically
+from calm_jax.progress import RateLine
 from calm_jax.model.source import load_model
 from calm_jax.run_data import check_data, encode_split
 
@@ -128,6 +129,12 @@ def _choices(losses, grid: GridDecode, settings: CalibrationSettings) -> List[di
   return records
 
 
+def grid_progress(label: str, num_examples: int, num_thresholds: int):
+  """A progress callback for decode_threshold_grid: a rate line of filled grid pairs."""
+  line = RateLine(label, num_examples * num_thresholds, "(example, threshold) pairs")
+  return lambda filled, decoded: line(filled, f"{decoded} decoded, the rest copied")
+
+
 def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the calibrate mode; returns the path of calibration.json."""
   settings = settings_from(config.calibration)
@@ -145,7 +152,9 @@ def calibrate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
                                max_decode_len=config.decode.max_decode_len,
                                batch_size=settings.batch_size or None,
                                classifier_params=classifier_params_for(exit_config,
-                                                                       model_config))
+                                                                       model_config),
+                               progress=grid_progress(f"calibrate {exit_config.measure}",
+                                                      len(examples), settings.thresholds.size))
   early, full = grid_outputs(grid, settings, vocabulary)
   losses = consistency.consistency_losses(
       settings.objective, early, full, references=split.references,

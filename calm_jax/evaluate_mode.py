@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 
 from calm_jax import calibration, consistency
-from calm_jax.calibrate_mode import CalibrationSettings, grid_outputs, settings_from
+from calm_jax.calibrate_mode import (CalibrationSettings, grid_outputs, grid_progress,
+                                     settings_from)
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.classifiers import CLASSIFIERS, load_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
@@ -123,6 +124,8 @@ class Evaluator:
         model_config, params, test.input_ids, test.attention_mask,
         max_decode_len=self.max_decode_len), settings.timing_repeats)
     self.full = Decoded(np.asarray(tokens), None, seconds)
+    print(f"[evaluate] full model: {seconds:.2f} s per decode of {test.input_ids.shape[0]} "
+          "test examples", flush=True)
     self.full_ids = _generated_ids(self.full.tokens, vocabulary.eos_id)
     self.full_texts = [vocabulary.decode(ids) for ids in self.full_ids]
 
@@ -171,7 +174,10 @@ def _calibrated_thresholds(evaluator: Evaluator, exit_config: ExitConfig, calib:
                                calib.attention_mask, thresholds=cal.thresholds,
                                exit=exit_config, max_decode_len=evaluator.max_decode_len,
                                batch_size=cal.batch_size or None,
-                               classifier_params=classifier_params)
+                               classifier_params=classifier_params,
+                               progress=grid_progress(
+                                   f"evaluate {exit_config.measure}: calibration grid",
+                                   calib.input_ids.shape[0], cal.thresholds.size))
   early, full = grid_outputs(grid, cal, evaluator.vocabulary)
   losses = consistency.consistency_losses(cal.objective, early, full, calib.references,
                                           cal.similarity)  # [n, k]
@@ -210,11 +216,18 @@ def _reference_rows(evaluator: Evaluator, base_exit: ExitConfig) -> List[Dict[st
                                       classifier_path="")
     rows.append({"kind": "static", "measure": f"static layer {layer}",
                  **evaluator.score(evaluator.decode(exit_config))})
+    _print_reference(rows[-1])
   if evaluator.settings.oracle:
     exit_config = dataclasses.replace(base_exit, measure="oracle", classifier_path="")
     rows.append({"kind": "oracle", "measure": "oracle",
                  **evaluator.score(evaluator.decode(exit_config))})
+    _print_reference(rows[-1])
   return rows
+
+
+def _print_reference(row: Dict[str, Any]) -> None:
+  print(f"[evaluate] {row['measure']}: mean exit layer {row['mean_exit_layer']:.2f}, speedup "
+        f"{row['wall_clock_speedup']:.2f}x, test loss {row['test_loss']:.4f}", flush=True)
 
 
 def evaluate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -130,12 +130,15 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                           max_decode_len: int, batch_size: Optional[int] = None,
                           margin: float = 1e-4,
                           max_input_len: Optional[int] = None,
-                          classifier_params: Any = None) -> GridDecode:
+                          classifier_params: Any = None,
+                          progress: Optional[Callable[[int, int], None]] = None) -> GridDecode:
   """Greedy early-exit decoding of input ids [B, S] under each of K thresholds.
 
   batch_size: most rows per decode call (default B). Calls are padded to one of
   `row_buckets(batch_size)` rows, so at most four programs are compiled.
   classifier_params: a learned measure's parameters, as for `generate`.
+  progress: called as progress(pairs filled, pairs decoded) after every decode call; the
+  grid holds K * B (threshold, example) pairs.
   """
   thresholds = check_threshold_grid(thresholds)
   _check_arguments(margin, batch_size)
@@ -161,13 +164,14 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   reference = _Reference(*(np.array(a) for a in (full.tokens, full.exit_layers,
                                                  full.confidences, full.trace)))
   decoded = _walk_grid(config, params, input_ids, attention_mask, exit, max_decode_len,
-                       batch_size, margin, grid, reference, classifier_params)
+                       batch_size, margin, grid, reference, classifier_params,
+                       progress or (lambda filled, decoded: None))
   return dataclasses.replace(grid, decoded_pairs=decoded)
 
 
 def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decode_len,
                batch_size, margin, grid: GridDecode, reference: _Reference,
-               classifier_params) -> int:
+               classifier_params, progress: Callable[[int, int], None]) -> int:
   """Fills grid[k, b] for every pair, largest threshold first per example: copied from the
   example's reference when the decisions provably agree, else decoded (in waves led by one
   pair per example) and made the new reference. Returns the pairs decoded."""
@@ -181,6 +185,7 @@ def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decod
   while True:
     waiting = _advance_copies(grid, reference, order, lambda_t, cursor, exit_config,
                               num_layers, margin)  # [W] examples whose next pair must decode
+    progress(int(cursor.sum()), decoded)
     if waiting.size == 0:
       return decoded
     for start in range(0, waiting.size, batch_size):
@@ -198,6 +203,7 @@ def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decod
       reference.update(examples, out, last)
       cursor[examples] += steps[last] + 1
       decoded += rows.size
+      progress(int(cursor.sum()), decoded)
 
 
 def _plan_wave(waiting: np.ndarray, cursor: np.ndarray, grid_size: int,

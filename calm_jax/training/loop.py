@@ -26,6 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from calm_jax.files import write_jsonl_atomically
+from calm_jax.progress import duration
 from calm_jax.training import data as data_lib
 from calm_jax.training.checkpoints import TrainCheckpoints, parameter_shapes
 from calm_jax.training.objectives import Batch
@@ -139,16 +140,11 @@ class _Reporter:
     self.writer.add_scalar("steps_per_second", rate, step)
     self.writer.flush()
     print(f"[{self.name}] step {step}/{self.total_steps}  loss {record['loss']:.4f}  "
-          f"{rate:.2f} steps/s  ETA {_duration(eta)}", flush=True)
+          f"{rate:.2f} steps/s  ETA {duration(eta)}", flush=True)
 
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
-
-
-def _duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(round(seconds)), 60)
-  return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _read_records(path: str) -> List[Dict[str, Any]]:
