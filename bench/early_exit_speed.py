@@ -15,6 +15,7 @@ d_ff 1024 gated-GELU, vocabulary 32128, untied head), random weights; 256 input 
   .venv/bin/python bench/early_exit_speed.py            # after ./launch/test.sh made .venv
 """
 
+import functools
 import os
 import sys
 import tempfile
@@ -40,31 +41,28 @@ CALM_SHAPE = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=
                   tie_word_embeddings=False)
 flags.DEFINE_integer("input_len", 256, "Input tokens.")
 flags.DEFINE_integer("decode_len", 64, "Generated tokens.")
-flags.DEFINE_integer("repeats", 3, "Timed repetitions (median).")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds (medians).")
 flags.DEFINE_bool("compare_transformers", True, "Also time transformers' generate.")
 FLAGS = flags.FLAGS
+STATIC_LAYERS = (1, 2, 4)
 
 
-def timed(fn, repeats):
-  """(compile-or-first-call seconds, median seconds of the next `repeats` calls)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
+def interleaved(fns, rounds):
+  """Median seconds of each of `fns` (name -> callable), timed in `rounds` rounds that call
+  every one once, so that the machine's drift (this shared CPU's speed varies by tens of
+  percent over minutes) hits all of them alike; plus each one's first-call seconds."""
+  first = {}
+  for name, fn in fns.items():
     start = time.perf_counter()
     jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return first, float(np.median(times))
-
-
-def streaming_bandwidth(repeats):
-  """Bytes per second of a float32 matrix-vector product over a 256 MiB matrix."""
-  matrix = jax.random.normal(jax.random.PRNGKey(0), (8192, 8192), jnp.float32)
-  vector = jnp.ones((8192,), jnp.float32)
-  matvec = jax.jit(lambda m, v: m @ v)
-  _, seconds = timed(lambda: matvec(matrix, vector), max(repeats, 5))
-  return matrix.size * 4 / seconds
+    first[name] = time.perf_counter() - start
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}, first
 
 
 def weight_bytes_per_token(config, params):
@@ -88,85 +86,137 @@ def build():
   return model, config, jax.device_put(params)
 
 
-def section_static(config, params, ids, encoder_s, head_s, full_first, full_s, label):
+def matvec_timer():
+  """(bytes, callable): a float32 matrix-vector product over a 256 MiB matrix, whose time
+  gives the streaming bandwidth."""
+  matrix = jax.random.normal(jax.random.PRNGKey(0), (8192, 8192), jnp.float32)
+  vector = jnp.ones((8192,), jnp.float32)
+  matvec = jax.jit(lambda m, v: m @ v)
+  return matrix.size * 4, lambda: matvec(matrix, vector)
+
+
+def static_timers(config, params, ids):
+  """Every decode of sections 3 and 4 for one batch: full greedy, encoder alone, the head on
+  one state per row, and static exits at layers 1, 2, 4."""
   tokens = FLAGS.decode_len
-  num_layers = config.num_decoder_layers
-  per_layer = (full_s - encoder_s - tokens * head_s) / (tokens * num_layers)
-  print(f"[{label}] full: {full_s * 1e3:.1f} ms (compile+first {full_first:.1f} s); "
-        f"encoder {encoder_s * 1e3:.1f} ms, head {head_s * 1e3:.2f} ms/token, "
-        f"per layer {per_layer * 1e3:.2f} ms/token")
-  for layer in (1, 2, 4):
-    exit_config = ExitConfig(measure="static", static_exit_layer=layer)
-    first, seconds = timed(lambda: generate(config, params, ids, exit=exit_config,
-                                            max_decode_len=tokens).tokens, FLAGS.repeats)
-    ideal = full_s / (encoder_s + tokens * (head_s + layer * per_layer))
-    measured = full_s / seconds
-    print(f"[{label}] static exit at layer {layer}: speedup {measured:.2f}x, ideal "
-          f"{ideal:.2f}x, measured/ideal {measured / ideal:.2f} (compile+first {first:.1f} s)")
-
-
-def main(_):
-  model, config, params = build()
-  tokens = FLAGS.decode_len
-  rng = np.random.RandomState(0)
-  ids = rng.randint(2, config.vocab_size, (1, FLAGS.input_len)).astype(np.int32)
-  print(f"device: {jax.devices()[0].device_kind}; model: CALM shape, batch 1, "
-        f"{FLAGS.input_len} input tokens, {tokens} generated")
-
-  full_first, full_s = timed(lambda: greedy_decode(config, params, ids, max_decode_len=tokens),
-                             FLAGS.repeats)
-  out = np.asarray(greedy_decode(config, params, ids, max_decode_len=tokens))
-  assert not (out == config.eos_token_id).any(), "EOS was emitted: pick another seed"
-  _, never_s = timed(lambda: generate(config, params, ids, exit=ExitConfig(threshold=1.0),
-                                      max_decode_len=tokens).tokens, FLAGS.repeats)
   encoder = jax.jit(lambda p, x: encode(config, p, x))
-  _, encoder_s = timed(lambda: encoder(params, ids), FLAGS.repeats)
   head = jax.jit(lambda p, h: exit_logits(config, p, h))
-  _, head_s = timed(lambda: head(params, jnp.ones((1, config.d_model))), 10)
-  per_token = (full_s - encoder_s) / tokens
-  print(f"1. full greedy: ours {per_token * 1e3:.2f} ms/token "
-        f"(generate with lambda=1 and softmax_diff: {(never_s - encoder_s) / tokens * 1e3:.2f})")
-  if FLAGS.compare_transformers:
-    ids_t = torch.tensor(ids, dtype=torch.long)
+  states = jnp.ones((ids.shape[0], config.d_model))
+  fns = {"full": lambda: greedy_decode(config, params, ids, max_decode_len=tokens),
+         "encoder": lambda: encoder(params, ids), "head": lambda: head(params, states)}
+  for layer in STATIC_LAYERS:
+    exit_config = ExitConfig(measure="static", static_exit_layer=layer)
+    fns[f"static {layer}"] = functools.partial(
+        lambda e: generate(config, params, ids, exit=e, max_decode_len=tokens).tokens,
+        exit_config)
+  return fns
+
+
+def per_layer_seconds(config, seconds):
+  """Per layer and token: (full - encoder - head per token) / (tokens * L)."""
+  tokens = FLAGS.decode_len
+  return ((seconds["full"] - seconds["encoder"] - tokens * seconds["head"])
+          / (tokens * config.num_decoder_layers))
+
+
+def ideal_seconds(seconds, per_layer, layers_per_token):
+  """Encoder + per token (head + layers run): the time if skipped layers cost nothing."""
+  return seconds["encoder"] + FLAGS.decode_len * (seconds["head"] + layers_per_token * per_layer)
+
+
+def report_static(config, seconds, first, label):
+  tokens = FLAGS.decode_len
+  per_layer = per_layer_seconds(config, seconds)
+  print(f"[{label}] full: {seconds['full'] * 1e3:.1f} ms (compile+first {first['full']:.1f} s); "
+        f"encoder {seconds['encoder'] * 1e3:.1f} ms, head {seconds['head'] * 1e3:.2f} ms/token, "
+        f"per layer {per_layer * 1e3:.2f} ms/token ({tokens} tokens)")
+  for layer in STATIC_LAYERS:
+    name = f"static {layer}"
+    ideal = seconds["full"] / ideal_seconds(seconds, per_layer, layer)
+    measured = seconds["full"] / seconds[name]
+    print(f"[{label}] static exit at layer {layer}: speedup {measured:.2f}x, ideal "
+          f"{ideal:.2f}x, measured/ideal {measured / ideal:.2f} (compile+first "
+          f"{first[name]:.1f} s)")
+
+
+def section_batch1(model, config, params, ids):
+  """Sections 1-3: ours vs transformers, the bandwidth bound, static exits at batch 1."""
+  tokens = FLAGS.decode_len
+  start = time.perf_counter()
+  out = np.asarray(greedy_decode(config, params, ids, max_decode_len=tokens))
+  full_first = time.perf_counter() - start
+  assert not (out == config.eos_token_id).any(), "EOS was emitted: pick another seed"
+  ids_t = torch.tensor(ids, dtype=torch.long)
+
+  def theirs(n):
     with torch.inference_mode():
-      run = lambda n: model.generate(input_ids=ids_t, max_new_tokens=n, min_new_tokens=n,
-                                     do_sample=False, num_beams=1)
-      _, theirs_s = timed(lambda: run(tokens), FLAGS.repeats)
-      _, theirs_one = timed(lambda: run(1), FLAGS.repeats)  # encoder + first step
-    theirs_per_token = (theirs_s - theirs_one) / (tokens - 1)
+      return model.generate(input_ids=ids_t, max_new_tokens=n, min_new_tokens=n,
+                            do_sample=False, num_beams=1)
+  never = ExitConfig(threshold=1.0)
+  matrix_bytes, matvec = matvec_timer()
+  fns = {"ours 1": lambda: greedy_decode(config, params, ids, max_decode_len=1),
+         "never": lambda: generate(config, params, ids, exit=never,
+                                   max_decode_len=tokens).tokens,
+         "matvec": matvec, **static_timers(config, params, ids)}
+  if FLAGS.compare_transformers:
+    fns.update({"theirs": lambda: theirs(tokens), "theirs 1": lambda: theirs(1)})
+  seconds, first = interleaved(fns, FLAGS.rounds)
+  first["full"] = full_first
+  # Per generated token after the first: (T tokens - 1 token) / (T - 1), for both.
+  per_token = (seconds["full"] - seconds["ours 1"]) / (tokens - 1)
+  never_per_token = (seconds["never"] - seconds["ours 1"]) / (tokens - 1)
+  print(f"1. full greedy: ours {per_token * 1e3:.2f} ms/token (generate with lambda=1 and "
+        f"softmax_diff: {never_per_token * 1e3:.2f})")
+  if FLAGS.compare_transformers:
+    theirs_per_token = (seconds["theirs"] - seconds["theirs 1"]) / (tokens - 1)
     print(f"   transformers generate: {theirs_per_token * 1e3:.2f} ms/token; ratio "
           f"{theirs_per_token / per_token:.2f}x (target >= 3x)")
-  bandwidth = streaming_bandwidth(FLAGS.repeats)
-  bound = weight_bytes_per_token(config, params) / bandwidth
-  print(f"2. bandwidth bound: {weight_bytes_per_token(config, params) / 2**20:.0f} MiB of "
-        f"weights per token at {bandwidth / 1e9:.1f} GB/s = {bound * 1e3:.2f} ms/token; ours "
+  bandwidth = matrix_bytes / seconds["matvec"]
+  weights = weight_bytes_per_token(config, params)
+  bound = weights / bandwidth
+  print(f"2. bandwidth bound: {weights / 2**20:.0f} MiB of weights per token at "
+        f"{bandwidth / 1e9:.1f} GB/s = {bound * 1e3:.2f} ms/token; ours "
         f"{per_token / bound:.2f}x the bound (target <= 1.5x)")
   print("3. static exits, batch 1")
-  section_static(config, params, ids, encoder_s, head_s, full_first, full_s, "batch 1")
+  report_static(config, seconds, first, "batch 1")
 
-  print("4. batch 8")
-  ids8 = rng.randint(2, config.vocab_size, (8, FLAGS.input_len)).astype(np.int32)
-  full8_first, full8_s = timed(lambda: greedy_decode(config, params, ids8, max_decode_len=tokens),
-                               FLAGS.repeats)
-  _, encoder8_s = timed(lambda: encoder(params, ids8), FLAGS.repeats)
-  _, head8_s = timed(lambda: head(params, jnp.ones((8, config.d_model))), 10)
-  section_static(config, params, ids8, encoder8_s, head8_s, full8_first, full8_s, "batch 8")
+
+def section_batch8(config, params, ids8):
+  """Section 4: static exits and mixed exits at batch 8."""
+  tokens = FLAGS.decode_len
   # Mixed exits: state saturation at the median of its own traced confidences (a random
   # model's softmax is saturated at 1.0, so softmax measures cannot mix exits here).
   traced = generate(config, params, ids8, exit=ExitConfig(measure="state_saturation"),
                     max_decode_len=tokens, return_trace=True)
   lam = float(np.nanmedian(np.asarray(traced.trace)[:, :, :4]))
   mixed = ExitConfig(measure="state_saturation", threshold=lam)
-  first, mixed_s = timed(lambda: generate(config, params, ids8, exit=mixed,
-                                          max_decode_len=tokens).tokens, FLAGS.repeats)
-  layers = np.asarray(generate(config, params, ids8, exit=mixed, max_decode_len=tokens).exit_layers)
-  ideal = full8_s / (encoder8_s + tokens * (head8_s + layers.max(axis=0).mean()
-                                            * (full8_s - encoder8_s - tokens * head8_s)
-                                            / (tokens * config.num_decoder_layers)))
+  fns = static_timers(config, params, ids8)
+  fns["mixed"] = lambda: generate(config, params, ids8, exit=mixed,
+                                  max_decode_len=tokens).tokens
+  seconds, first = interleaved(fns, FLAGS.rounds)
+  report_static(config, seconds, first, "batch 8")
+  layers = np.asarray(generate(config, params, ids8, exit=mixed,
+                               max_decode_len=tokens).exit_layers)
+  deepest = layers.max(axis=0).mean()  # the layer loop runs until the batch's deepest exit
+  ideal = seconds["full"] / ideal_seconds(seconds, per_layer_seconds(config, seconds), deepest)
   print(f"[batch 8] state_saturation lambda={lam:.4f}: mean exit layer per example "
         f"{np.round(layers.mean(axis=1), 2).tolist()}; speedup over full "
-        f"{full8_s / mixed_s:.2f}x, ideal for the batch's deepest exit per token {ideal:.2f}x "
-        f"(compile+first {first:.1f} s)")
+        f"{seconds['full'] / seconds['mixed']:.2f}x, ideal for the batch's deepest exit per "
+        f"token {ideal:.2f}x (compile+first {first['mixed']:.1f} s)")
+
+
+def main(_):
+  model, config, params = build()
+  rng = np.random.RandomState(0)
+  ids = rng.randint(2, config.vocab_size, (1, FLAGS.input_len)).astype(np.int32)
+  print(f"device: {jax.devices()[0].device_kind}; model: CALM shape, batch 1, "
+        f"{FLAGS.input_len} input tokens, {FLAGS.decode_len} generated; timings are medians "
+        f"of {FLAGS.rounds} interleaved rounds")
+  section_batch1(model, config, params, ids)
+  print("4. batch 8")
+  section_batch8(config, params,
+                 rng.randint(2, config.vocab_size, (8, FLAGS.input_len)).astype(np.int32))
+
 
 if __name__ == "__main__":
   app.run(main)
