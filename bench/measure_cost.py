@@ -33,7 +33,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.measures import MeasureInputs, get_measure
 from calm_jax.model.config import T5Config
 from calm_jax.model.incremental import (decoder_layer_rows, init_decoder_cache,
-                                        step_self_bias, with_layer_list, write_self_kv)
+                                        step_self_bias, write_self_kv)
 from calm_jax.model.t5 import exit_logits, init_params
 
 CALM_SHAPE = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=1,
@@ -120,9 +120,7 @@ def timed_loop(step, carry, checks):
 
 
 def layer_timer(config, params, batch, checks):
-  """One decoder layer step (K/V write + layer) at position T/2 of a T-long cache, with the
-  parameters in the layout the decoder uses (`with_layer_list`)."""
-  params = with_layer_list(config, params)
+  """One decoder layer step (K/V write + layer) at position T/2 of a T-long cache."""
   encoded = jax.random.normal(jax.random.PRNGKey(1), (batch, FLAGS.input_len, config.d_model))
   cache = init_decoder_cache(config, params, encoded, None, FLAGS.positions)
   position = jnp.int32(FLAGS.positions // 2)

@@ -23,7 +23,6 @@ from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
 from calm_jax.decoding.measures import get_measure
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.config import T5Config
-from calm_jax.model.incremental import with_layer_list, without_layer_list
 
 STATIC = ("config", "exit_config", "sampling", "max_decode_len", "return_trace")
 
@@ -69,7 +68,7 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   _check(config, exit, sampling, max_decode_len, rng, classifier_params)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   return _generate_jit(config, exit.compiled_part(), sampling, max_decode_len, return_trace,
-                       with_layer_list(config, params), input_ids, attention_mask, jnp.float32(exit.threshold),
+                       params, input_ids, attention_mask, jnp.float32(exit.threshold),
                        jnp.float32(exit.tau), rng if rng is not None else jax.random.PRNGKey(0),
                        classifier_params=classifier_params)
 
@@ -109,7 +108,7 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
     raise ValueError(f"skip_rows must be a bool array [{input_ids.shape[0]}], got "
                      f"{skip.dtype} {skip.shape}")
   return _generate_jit(config, exit.compiled_part(), SamplingConfig(), max_decode_len,
-                       return_trace, with_layer_list(config, params), input_ids, attention_mask,
+                       return_trace, params, input_ids, attention_mask,
                        jnp.asarray(thresholds), jnp.float32(exit.tau), jax.random.PRNGKey(0),
                        skip_rows=jnp.asarray(skip), classifier_params=classifier_params)
 
@@ -125,7 +124,7 @@ def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None,
   _check(config, exit, sampling, max_decode_len, rng, classifier_params)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   return _generate_grid_jit(config, exit.compiled_part(), sampling, max_decode_len,
-                            return_trace, without_layer_list(params), input_ids,
-                            attention_mask, jnp.asarray(thresholds), jnp.float32(exit.tau),
+                            return_trace, params, input_ids, attention_mask,
+                            jnp.asarray(thresholds), jnp.float32(exit.tau),
                             rng if rng is not None else jax.random.PRNGKey(0),
                             classifier_params)

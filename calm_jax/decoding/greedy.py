@@ -15,8 +15,7 @@ import jax.numpy as jnp
 
 from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
 from calm_jax.model.config import T5Config
-from calm_jax.model.incremental import (DecoderCache, decoder_step, init_decoder_cache,
-                                        with_layer_list)
+from calm_jax.model.incremental import DecoderCache, decoder_step, init_decoder_cache
 from calm_jax.model.t5 import encode, exit_logits
 
 Array = jnp.ndarray
@@ -65,5 +64,4 @@ def greedy_decode(config: T5Config, params: Any, input_ids: Array,
   """Greedy output ids [B, max_decode_len] (EOS included, pad after it)."""
   check_max_decode_len(max_decode_len)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, None)
-  return _greedy_decode(config, with_layer_list(config, params), input_ids, attention_mask,
-                        max_decode_len)
+  return _greedy_decode(config, params, input_ids, attention_mask, max_decode_len)

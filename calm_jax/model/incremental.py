@@ -9,14 +9,11 @@ traced body.
 
 from __future__ import annotations
 
-import functools
-import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from calm_jax.model.config import T5Config
 from calm_jax.model.layers import NEG_INF, DecoderLayer
@@ -69,89 +66,10 @@ def step_self_bias(config: T5Config, params: Params, position: Array,
   return jnp.where(visible, bias.astype(jnp.float32), NEG_INF)[None]
 
 
-LAYER_LIST = "layer_list"
-# Smaller layers keep the stack: their slices are cheap, and one branch per layer would
-# multiply compile time for nothing.
-LAYER_LIST_MIN_BYTES = 1 << 20
-# id(first stacked leaf) -> (weak reference to it, the per-layer tuple); an entry goes when
-# its stack is garbage collected.
-_LAYER_LISTS: Dict[int, Tuple[Any, Any]] = {}
-
-
 def layer_params(params: Params, layer: Array) -> Params:
   """Parameters of decoder layer `layer` (0-based, may be traced) from the stacked tree."""
   take = lambda stacked: jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
   return jax.tree.map(take, params["decoder"]["layers"])
-
-
-def _on_one_device(leaf: Any) -> bool:
-  if not isinstance(leaf, jax.Array):
-    return True  # a host array
-  return leaf.is_fully_addressable and len(leaf.sharding.device_set) == 1
-
-
-def _on_cpu(leaf: Any) -> bool:
-  return not isinstance(leaf, jax.Array) or leaf.devices().pop().platform == "cpu"
-
-
-def _split_layers(stacked: Params, count: int) -> Tuple[Params, ...]:
-  """The stacked layer tree as `count` per-layer trees; each leaf a copy of one slice, made
-  from a host view (several times faster than XLA's slice on CPU)."""
-  stacked = jax.tree.map(np.asarray, stacked)
-  return tuple(jax.tree.map(lambda leaf: jnp.array(leaf[i]), stacked) for i in range(count))
-
-
-def with_layer_list(config: T5Config, params: Params,
-                    min_layer_bytes: int = LAYER_LIST_MIN_BYTES) -> Params:
-  """`params` with the decoder layers also as a tuple of per-layer trees (see the module
-  docstring), where that pays: CPU arrays on one device, at least `min_layer_bytes` of
-  weights per layer. Cached per stacked parameter set, so repeated decodes pay the copy
-  once; returns `params` unchanged if it already has the tuple or is being traced."""
-  decoder = params["decoder"]
-  stacked = decoder["layers"]
-  leaves = jax.tree.leaves(stacked)
-  if LAYER_LIST in decoder or isinstance(leaves[0], jax.core.Tracer):
-    return params
-  layer_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves) // len(leaves[0])
-  if (layer_bytes < min_layer_bytes or not all(map(_on_one_device, leaves))
-      or not _on_cpu(leaves[0])):
-    return params
-  return {**params, "decoder": {**decoder, LAYER_LIST: _cached_split(config, stacked)}}
-
-
-def _cached_split(config: T5Config, stacked: Params) -> Tuple[Params, ...]:
-  """_split_layers, cached for JAX arrays (immutable); host arrays may be changed in place,
-  so they are split on every call."""
-  first = jax.tree.leaves(stacked)[0]
-  if not isinstance(first, jax.Array):
-    return _split_layers(stacked, config.num_decoder_layers)
-  cached = _LAYER_LISTS.get(id(first))
-  if cached is None or cached[0]() is not first:
-    cached = (weakref.ref(first), _split_layers(stacked, config.num_decoder_layers))
-    _LAYER_LISTS[id(first)] = cached
-    weakref.finalize(first, _LAYER_LISTS.pop, id(first), None)
-  return cached[1]
-
-
-def without_layer_list(params: Params) -> Params:
-  """`params` with only the stacked decoder layers (for code run under `vmap`)."""
-  decoder = params["decoder"]
-  if LAYER_LIST not in decoder:
-    return params
-  return {**params, "decoder": {k: v for k, v in decoder.items() if k != LAYER_LIST}}
-
-
-def apply_at_layer(params: Params, layer, fn: Callable[..., Any], *operands) -> Any:
-  """fn(parameters of decoder layer `layer`, *operands), `layer` an int or a traced index.
-
-  With the per-layer tuple present, a traced index dispatches by `lax.switch` so the layer's
-  weights are read in place; otherwise they are sliced out of the stack."""
-  listed = params["decoder"].get(LAYER_LIST)
-  if listed is None:
-    return fn(layer_params(params, layer), *operands)
-  if isinstance(layer, int):
-    return fn(listed[layer], *operands)
-  return jax.lax.switch(layer, [functools.partial(fn, tree) for tree in listed], *operands)
 
 
 def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: Array,
@@ -161,9 +79,8 @@ def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: 
   This is the whole of what a skipped layer contributes to later positions, so state
   propagation calls it with the exit state in place of the layer's true input.
   """
-  project = lambda layer_tree, x: DecoderLayer(config).apply(
-      {"params": layer_tree}, x, method=DecoderLayer.self_kv)
-  keys, values = apply_at_layer(params, layer, project, x)  # [B, H, 1, dh]
+  keys, values = DecoderLayer(config).apply({"params": layer_params(params, layer)}, x,
+                                            method=DecoderLayer.self_kv)  # [B, H, 1, dh]
   start = (layer, 0, 0, position, 0)
   return cache.replace(
       self_k=jax.lax.dynamic_update_slice(cache.self_k, keys[None].astype(cache.self_k.dtype), start),
@@ -189,11 +106,9 @@ def decoder_layer_rows(config: T5Config, params: Params, cache: DecoderCache, la
     one_layer = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
     return one_layer if rows is None else jnp.take(one_layer, rows, axis=0)
   cross_bias = cache.cross_bias if rows is None else jnp.take(cache.cross_bias, rows, axis=0)
-  run = lambda layer_tree, x, cross_k, cross_v, self_k, self_v: DecoderLayer(config).apply(
-      {"params": layer_tree}, x, self_bias, cross_k, cross_v, cross_bias, self_k=self_k,
-      self_v=self_v)
-  return apply_at_layer(params, layer, run, x, pick(cache.cross_k), pick(cache.cross_v),
-                        pick(cache.self_k), pick(cache.self_v))
+  return DecoderLayer(config).apply(
+      {"params": layer_params(params, layer)}, x, self_bias, pick(cache.cross_k),
+      pick(cache.cross_v), cross_bias, self_k=pick(cache.self_k), self_v=pick(cache.self_v))
 
 
 def decoder_step(config: T5Config, params: Params, cache: DecoderCache, token: Array,
