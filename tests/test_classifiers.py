@@ -186,6 +186,34 @@ def test_attention_store_holds_exit_states_above_the_exit_layer(model):
   assert np.abs(unpropagated[computed] - out.trace[computed]).max() > 1e-3
 
 
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_attention_step_equals_attention_with_the_entry_written(position):
+  """The decoder's copy-free step (own entry attended beside the store) gives what the
+  module's plain attention gives over a store holding that entry at `position`."""
+  width, heads, d, T, rows = 16, 4, 12, 8, 3
+  module = classifiers.PositionAttention(width=width, num_heads=heads)
+  params = module.init(jax.random.PRNGKey(0), jnp.ones((1, T, d)),
+                       method=classifiers.PositionAttention.init_all)["params"]
+  keys_rng, values_rng, state_rng = jax.random.split(jax.random.PRNGKey(1), 3)
+  keys = jax.random.normal(keys_rng, (rows, T, heads, width // heads))
+  values = jax.random.normal(values_rng, (rows, T, heads, width // heads))
+  hidden = jax.random.normal(state_rng, (rows, d))
+  apply = functools.partial(module.apply, {"params": params})
+  embedded = apply(hidden[:, None], method=classifiers.PositionAttention.embed)
+  own_k, own_v = apply(embedded, method=classifiers.PositionAttention.keys_values)
+  written_k = keys.at[:, position].set(own_k[:, 0])
+  written_v = values.at[:, position].set(own_v[:, 0])
+  visible = jnp.broadcast_to(jnp.arange(T) <= position, (rows, 1, T))
+  expected = apply(embedded, written_k, written_v, visible)[:, 0]
+  got = classifiers.attention_step_logits(params, hidden, keys, values, jnp.int32(position))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=1e-5)
+  # Entries at `position` and later in the store are never read.
+  noisy = classifiers.attention_step_logits(params, hidden, keys.at[:, position:].set(9.0),
+                                            values.at[:, position:].set(-9.0),
+                                            jnp.int32(position))
+  np.testing.assert_array_equal(np.asarray(noisy), np.asarray(got))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_teacher_forced_logits_are_jittable_and_differentiable(model, name):
   states = jax.random.normal(jax.random.PRNGKey(0), (L, 2, 3, CONFIG.d_model))

@@ -184,6 +184,22 @@ class PositionAttention(nn.Module):
     context = jnp.einsum("bhqk,bkhd->bqhd", weights, values)  # [B, Tq, H, dh]
     return self.out(embedded + self.mix(context))
 
+  def step(self, embedded: Array, own_keys: Array, own_values: Array, keys: Array,
+           values: Array, earlier: Array) -> Array:
+    """One position (the decoder's step): what __call__ gives with the position's own entry
+    written into the store, computed without writing it, so the store [R, T, H, dh] is only
+    read. embedded [R, 1, w]; own_keys, own_values [R, 1, H, dh]; earlier [R, 1, T] bool
+    marks the stored positions it sees -> logits [R, 1, 2]."""
+    head_width = self.width // self.num_heads
+    query = self.query(embedded) * head_width ** -0.5  # [R, 1, H, dh]
+    stored = jnp.einsum("bqhd,bkhd->bhqk", query, keys)  # [R, H, 1, T]
+    stored = jnp.where(earlier[:, None], stored, NEG_INF)
+    own = jnp.einsum("bqhd,bqhd->bhq", query, own_keys)[..., None]  # [R, H, 1, 1]
+    weights = jax.nn.softmax(jnp.concatenate([stored, own], axis=-1), axis=-1)
+    context = (jnp.einsum("bhqk,bkhd->bqhd", weights[..., :-1], values)
+               + jnp.moveaxis(weights[..., -1:], 1, 2) * own_values)  # [R, 1, H, dh]
+    return self.out(embedded + self.mix(context))
+
   def init_all(self, states: Array) -> Array:
     """Touches every parameter, for `init`: states [B, T, d] -> logits [B, T, 2]."""
     embedded = self.embed(states)
@@ -391,12 +407,10 @@ def attention_step_logits(params: Params, hidden: Array, keys: Array, values: Ar
                           method=PositionAttention.embed)  # [R, 1, w]
   own_keys, own_values = module.apply({"params": params}, embedded,
                                       method=PositionAttention.keys_values)  # [R, 1, H, dh]
-  start = (0, position, 0, 0)
-  keys = jax.lax.dynamic_update_slice(keys, own_keys.astype(keys.dtype), start)
-  values = jax.lax.dynamic_update_slice(values, own_values.astype(values.dtype), start)
-  visible = jnp.arange(keys.shape[1]) <= position  # [T]
-  visible = jnp.broadcast_to(visible, (hidden.shape[0], 1, keys.shape[1]))  # [R, 1, T]
-  return module.apply({"params": params}, embedded, keys, values, visible)[:, 0]
+  earlier = jnp.arange(keys.shape[1]) < position  # [T]
+  earlier = jnp.broadcast_to(earlier, (hidden.shape[0], 1, keys.shape[1]))  # [R, 1, T]
+  return module.apply({"params": params}, embedded, own_keys, own_values, keys, values,
+                      earlier, method=PositionAttention.step)[:, 0]
 
 
 def init_attention_memory(params: Params, num_layers: int, batch: int,
