@@ -17,7 +17,7 @@ def duration(seconds: float) -> str:
 
 class RateLine:
   """Call with the count done so far; prints a line when `interval` seconds have passed
-  since the last one, and always when the count reaches `total`."""
+  since the last one, and once when the count reaches `total` (later calls print nothing)."""
 
   def __init__(self, label: str, total: int, unit: str, interval: float = 10.0,
                clock: Callable[[], float] = time.perf_counter,
@@ -25,12 +25,13 @@ class RateLine:
     self.label, self.total, self.unit, self.interval = label, total, unit, interval
     self.clock, self.write = clock, write
     self.started = self.last = clock()
+    self.finished = False
 
   def __call__(self, done: int, note: str = "") -> None:
     now = self.clock()
-    if done < self.total and now - self.last < self.interval:
+    if self.finished or (done < self.total and now - self.last < self.interval):
       return
-    self.last = now
+    self.last, self.finished = now, done >= self.total
     if jax.process_index() != 0:
       return
     rate = done / max(now - self.started, 1e-9)

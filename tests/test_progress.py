@@ -37,6 +37,9 @@ def test_rate_line_prints_every_interval_and_at_the_end():
   clock.now += 39
   line(100)  # the end always prints, without an ETA
   assert lines[-1] == "[calibrate] 100/100 pairs, 2.0/s"
+  clock.now += 60
+  line(100)  # ... but once
+  assert len(lines) == 2
 
 
 def test_grid_decode_reports_every_pair_once_filled():
