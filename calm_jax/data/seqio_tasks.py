@@ -274,7 +274,6 @@ def register_all(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = ""
   return [task.name for task in registered]
 
 
-
 # --- text examples for the run modes (run_data.py) ---------------------------------------
 
 
