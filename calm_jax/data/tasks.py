@@ -146,8 +146,8 @@ def get_task(name: str) -> Task:
   """The task registered under `name`; an unknown name lists the known ones."""
   if not isinstance(name, str) or name not in _REGISTRY:
     raise ValueError(f"task {name!r} is not registered; known tasks: "
-                     f"{', '.join(task_names())} (TFDS tasks live in the seqio registry: "
-                     "import calm_jax.data.seqio_tasks)")
+                     f"{', '.join(task_names())} (TFDS datasets are seqio tasks: data.task="
+                     "calm_<name>, e.g. calm_xsum, with requirements-seqio.txt installed)")
   return _REGISTRY[name]
 
 
