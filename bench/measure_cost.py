@@ -1,10 +1,12 @@
 """Cost of one confidence check of every measure, as ratios measured in one run.
 
-Model: the CALM paper's shape (8 decoder layers, d_model 512, 6 heads x 64, d_ff 1024
-gated-GELU, vocabulary 32128, untied head), random weights. A "check" is what the decoder
+Model: by default the CALM paper's shape, T5 v1.1 small (8 decoder layers, d_model 512, 6
+heads x 64, d_ff 1024 gated-GELU, vocabulary 32128, untied head); `--shape=large|xl` for the
+bigger T5 v1.1 shapes. Random weights. A "check" is what the decoder
 does for a measure at one exit point of one token: the exit head where the measure uses
 logits, then the measure (and its state or store updates). Each is timed as a jitted loop of
-`--checks` checks over a batch of `--batch` rows, next to one decoder layer step (self
+`--checks` checks (grouped in tokens of L - 2, as the decoder runs them) over a batch of
+`--batch` rows, next to one decoder layer step (self
 K/V write plus the layer, with a `--positions`-long self-attention cache and a
 `--input_len`-long encoder output), with the timings interleaved and medians taken.
 
@@ -36,15 +38,27 @@ from calm_jax.model.incremental import (decoder_layer_rows, init_decoder_cache,
                                         step_self_bias, write_self_kv)
 from calm_jax.model.t5 import exit_logits, init_params
 
-CALM_SHAPE = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=1,
-                      num_decoder_layers=8, num_heads=6, feed_forward_proj="gated-gelu",
-                      tie_word_embeddings=False, scale_decoder_outputs=False)
+# T5 v1.1 shapes (gated-GELU, untied head, vocabulary 32128); "small" is the CALM paper's.
+SHAPES = {
+    "small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_decoder_layers=8),
+    "large": dict(d_model=1024, d_kv=64, d_ff=2816, num_heads=16, num_decoder_layers=24),
+    "xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_decoder_layers=24),
+}
+CALM_SHAPE = T5Config(vocab_size=32128, num_layers=1, feed_forward_proj="gated-gelu",
+                      tie_word_embeddings=False, scale_decoder_outputs=False, **SHAPES["small"])
+flags.DEFINE_enum("shape", "small", list(SHAPES), "Model shape: T5 v1.1 small (the CALM "
+                  "paper's), large or xl.")
+flags.DEFINE_integer("decoder_layers", 0, "Decoder layers to build (0: the shape's own). "
+                     "A check's and a layer's cost do not depend on it, except the stores "
+                     "of the attention and contrastive measures; fewer layers save memory.")
 flags.DEFINE_integer("batch", 1, "Rows per check.")
 flags.DEFINE_integer("checks", 32, "Checks per timed call (a loop inside one jit).")
 flags.DEFINE_integer("positions", 256, "Output positions (decoder self-attention cache).")
 flags.DEFINE_integer("input_len", 256, "Encoder output length (cross-attention).")
 flags.DEFINE_integer("top_k", 2000, "K of softmax_topk / softmax_pruned.")
 flags.DEFINE_integer("repeats", 7, "Timed rounds (median).")
+flags.DEFINE_list("measures", [], "Measures to time (names, e.g. attention,meta_mlp); all if "
+                  "empty. softmax_diff is always timed (the reference column).")
 FLAGS = flags.FLAGS
 
 
@@ -88,6 +102,17 @@ def cases(top_k: int):
            "2(dw + 3w^2 + w^2) + 4Tw (+ 2(dw + 2w^2) store write), w=64",
            "2*L*T*w floats (store)"),
   ]
+
+
+def selected_cases(top_k: int, names) -> list:
+  """The cases of the measures named (all if none), softmax_diff first; unknown names fail."""
+  every = cases(top_k)
+  known = sorted({case.exit_config.measure for case in every})
+  unknown = sorted(set(names) - set(known))
+  if unknown:
+    raise app.UsageError(f"--measures: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+  wanted = set(names) | {"softmax_diff"} if names else set(known)
+  return [case for case in every if case.exit_config.measure in wanted]
 
 
 def flops_value(label: str, d: int, V: int, K: int, L: int, T: int) -> float:
@@ -136,35 +161,49 @@ def layer_timer(config, params, batch, checks):
 
 
 def measure_timer(config, params, case: Case, head_params, batch, checks):
-  """`checks` exit-point checks of one measure (head, measure, state/store updates)."""
+  """`checks` exit-point checks of one measure (head, measure, state and store updates), run
+  the way the decoder runs them: tokens of L - 2 checks (layers 3..L) each; a measure with a
+  store of earlier positions reads it during the token and gets the token's entries written
+  after its last check."""
   exit_config = case.exit_config
   measure = get_measure(exit_config.measure)
+  L = config.num_decoder_layers
   hidden = jax.random.normal(jax.random.PRNGKey(3), (batch, config.d_model))
   state = measure.init_state(hidden, classifier_params=head_params, exit_config=exit_config,
                              model_params=params, model_config=config)
   memory = (() if measure.init_memory is None else measure.init_memory(
-      head_params, config.num_decoder_layers, batch, FLAGS.positions))
+      head_params, L, batch, FLAGS.positions))
+  no_entries = (() if measure.memory_entry is None else jax.tree.map(
+      lambda one: jnp.zeros((L,) + one.shape, one.dtype), measure.memory_entry(head_params,
+                                                                               hidden)))
   position = jnp.int32(FLAGS.positions // 2)
   if measure.subset_width is not None and not case.first_exit_point:
     # A later exit point: the vocabulary was pruned at the first one.
     _, state = measure.confidence(_inputs(config, params, exit_config, head_params, memory,
                                           hidden, 1, position, measure), state)
 
-  def step(i, carry):
+  def token(t, carry):
     total, state, memory = carry
-    x = hidden + i.astype(hidden.dtype) * 1e-3
-    layer = 2 + i % (config.num_decoder_layers - 2)
-    at_layer = jax.tree.map(lambda m: m[layer], memory)
-    confidence, new_state = measure.confidence(
-        _inputs(config, params, exit_config, head_params, at_layer, x, layer, position,
-                measure), state)
-    if measure.remember is not None:
-      layers = jnp.arange(config.num_decoder_layers) == layer
-      memory = measure.remember(head_params, memory, position, x, layers)
-    if case.first_exit_point:
-      new_state = state  # every check is a first exit point
-    return total + jnp.sum(confidence), new_state, memory
-  return timed_loop(step, (jnp.float32(0), state, memory), checks)
+
+    def check(layer, carry):
+      total, state, entries = carry
+      x = hidden + (t * L + layer).astype(hidden.dtype) * 1e-3
+      at_layer = jax.tree.map(lambda m: m[layer], memory)
+      confidence, new_state = measure.confidence(
+          _inputs(config, params, exit_config, head_params, at_layer, x, layer + 1, position,
+                  measure), state)
+      if measure.memory_entry is not None:
+        entries = jax.tree.map(lambda all_layers, one: all_layers.at[layer].set(one), entries,
+                               measure.memory_entry(head_params, x))
+      if case.first_exit_point:
+        new_state = state  # every check is a first exit point
+      return total + jnp.sum(confidence), new_state, entries
+
+    total, state, entries = jax.lax.fori_loop(2, L, check, (total, state, no_entries))
+    if measure.write_memory is not None:
+      memory = measure.write_memory(memory, entries, position)
+    return total, state, memory
+  return timed_loop(token, (jnp.float32(0), state, memory), checks // (L - 2))
 
 
 def _inputs(config, params, exit_config, head_params, memory, hidden, layer, position,
@@ -176,11 +215,18 @@ def _inputs(config, params, exit_config, head_params, memory, hidden, layer, pos
 
 
 def main(_):
-  config = CALM_SHAPE
+  config = dataclasses.replace(CALM_SHAPE, **SHAPES[FLAGS.shape])
+  if FLAGS.decoder_layers:
+    if FLAGS.decoder_layers < 3:
+      raise app.UsageError(f"--decoder_layers={FLAGS.decoder_layers}: at least 3 (checks run "
+                           "at layers 3..L)")
+    config = dataclasses.replace(config, num_decoder_layers=FLAGS.decoder_layers)
   params = init_params(config, jax.random.PRNGKey(0))
-  batch, checks = FLAGS.batch, FLAGS.checks
+  batch = FLAGS.batch
+  per_token = config.num_decoder_layers - 2  # the checks of one token (layers 3..L)
+  checks = per_token * -(-FLAGS.checks // per_token)
   timers = {"decoder layer": layer_timer(config, params, batch, checks)}
-  all_cases = cases(FLAGS.top_k)
+  all_cases = selected_cases(FLAGS.top_k, FLAGS.measures)
   for case in all_cases:
     name = case.exit_config.measure
     head = (classifiers.init_classifier(name, config, jax.random.PRNGKey(4))
@@ -200,18 +246,19 @@ def main(_):
   per_check = {label: float(np.median(times)) for label, times in seconds.items()}
   layer, reference = per_check["decoder layer"], per_check["softmax_diff"]
   d, V, L, T = config.d_model, config.vocab_size, config.num_decoder_layers, FLAGS.positions
-  print(f"CALM shape (d={d}, V={V}, L={L}, heads {config.num_heads}x{config.d_kv}, d_ff "
-        f"{config.d_ff}), batch {batch}, {T} positions, K={FLAGS.top_k}, {jax.devices()[0]}")
-  print(f"one decoder layer: {layer * 1e3:.3f} ms per step "
-        f"({layer_flops(config, T, FLAGS.input_len) / 1e6:.1f} MFLOP per row)\n")
+  layer_mflop = layer_flops(config, T, FLAGS.input_len) / 1e6
+  print(f"T5 v1.1 {FLAGS.shape} shape (d={d}, V={V}, L={L}, heads {config.num_heads}x"
+        f"{config.d_kv}, d_ff {config.d_ff}), batch {batch}, {T} positions, K={FLAGS.top_k}, "
+        f"{jax.devices()[0]}")
+  print(f"one decoder layer: {layer * 1e3:.3f} ms per step ({layer_mflop:.1f} MFLOP per row)\n")
   print("| measure | ms / check | vs softmax_diff | vs decoder layer | FLOPs / row (formula) "
-        "| MFLOP | extra memory / row |")
-  print("|---|---|---|---|---|---|---|")
+        "| MFLOP | FLOPs vs layer | extra memory / row |")
+  print("|---|---|---|---|---|---|---|---|")
   for case in all_cases:
     t = per_check[case.label]
     value = flops_value(case.label, d, V, FLAGS.top_k, L, T) / 1e6
     print(f"| {case.label} | {t * 1e3:.3f} | {t / reference:.3f} | {t / layer:.3f} | "
-          f"{case.flops} | {value:.3f} | {case.memory} |")
+          f"{case.flops} | {value:.3f} | {value / layer_mflop:.3f} | {case.memory} |")
   print(f"\ncompile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in compile_seconds.items()))
 
 

@@ -205,11 +205,14 @@ def test_attention_step_equals_attention_with_the_entry_written(position):
   written_v = values.at[:, position].set(own_v[:, 0])
   visible = jnp.broadcast_to(jnp.arange(T) <= position, (rows, 1, T))
   expected = apply(embedded, written_k, written_v, visible)[:, 0]
-  got = classifiers.attention_step_logits(params, hidden, keys, values, jnp.int32(position))
+  stored = lambda x: jnp.swapaxes(x, 1, 2)  # the decoder's store layout [R, H, T, dh]
+  got = classifiers.attention_step_logits(params, hidden, stored(keys), stored(values),
+                                          jnp.int32(position))
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=1e-5)
   # Entries at `position` and later in the store are never read.
-  noisy = classifiers.attention_step_logits(params, hidden, keys.at[:, position:].set(9.0),
-                                            values.at[:, position:].set(-9.0),
+  noisy = classifiers.attention_step_logits(params, hidden,
+                                            stored(keys.at[:, position:].set(9.0)),
+                                            stored(values.at[:, position:].set(-9.0)),
                                             jnp.int32(position))
   np.testing.assert_array_equal(np.asarray(noisy), np.asarray(got))
 

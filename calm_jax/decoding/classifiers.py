@@ -187,16 +187,17 @@ class PositionAttention(nn.Module):
   def step(self, embedded: Array, own_keys: Array, own_values: Array, keys: Array,
            values: Array, earlier: Array) -> Array:
     """One position (the decoder's step): what __call__ gives with the position's own entry
-    written into the store, computed without writing it, so the store [R, T, H, dh] is only
-    read. embedded [R, 1, w]; own_keys, own_values [R, 1, H, dh]; earlier [R, 1, T] bool
-    marks the stored positions it sees -> logits [R, 1, 2]."""
+    written into the store, computed without writing it, so the store is only read.
+    embedded [R, 1, w]; own_keys, own_values [R, 1, H, dh]; keys, values [R, H, T, dh] (the
+    decoder's layout); earlier [R, 1, T] bool marks the stored positions it sees ->
+    logits [R, 1, 2]."""
     head_width = self.width // self.num_heads
     query = self.query(embedded) * head_width ** -0.5  # [R, 1, H, dh]
-    stored = jnp.einsum("bqhd,bkhd->bhqk", query, keys)  # [R, H, 1, T]
+    stored = jnp.einsum("bqhd,bhkd->bhqk", query, keys)  # [R, H, 1, T]
     stored = jnp.where(earlier[:, None], stored, NEG_INF)
     own = jnp.einsum("bqhd,bqhd->bhq", query, own_keys)[..., None]  # [R, H, 1, 1]
     weights = jax.nn.softmax(jnp.concatenate([stored, own], axis=-1), axis=-1)
-    context = (jnp.einsum("bhqk,bkhd->bqhd", weights[..., :-1], values)
+    context = (jnp.einsum("bhqk,bhkd->bqhd", weights[..., :-1], values)
                + jnp.moveaxis(weights[..., -1:], 1, 2) * own_values)  # [R, 1, H, dh]
     return self.out(embedded + self.mix(context))
 
@@ -400,15 +401,15 @@ def attention_entry(params: Params, hidden: Array) -> Tuple[Array, Array]:
 def attention_step_logits(params: Params, hidden: Array, keys: Array, values: Array,
                           position: Array) -> Array:
   """Logits [R, 2] of position `position` from its states hidden [R, d] and the keys and
-  values [R, T, H, dh] of this layer's earlier positions (entries at `position` and after
+  values [R, H, T, dh] of this layer's earlier positions (entries at `position` and after
   are ignored)."""
   module = build_classifier("attention", params)
   embedded = module.apply({"params": params}, hidden[:, None],
                           method=PositionAttention.embed)  # [R, 1, w]
   own_keys, own_values = module.apply({"params": params}, embedded,
                                       method=PositionAttention.keys_values)  # [R, 1, H, dh]
-  earlier = jnp.arange(keys.shape[1]) < position  # [T]
-  earlier = jnp.broadcast_to(earlier, (hidden.shape[0], 1, keys.shape[1]))  # [R, 1, T]
+  length = keys.shape[2]
+  earlier = jnp.broadcast_to(jnp.arange(length) < position, (hidden.shape[0], 1, length))
   return module.apply({"params": params}, embedded, own_keys, own_values, keys, values,
                       earlier, method=PositionAttention.step)[:, 0]
 
@@ -416,11 +417,11 @@ def attention_step_logits(params: Params, hidden: Array, keys: Array, values: Ar
 def init_attention_memory(params: Params, num_layers: int, batch: int,
                           max_decode_len: int) -> Tuple[Array, Array]:
   """The decoder's store of earlier positions for the attention classifier: keys and
-  values, each [L, B, T, H, dh] float32 (zeros). Memory: 2 * L * B * T * width * 4 bytes,
+  values, each [L, B, H, T, dh] float32 (zeros). Memory: 2 * L * B * T * width * 4 bytes,
   e.g. 8 layers, batch 64, 256 positions, width 64: 64 MiB."""
   options = classifier_options("attention", params)
   heads = options["num_heads"]
-  shape = (num_layers, batch, max_decode_len, heads, options["width"] // heads)
+  shape = (num_layers, batch, heads, max_decode_len, options["width"] // heads)
   zeros = jnp.zeros(shape, jnp.float32)
   return zeros, zeros
 

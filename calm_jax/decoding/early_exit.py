@@ -62,7 +62,8 @@ class LayerLoopState:
   exit_logits: Array  # [B, V] float32 logits at the exit layer ([B, K] over a measure's
   #                     subset of the vocabulary, [B, 0] if not computed)
   measure_state: Any  # the measure's own state across layers
-  measure_memory: Any  # the measure's store of positions, leaves [L, B, T, ...]; () if none
+  memory_entries: Any  # what this position leaves in the measure's store at each layer,
+  #                      leaves [L, B, ...] (zeros at layers not reached); () if no store
   trace: Array  # [B, L] float32 per-layer confidence, NaN where not computed ([B, 0] if off)
   cache: DecoderCache
 
@@ -78,7 +79,7 @@ class TokenLoopState:
   exit_layers: Array  # [B, T] int32
   confidences: Array  # [B, T] float32
   trace: Array  # [B, T, L] float32 ([B, T, 0] when the trace is off)
-  measure_memory: Any  # the measure's store of positions, leaves [L, B, T, ...]; () if none
+  measure_memory: Any  # the measure's store of earlier positions, leaves [L, B, ...]; ()
   cache: DecoderCache
   rng: Array  # PRNG key, split once per position when sampling
 
@@ -133,8 +134,9 @@ def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
 
 def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "LayerLoopState",
                    cache: DecoderCache, self_bias: Array, wanted: Array,
-                   final_top1: Optional[Array]):
-  """Layer s.layers_run and its measure on `size` rows that include every running one.
+                   final_top1: Optional[Array], memory: Any):
+  """Layer s.layers_run and its measure on `size` rows that include every running one;
+  `memory` is the measure's store of earlier positions (read only).
 
   Returns (output [B, 1, d], confidence [B], measure state, logits [B, V or 0]); rows left
   out of the bucket have exited, and their entries (zeros, or the old state) are never read.
@@ -147,7 +149,7 @@ def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "Layer
     output = decoder_layer_rows(config, params, cache, s.layers_run, s.hidden, self_bias)
     return (output,) + jax.lax.cond(wanted, *branches, layer_no, output[:, 0],
                                     s.measure_state, final_top1,
-                                    jax.tree.map(at_layer, s.measure_memory))
+                                    jax.tree.map(at_layer, memory))
   rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
   take = lambda full: jnp.take(full, rows, axis=0)
   part = decoder_layer_rows(config, params, cache, s.layers_run, take(s.hidden), self_bias,
@@ -155,7 +157,7 @@ def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "Layer
   confidence, measure_state, logits = jax.lax.cond(
       wanted, *branches, layer_no, part[:, 0], jax.tree.map(take, s.measure_state),
       None if final_top1 is None else take(final_top1),
-      jax.tree.map(lambda stored: take(at_layer(stored)), s.measure_memory))
+      jax.tree.map(lambda stored: take(at_layer(stored)), memory))
   put = lambda full, piece: full.at[rows].set(piece)
   return (put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
           jax.tree.map(put, s.measure_state, measure_state),
@@ -165,7 +167,7 @@ def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "Layer
 def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
                 classifier_params: Any, state: LayerLoopState, position: Array,
                 self_bias: Array, threshold: Array, lambda_t: Array,
-                final_top1: Optional[Array], compact: bool) -> LayerLoopState:
+                final_top1: Optional[Array], compact: bool, memory: Any) -> LayerLoopState:
   """Runs decoder layers for one output position until every running example has exited.
 
   With `compact`, a layer runs only on a bucket of rows holding the running examples (see
@@ -202,7 +204,7 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     wanted = (exit_point | measure.every_layer) & (
         jnp.any(allow_early) | (s.trace.shape[1] > 0) | (layer_no == num_layers)
         | (not measure.uses_logits) | measure.stateful)
-    operands = (s, cache, self_bias, wanted, final_top1)
+    operands = (s, cache, self_bias, wanted, final_top1, memory)
     if len(buckets) == 1:
       output, confidence, measure_state, logits = on_rows[0](*operands)
     else:
@@ -217,10 +219,11 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     if trace.shape[1]:
       trace = trace.at[:, s.layers_run].set(jnp.where(computed_here, confidence, jnp.nan))
     hidden = jnp.where(frozen, s.hidden, output)  # exited rows: their exit state
-    memory = s.measure_memory
-    if measure.remember is not None:
-      memory = measure.remember(classifier_params, memory, position, hidden[:, 0],
-                                jnp.arange(num_layers) == s.layers_run)
+    entries = s.memory_entries
+    if measure.memory_entry is not None:
+      entry = measure.memory_entry(classifier_params, hidden[:, 0])
+      entries = jax.tree.map(lambda all_layers, one: all_layers.at[s.layers_run].set(one),
+                             entries, entry)
     return s.replace(
         layers_run=layer_no,
         hidden=hidden,
@@ -229,7 +232,7 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
         exit_hidden=jnp.where(leaves[:, None, None], output, s.exit_hidden),
         confidence=jnp.where(leaves, confidence, s.confidence),
         exit_logits=jnp.where(leaves[:, None], logits, s.exit_logits),
-        measure_state=measure_state, measure_memory=memory, trace=trace, cache=cache)
+        measure_state=measure_state, memory_entries=entries, trace=trace, cache=cache)
 
   return jax.lax.while_loop(keep_going, run_layer, state)
 
@@ -246,6 +249,32 @@ def propagate_state(config: T5Config, params: Any, cache: DecoderCache, exit_hid
 def _oracle_final_top1(config, params, cache, token, position):
   states, cache = decoder_step(config, params, cache, token, position)
   return jnp.argmax(exit_logits(config, params, states[-1]), axis=-1).astype(jnp.int32), cache
+
+
+def _no_memory_entries(config: T5Config, measure: Measure, classifier_params: Any,
+                        embedded: Array) -> Any:
+  """Zero entries [L, B, ...] of the measure's store for a new position; () if none."""
+  if measure.memory_entry is None:
+    return ()
+  entry = jax.eval_shape(measure.memory_entry, classifier_params, embedded[:, 0])
+  return jax.tree.map(
+      lambda one: jnp.zeros((config.num_decoder_layers,) + one.shape, one.dtype), entry)
+
+
+def _final_memory_entries(config: T5Config, exit_config: ExitConfig, measure: Measure,
+                          classifier_params: Any, layers: LayerLoopState) -> Any:
+  """The position's entries at every layer: with copy_state, the layers no example reached
+  take the exit states (as their K/V do); otherwise they stay zeros."""
+  entries = layers.memory_entries
+  if exit_config.propagation != "copy_state":
+    return entries
+  exit_entry = measure.memory_entry(classifier_params, layers.exit_hidden[:, 0])
+  unreached = jnp.arange(config.num_decoder_layers) >= layers.layers_run  # [L]
+
+  def fill(all_layers, one):  # [L, B, ...], [B, ...]
+    mask = unreached.reshape((-1,) + (1,) * one.ndim)
+    return jnp.where(mask, one[None], all_layers)
+  return jax.tree.map(fill, entries, exit_entry)
 
 
 def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfig,
@@ -271,17 +300,17 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
           measure_state=measure.init_state(embedded[:, 0], classifier_params=classifier_params,
                                            exit_config=exit_config, model_params=params,
                                            model_config=config),
-          measure_memory=state.measure_memory,
+          memory_entries=_no_memory_entries(config, measure, classifier_params, embedded),
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
       position, step_self_bias(config, params, position, max_decode_len), threshold,
       threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1,
-      compact)
-  cache, memory = layers.cache, layers.measure_memory
+      compact, state.measure_memory)
+  cache, memory = layers.cache, state.measure_memory
   if exit_config.propagation == "copy_state":
     cache = propagate_state(config, params, cache, layers.exit_hidden, layers.layers_run, position)
-    if measure.remember is not None:
-      memory = measure.remember(classifier_params, memory, position, layers.exit_hidden[:, 0],
-                                jnp.arange(config.num_decoder_layers) >= layers.layers_run)
+  if measure.write_memory is not None:
+    memory = measure.write_memory(memory, _final_memory_entries(
+        config, exit_config, measure, classifier_params, layers), position)
   rng, token_rng = jax.random.split(state.rng)
   token = _exit_tokens(config, params, measure, sampling, layers, token_rng)
   token = jnp.where(state.done, config.pad_token_id, token)

@@ -23,11 +23,13 @@ token. It declares what it needs; the decoder supplies only that:
   the vocabulary (softmax_topk, softmax_pruned): its state holds `logits` [B, K] and their
   vocabulary `ids` [B, K]; an early exit emits the best of those, mapped back to its id,
   and a token that runs all L layers the full head's, so lambda >= 1 stays the full model.
-- `init_memory` / `remember`: a store of earlier positions (the attention classifier). Its
-  leaves are [L, B, T, ...]; the decoder writes every layer's state of the current position
-  into it (`remember`, after the layer, for every row: exited rows write their exit state,
-  like state propagation), fills the layers no example reached from the exit states, and
-  passes the measure this layer's slice for its rows ([R, T, ...]).
+- `init_memory` / `memory_entry` / `write_memory`: a store of earlier positions (the
+  attention classifier), leaves [L, B, ...]. During a position the store is only read: the
+  decoder passes the measure this layer's slice for its rows ([R, ...]), and collects what
+  the position leaves at each layer (`memory_entry`, after the layer, for every row: exited
+  rows leave their exit state, like state propagation; the layers no example reached get
+  the exit states). After the position it writes them all at once (`write_memory`), so no
+  layer's read of the store waits on a write to it or works on a copy of it.
 
 Measures that do not use logits (and stateful ones) run at every exit point.
 """
@@ -61,7 +63,7 @@ class MeasureInputs:
   final_top1: Optional[Array]  # [B] int32 final layer's top-1, when the measure needs it
   position: Optional[Array] = None  # [] int32, the output position
   classifier_params: Any = None  # the learned classifier's parameters (learned measures)
-  memory: Any = ()  # this layer's store of positions, leaves [B, T, ...] (init_memory)
+  memory: Any = ()  # this layer's store of earlier positions, leaves [B, ...] (init_memory)
   model_params: Any = None  # the model's parameters (measures that run the exit head)
   static_exit_layer: int = flax.struct.field(pytree_node=False, default=0)
   model_config: Any = flax.struct.field(pytree_node=False, default=None)  # T5Config
@@ -85,11 +87,12 @@ class Measure:
   # at every exit point (even where it could not decide an exit) to keep it current.
   stateful: bool = False
   learned: bool = False
-  # (classifier params, L, B, T) -> store of earlier positions, leaves [L, B, T, ...]
+  # (classifier params, L, B, T) -> store of earlier positions, leaves [L, B, ...]
   init_memory: Optional[Callable[[Any, int, int, int], Any]] = None
-  # (classifier params, store, position, states [B, d], layers [L] bool) -> the store with
-  # those layers' entries at `position` made from the states
-  remember: Optional[Callable[[Any, Any, Array, Array, Array], Any]] = None
+  # (classifier params, states [B, d]) -> what a position leaves at one layer, leaves [B, ...]
+  memory_entry: Optional[Callable[[Any, Array], Any]] = None
+  # (store, entries with leaves [L, B, ...], position) -> the store holding them at position
+  write_memory: Optional[Callable[[Any, Any, Array], Any]] = None
   every_layer: bool = False
   # (exit_config, state) -> logits [B, K or V] the token is chosen from, or None
   token_logits: Optional[Callable[[Any, Any], Optional[Array]]] = None
@@ -173,12 +176,14 @@ class RecentStates:
 
 @flax.struct.dataclass
 class AttentionMemory:
-  """The attention classifier's keys and values of every layer and output position.
+  """The attention classifier's keys and values of every layer and output position, laid
+  out as its attention reads them (a position's scores and its context are plain
+  matrix-vector products per head, with no transpose).
 
   Size 2 * L * B * T * width float32 (see `classifiers.init_attention_memory`)."""
 
-  keys: Array  # [L, B, T, H, dh]
-  values: Array  # [L, B, T, H, dh]
+  keys: Array  # [L, B, H, T, dh]
+  values: Array  # [L, B, H, T, dh]
 
 
 def classifier_state_confidence(name: str, inputs: MeasureInputs, state) -> Tuple[Array, Any]:
@@ -223,18 +228,18 @@ def _init_attention_memory(classifier_params, num_layers: int, batch: int,
                                                             batch, max_decode_len))
 
 
-def remember_attention(classifier_params, memory: AttentionMemory, position: Array,
-                       hidden: Array, layers: Array) -> AttentionMemory:
-  """Writes the keys/values of states hidden [B, d] at `position` of layers [L] bool."""
-  entry = classifiers.attention_entry(classifier_params, hidden)  # 2 x [B, H, dh]
+def attention_memory_entry(classifier_params, hidden: Array) -> AttentionMemory:
+  """What a position with states hidden [B, d] leaves at one layer: keys and values, each
+  [B, H, dh]."""
+  return AttentionMemory(*classifiers.attention_entry(classifier_params, hidden))
 
-  def write(store: Array, new: Array) -> Array:  # [L, B, T, H, dh], [B, H, dh]
-    old = jax.lax.dynamic_slice_in_dim(store, position, 1, axis=2)  # [L, B, 1, H, dh]
-    chosen = jnp.where(layers[:, None, None, None, None], new[None, :, None], old)
-    return jax.lax.dynamic_update_slice_in_dim(store, chosen, position, axis=2)
 
-  return AttentionMemory(keys=write(memory.keys, entry[0]),
-                         values=write(memory.values, entry[1]))
+def write_attention_memory(memory: AttentionMemory, entries: AttentionMemory,
+                           position: Array) -> AttentionMemory:
+  """The store with entries (leaves [L, B, H, dh]) at `position` of every layer."""
+  write = lambda store, entry: jax.lax.dynamic_update_slice_in_dim(
+      store, entry[:, :, :, None], position, axis=3)  # [L, B, H, T, dh]
+  return jax.tree.map(write, memory, entries)
 
 
 def pruned_softmax_diff(inputs: MeasureInputs, pruned: vocabulary.PrunedVocabulary):
@@ -360,7 +365,8 @@ register(Measure("lstm", lstm_confidence, learned=True,
                  init_state=lambda embedded, classifier_params, **_: (
                      classifiers.initial_lstm_carry(classifier_params, embedded.shape[0]))))
 register(Measure("attention", attention_confidence, learned=True,
-                 init_memory=_init_attention_memory, remember=remember_attention))
+                 init_memory=_init_attention_memory, memory_entry=attention_memory_entry,
+                 write_memory=write_attention_memory))
 for _name, _every_layer in (("contrastive_weighted", True), ("contrastive_jsd", False)):
   register(Measure(_name, contrastive_confidence, uses_logits=True, stateful=True,
                    every_layer=_every_layer, init_state=_start_contrastive_history,
