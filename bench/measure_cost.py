@@ -2,16 +2,23 @@
 
 Model: by default the CALM paper's shape, T5 v1.1 small (8 decoder layers, d_model 512, 6
 heads x 64, d_ff 1024 gated-GELU, vocabulary 32128, untied head); `--shape=large|xl` for the
-bigger T5 v1.1 shapes. Random weights. A "check" is what the decoder
-does for a measure at one exit point of one token: the exit head where the measure uses
-logits, then the measure (and its state or store updates). Each is timed as a jitted loop of
-`--checks` checks (grouped in tokens of L - 2, as the decoder runs them) over a batch of
-`--batch` rows, next to one decoder layer step (self
-K/V write plus the layer, with a `--positions`-long self-attention cache and a
-`--input_len`-long encoder output), with the timings interleaved and medians taken.
+bigger T5 v1.1 shapes. Random weights. A "check" is what the decoder does for a measure at
+one exit point of one token: the exit head where the measure uses logits, then the measure
+(and its state or store updates). Checks run as the decoder runs them, in tokens of L - 2
+exit points (layers 3..L), `--checks` of them (rounded up to whole tokens) per jitted call
+over a batch of `--batch` rows. The timers, interleaved round by round with medians taken:
+one decoder layer step alone (self K/V write plus the layer, with a `--positions`-long
+self-attention cache and an `--input_len`-long encoder output); per measure, its checks
+alone, back to back, and (`--in_situ`) each check right after a layer step, on its output. Back to back, a check finds its own working set (head rows, classifier weights)
+still in cache; after a layer step that streamed the layer's weights, it may not. The
+in-situ figure (that time minus the layer's) shows that, but as the difference of two
+numbers ten to a hundred times larger than a learned classifier's check it is noise-bound
+at batch 1: on this CPU state_saturation (~6d FLOPs) reads 0.05 to 0.12 of a layer there.
+The FLOPs column is the floor no implementation goes under once nothing stays cached.
 
-Prints, per measure: ms per check, ratio to softmax_diff, ratio to one decoder layer, the
-FLOPs formula and its value per row, and the extra memory the measure holds per row.
+Prints, per measure: ms per check, its ratio to softmax_diff and to one decoder layer, the
+in-situ ratio, the FLOPs formula and its value per row (and as a fraction of the layer's),
+and the extra memory the measure holds per row.
 Targets (issue 4): softmax_topk with K <= 2000 at most 10% of a decoder layer per check,
 learned classifiers at most 5%.
 
@@ -22,6 +29,7 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +38,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from calm_jax.decoding import classifiers
+from calm_jax.decoding import classifiers, vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.measures import MeasureInputs, get_measure
 from calm_jax.model.config import T5Config
@@ -57,6 +65,9 @@ flags.DEFINE_integer("positions", 256, "Output positions (decoder self-attention
 flags.DEFINE_integer("input_len", 256, "Encoder output length (cross-attention).")
 flags.DEFINE_integer("top_k", 2000, "K of softmax_topk / softmax_pruned.")
 flags.DEFINE_integer("repeats", 7, "Timed rounds (median).")
+flags.DEFINE_bool("in_situ", False, "Also time each check right after a decoder layer step, "
+                  "as in the decoder (its cost: that time minus the layer's; noisy, see the "
+                  "module doc).")
 flags.DEFINE_list("measures", [], "Measures to time (names, e.g. attention,meta_mlp); all if "
                   "empty. softmax_diff is always timed (the reference column).")
 FLAGS = flags.FLAGS
@@ -77,6 +88,7 @@ def cases(top_k: int):
   K = top_k
   head = "2dV"
   pruned = ExitConfig(measure="softmax_pruned", pruning="decaying", top_k=K, min_top_k=10)
+  subset = "3K floats (+ one V*d head table)"
   return [
       Case("softmax_diff", ExitConfig(), f"{head} + ~5V", "-"),
       Case("softmax_max", ExitConfig(measure="softmax_max"), f"{head} + ~5V", "-"),
@@ -84,10 +96,10 @@ def cases(top_k: int):
       Case("monotone_heuristic", ExitConfig(measure="monotone_heuristic"), f"{head} + ~5V",
            "2 floats"),
       Case("softmax_topk (first point)", ExitConfig(measure="softmax_topk", top_k=K),
-           f"{head} + top-K of V + K*d gather", "K*(d+3) floats", first_exit_point=True),
-      Case("softmax_topk", ExitConfig(measure="softmax_topk", top_k=K), "2dK + ~5K",
-           "K*(d+3) floats"),
-      Case("softmax_pruned decaying", pruned, "2dK + ~5K + a sort of K", "K*(d+3) floats"),
+           f"{head} + top-K of V", subset, first_exit_point=True),
+      Case("softmax_topk", ExitConfig(measure="softmax_topk", top_k=K),
+           "2dK + ~5K (+ K*d gather)", subset),
+      Case("softmax_pruned decaying", pruned, "2dK + ~5K + a sort of K (+ K*d gather)", subset),
       Case("contrastive_weighted", ExitConfig(measure="contrastive_weighted"),
            f"{head} + ~12V", "(L+2)*V floats"),
       Case("contrastive_jsd", ExitConfig(measure="contrastive_jsd"),
@@ -121,7 +133,7 @@ def flops_value(label: str, d: int, V: int, K: int, L: int, T: int) -> float:
   values = {
       "softmax_diff": 2 * d * V + 5 * V, "softmax_max": 2 * d * V + 5 * V,
       "state_saturation": 6 * d, "monotone_heuristic": 2 * d * V + 5 * V,
-      "softmax_topk (first point)": 2 * d * V + K * d, "softmax_topk": 2 * d * K + 5 * K,
+      "softmax_topk (first point)": 2 * d * V, "softmax_topk": 2 * d * K + 5 * K,
       "softmax_pruned decaying": 2 * d * K + 5 * K,
       "contrastive_weighted": 2 * d * V + 12 * V,
       "contrastive_jsd": 2 * d * V + 12 * V + 10 * (L + 1) * V,
@@ -138,80 +150,133 @@ def layer_flops(config: T5Config, T: int, S: int) -> float:
   return 2 * (6 * d * inner + 3 * d * ff) + 4 * inner * (T + S)
 
 
-def timed_loop(step, carry, checks):
-  """A jitted call that runs `step(i, carry)` `checks` times."""
-  run = jax.jit(lambda c: jax.lax.fori_loop(0, checks, step, c))
+def timed_loop(step, carry, count):
+  """A jitted call that runs `step(i, carry)` `count` times."""
+  run = jax.jit(lambda c: jax.lax.fori_loop(0, count, step, c))
   return lambda: run(carry)
 
 
-def layer_timer(config, params, batch, checks):
-  """One decoder layer step (K/V write + layer) at position T/2 of a T-long cache."""
+@dataclasses.dataclass(frozen=True)
+class LayerStep:
+  """One decoder layer step (self K/V write + layer) at position T/2 of a T-long cache."""
+
+  run: Callable  # (layer index, x [B, 1, d], cache) -> (output [B, 1, d], cache)
+  x: jax.Array  # [B, 1, d] the first input
+  cache: Any
+
+
+def layer_step(config, params, batch) -> LayerStep:
   encoded = jax.random.normal(jax.random.PRNGKey(1), (batch, FLAGS.input_len, config.d_model))
   cache = init_decoder_cache(config, params, encoded, None, FLAGS.positions)
   position = jnp.int32(FLAGS.positions // 2)
   bias = step_self_bias(config, params, position, FLAGS.positions)
-  x = jax.random.normal(jax.random.PRNGKey(2), (batch, 1, config.d_model))
 
-  def step(i, carry):
-    x, cache = carry
-    layer = i % config.num_decoder_layers
+  def run(layer, x, cache):
     cache = write_self_kv(config, params, cache, layer, x, position)
     return decoder_layer_rows(config, params, cache, layer, x, bias), cache
-  return timed_loop(step, (x, cache), checks)
+  x = jax.random.normal(jax.random.PRNGKey(2), (batch, 1, config.d_model))
+  return LayerStep(run, x, cache)
 
 
-def measure_timer(config, params, case: Case, head_params, batch, checks):
-  """`checks` exit-point checks of one measure (head, measure, state and store updates), run
-  the way the decoder runs them: tokens of L - 2 checks (layers 3..L) each; a measure with a
-  store of earlier positions reads it during the token and gets the token's entries written
-  after its last check."""
-  exit_config = case.exit_config
-  measure = get_measure(exit_config.measure)
+def token_timer(config, params, batch, checks, check: Optional["MeasureCheck"] = None,
+                layer: Optional[LayerStep] = None):
+  """A jitted call of `checks` exit points, grouped in tokens of L - 2 (layers 3..L) the way
+  the decoder runs them. At each exit point: the decoder layer step (with `layer`), then
+  the measure's check (with `check`) on the layer's output, or without a layer on a fresh
+  state. A measure with a store of earlier positions reads it during the token and gets
+  the token's entries written after its last check."""
   L = config.num_decoder_layers
   hidden = jax.random.normal(jax.random.PRNGKey(3), (batch, config.d_model))
-  state = measure.init_state(hidden, classifier_params=head_params, exit_config=exit_config,
-                             model_params=params, model_config=config)
-  memory = (() if measure.init_memory is None else measure.init_memory(
-      head_params, L, batch, FLAGS.positions))
-  no_entries = (() if measure.memory_entry is None else jax.tree.map(
-      lambda one: jnp.zeros((L,) + one.shape, one.dtype), measure.memory_entry(head_params,
-                                                                               hidden)))
-  position = jnp.int32(FLAGS.positions // 2)
-  if measure.subset_width is not None and not case.first_exit_point:
-    # A later exit point: the vocabulary was pruned at the first one.
-    _, state = measure.confidence(_inputs(config, params, exit_config, head_params, memory,
-                                          hidden, 1, position, measure), state)
+  state, memory, entries = ((), (), ()) if check is None else check.start(hidden)
+  x0, cache0 = (hidden[:, None], ()) if layer is None else (layer.x, layer.cache)
 
   def token(t, carry):
-    total, state, memory = carry
+    total, x, cache, state, memory = carry
 
-    def check(layer, carry):
-      total, state, entries = carry
-      x = hidden + (t * L + layer).astype(hidden.dtype) * 1e-3
-      at_layer = jax.tree.map(lambda m: m[layer], memory)
-      confidence, new_state = measure.confidence(
-          _inputs(config, params, exit_config, head_params, at_layer, x, layer + 1, position,
-                  measure), state)
-      if measure.memory_entry is not None:
-        entries = jax.tree.map(lambda all_layers, one: all_layers.at[layer].set(one), entries,
-                               measure.memory_entry(head_params, x))
-      if case.first_exit_point:
-        new_state = state  # every check is a first exit point
-      return total + jnp.sum(confidence), new_state, entries
+    def exit_point(index, carry):
+      total, x, cache, state, entries = carry
+      if layer is None:
+        x = hidden[:, None] + (t * L + index).astype(hidden.dtype) * 1e-3
+      else:
+        x, cache = layer.run(index, x, cache)
+      if check is not None:
+        confidence, state, entries = check(index, x[:, 0], state, entries, memory)
+        total = total + jnp.sum(confidence)
+      return total, x, cache, state, entries
 
-    total, state, entries = jax.lax.fori_loop(2, L, check, (total, state, no_entries))
-    if measure.write_memory is not None:
-      memory = measure.write_memory(memory, entries, position)
-    return total, state, memory
-  return timed_loop(token, (jnp.float32(0), state, memory), checks // (L - 2))
+    total, x, cache, state, entries_out = jax.lax.fori_loop(
+        2, L, exit_point, (total, x, cache, state, entries))
+    if check is not None:
+      memory = check.write(memory, entries_out)
+    return total, x, cache, state, memory
+  return timed_loop(token, (jnp.float32(0), x0, cache0, state, memory), checks // (L - 2))
 
 
-def _inputs(config, params, exit_config, head_params, memory, hidden, layer, position,
-            measure):
-  logits = exit_logits(config, params, hidden) if measure.uses_logits else None
-  return MeasureInputs(layer=jnp.int32(layer), hidden=hidden, logits=logits, final_top1=None,
-                       position=position, classifier_params=head_params, memory=memory,
-                       model_params=params, model_config=config, exit_config=exit_config)
+@dataclasses.dataclass(frozen=True)
+class MeasureCheck:
+  """One measure's check at an exit point: its exit head where the measure uses logits,
+  the measure, and its state and store updates."""
+
+  config: T5Config
+  params: Any
+  case: Case
+  head_params: Any  # a learned measure's classifier parameters, else None
+  head_table: Any  # the head's rows [V, d] for subset-vocabulary measures, else None
+
+  @classmethod
+  def build(cls, config, params, case: Case, head_params) -> "MeasureCheck":
+    # The decoder builds the head's row table once per decode call, outside its loops.
+    subset = get_measure(case.exit_config.measure).subset_width is not None
+    return cls(config, params, case, head_params,
+               vocabulary.head_table(config, params) if subset else None)
+
+  @property
+  def measure(self):
+    return get_measure(self.case.exit_config.measure)
+
+  def inputs(self, hidden, layer: int, memory) -> MeasureInputs:
+    config, params, measure = self.config, self.params, self.measure
+    logits = exit_logits(config, params, hidden) if measure.uses_logits else None
+    return MeasureInputs(layer=jnp.int32(layer), hidden=hidden, logits=logits,
+                         final_top1=None, position=jnp.int32(FLAGS.positions // 2),
+                         classifier_params=self.head_params, memory=memory,
+                         model_params=params, head_table=self.head_table,
+                         model_config=config, exit_config=self.case.exit_config)
+
+  def start(self, hidden):
+    """(state, store, this token's entries) before the first check."""
+    measure, config, exit_config = self.measure, self.config, self.case.exit_config
+    L = config.num_decoder_layers
+    state = measure.init_state(hidden, classifier_params=self.head_params,
+                               exit_config=exit_config, model_params=self.params,
+                               model_config=config)
+    memory = (() if measure.init_memory is None else measure.init_memory(
+        self.head_params, L, hidden.shape[0], FLAGS.positions))
+    entries = (() if measure.memory_entry is None else jax.tree.map(
+        lambda one: jnp.zeros((L,) + one.shape, one.dtype),
+        measure.memory_entry(self.head_params, hidden)))
+    if measure.subset_width is not None and not self.case.first_exit_point:
+      # A later exit point: the vocabulary was pruned at the first one.
+      _, state = measure.confidence(self.inputs(hidden, 1, memory), state)
+    return state, memory, entries
+
+  def __call__(self, index, hidden, state, entries, memory):
+    """The check at layer index (0-based) -> (confidence [B], state, entries)."""
+    measure = self.measure
+    at_layer = jax.tree.map(lambda m: m[index], memory)
+    confidence, new_state = measure.confidence(self.inputs(hidden, index + 1, at_layer), state)
+    if measure.memory_entry is not None:
+      entries = jax.tree.map(lambda all_layers, one: all_layers.at[index].set(one), entries,
+                             measure.memory_entry(self.head_params, hidden))
+    if self.case.first_exit_point:
+      new_state = state  # every check is a first exit point
+    return confidence, new_state, entries
+
+  def write(self, memory, entries):
+    """The store after a token."""
+    if self.measure.write_memory is None:
+      return memory
+    return self.measure.write_memory(memory, entries, jnp.int32(FLAGS.positions // 2))
 
 
 def main(_):
@@ -225,13 +290,17 @@ def main(_):
   batch = FLAGS.batch
   per_token = config.num_decoder_layers - 2  # the checks of one token (layers 3..L)
   checks = per_token * -(-FLAGS.checks // per_token)
-  timers = {"decoder layer": layer_timer(config, params, batch, checks)}
+  step = layer_step(config, params, batch)
+  timers = {"decoder layer": token_timer(config, params, batch, checks, layer=step)}
   all_cases = selected_cases(FLAGS.top_k, FLAGS.measures)
   for case in all_cases:
     name = case.exit_config.measure
     head = (classifiers.init_classifier(name, config, jax.random.PRNGKey(4))
             if name in classifiers.CLASSIFIERS else None)
-    timers[case.label] = measure_timer(config, params, case, head, batch, checks)
+    check = MeasureCheck.build(config, params, case, head)
+    timers[case.label] = token_timer(config, params, batch, checks, check)
+    if FLAGS.in_situ:
+      timers[case.label, "in situ"] = token_timer(config, params, batch, checks, check, step)
   compile_seconds = {}
   for label, timer in timers.items():
     start = time.perf_counter()
@@ -251,15 +320,20 @@ def main(_):
         f"{config.d_kv}, d_ff {config.d_ff}), batch {batch}, {T} positions, K={FLAGS.top_k}, "
         f"{jax.devices()[0]}")
   print(f"one decoder layer: {layer * 1e3:.3f} ms per step ({layer_mflop:.1f} MFLOP per row)\n")
-  print("| measure | ms / check | vs softmax_diff | vs decoder layer | FLOPs / row (formula) "
-        "| MFLOP | FLOPs vs layer | extra memory / row |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| measure | ms / check | vs softmax_diff | vs decoder layer | in a layer step, vs "
+        "layer | FLOPs / row (formula) | MFLOP | FLOPs vs layer | extra memory / row |")
+  print("|---|---|---|---|---|---|---|---|---|")
   for case in all_cases:
     t = per_check[case.label]
+    in_situ = (f"{per_check[case.label, 'in situ'] / layer - 1:.3f}" if FLAGS.in_situ
+               else "-")
     value = flops_value(case.label, d, V, FLAGS.top_k, L, T) / 1e6
     print(f"| {case.label} | {t * 1e3:.3f} | {t / reference:.3f} | {t / layer:.3f} | "
-          f"{case.flops} | {value:.3f} | {value / layer_mflop:.3f} | {case.memory} |")
-  print(f"\ncompile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in compile_seconds.items()))
+          f"{in_situ} | {case.flops} | {value:.3f} | {value / layer_mflop:.3f} | "
+          f"{case.memory} |")
+  print("\ncompile seconds: " + ", ".join(
+      f"{' '.join(k) if isinstance(k, tuple) else k} {v:.1f}"
+      for k, v in compile_seconds.items()))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from calm_jax.decoding import vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
 from calm_jax.decoding.measures import Measure, MeasureInputs, get_measure
 from calm_jax.decoding.sampling import SamplingConfig, select_tokens
@@ -101,7 +102,8 @@ def _logits_width(config: T5Config, exit_config: ExitConfig, measure: Measure) -
 
 
 def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
-                      measure: Measure, classifier_params: Any, position: Array):
+                      measure: Measure, classifier_params: Any, position: Array,
+                      head_table: Optional[Array]):
   """The two lax.cond branches of one layer's measure, on R rows:
   (layer_no, hidden [R, d], measure state, final_top1 [R] or None, memory at this layer,
   leaves [R, T, ...]) -> (confidence [R] float32, measure state, logits [R, V] float32 or
@@ -112,7 +114,7 @@ def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
     logits = exit_logits(config, params, hidden) if measure.uses_logits else None
     inputs = MeasureInputs(layer=layer_no, hidden=hidden, logits=logits, final_top1=final_top1,
                            position=position, classifier_params=classifier_params,
-                           memory=memory, model_params=params,
+                           memory=memory, model_params=params, head_table=head_table,
                            static_exit_layer=exit_config.static_exit_layer,
                            model_config=config, exit_config=exit_config)
     confidence, measure_state = measure.confidence(inputs, measure_state)
@@ -167,7 +169,8 @@ def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "Layer
 def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
                 classifier_params: Any, state: LayerLoopState, position: Array,
                 self_bias: Array, threshold: Array, lambda_t: Array,
-                final_top1: Optional[Array], compact: bool, memory: Any) -> LayerLoopState:
+                final_top1: Optional[Array], compact: bool, memory: Any,
+                head_table: Optional[Array]) -> LayerLoopState:
   """Runs decoder layers for one output position until every running example has exited.
 
   With `compact`, a layer runs only on a bucket of rows holding the running examples (see
@@ -180,7 +183,7 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
   # threshold and lambda_t are [] (one for the batch) or [B] (one per example).
   allow_early = threshold < 1.0 if measure.thresholded else jnp.array(True)
   branches = _measure_branches(config, params, exit_config, measure, classifier_params,
-                               position)
+                               position, head_table)
   batch = state.hidden.shape[0]
   buckets = row_buckets(batch) if compact and not full_compute else (batch,)
   on_rows = [functools.partial(_layer_on_rows, config, params, branches, size)
@@ -280,7 +283,7 @@ def _final_memory_entries(config: T5Config, exit_config: ExitConfig, measure: Me
 def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfig,
                            sampling: SamplingConfig, max_decode_len: int, compact: bool,
                            threshold: Array, tau: Array, classifier_params: Any,
-                           state: TokenLoopState) -> TokenLoopState:
+                           head_table: Optional[Array], state: TokenLoopState) -> TokenLoopState:
   measure = get_measure(exit_config.measure)
   position, cache = state.position, state.cache
   final_top1 = None
@@ -304,7 +307,7 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
       position, step_self_bias(config, params, position, max_decode_len), threshold,
       threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1,
-      compact, state.measure_memory)
+      compact, state.measure_memory, head_table)
   cache, memory = layers.cache, state.measure_memory
   if exit_config.propagation == "copy_state":
     cache = propagate_state(config, params, cache, layers.exit_hidden, layers.layers_run, position)
@@ -375,8 +378,13 @@ def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingC
           classifier_params, config.num_decoder_layers, batch, max_decode_len)),
       cache=init_decoder_cache(config, params, encoded, attention_mask, max_decode_len),
       rng=rng)
+  # Subset-vocabulary measures gather head rows at every exit point from a [V, d] table,
+  # built here once, outside the loops.
+  head_table = (vocabulary.head_table(config, params) if measure.subset_width is not None
+                else None)
   step = functools.partial(_generate_one_position, config, params, exit_config, sampling,
-                           max_decode_len, compact, threshold, tau, classifier_params)
+                           max_decode_len, compact, threshold, tau, classifier_params,
+                           head_table)
   not_finished = lambda s: (s.position < max_decode_len) & ~jnp.all(s.done)
   state = jax.lax.while_loop(not_finished, step, state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,

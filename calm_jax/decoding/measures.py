@@ -65,6 +65,9 @@ class MeasureInputs:
   classifier_params: Any = None  # the learned classifier's parameters (learned measures)
   memory: Any = ()  # this layer's store of earlier positions, leaves [B, ...] (init_memory)
   model_params: Any = None  # the model's parameters (measures that run the exit head)
+  # [V, d] the head's rows, for the subset-vocabulary measures (the decoder builds it once
+  # per decode; built from model_params when absent)
+  head_table: Optional[Array] = None
   static_exit_layer: int = flax.struct.field(pytree_node=False, default=0)
   model_config: Any = flax.struct.field(pytree_node=False, default=None)  # T5Config
   exit_config: Any = flax.struct.field(pytree_node=False, default=None)  # ExitConfig
@@ -257,7 +260,7 @@ def _prune_vocabulary(inputs: MeasureInputs, pruned: vocabulary.PrunedVocabulary
   first, second = _top2_probabilities(logits)
   confidence = first - second
   return confidence, vocabulary.PrunedVocabulary(
-      ids=ids.astype(jnp.int32), rows=vocabulary.head_rows(config, params, ids),
+      ids=ids.astype(jnp.int32),
       kept=jnp.ones(ids.shape, bool), logits=top_logits, confidence=confidence,
       ready=jnp.ones(ids.shape[:1], bool))
 
@@ -270,7 +273,11 @@ def _over_kept_tokens(inputs: MeasureInputs, pruned: vocabulary.PrunedVocabulary
                                   config.vocab_size, options.top_k, options.min_top_k,
                                   pruned.confidence)  # [B]
     kept = vocabulary.keep_top_ranked(kept, pruned.logits, count)
-  logits = vocabulary.subset_logits(config, inputs.model_params, inputs.hidden, pruned.rows)
+  table = inputs.head_table
+  if table is None:  # a caller outside the decoder: build it here (a V * d copy per call)
+    table = vocabulary.head_table(config, inputs.model_params)
+  logits = vocabulary.subset_logits(config, inputs.model_params, inputs.hidden, table,
+                                    pruned.ids)
   logits = jnp.where(kept, logits, -jnp.inf)  # [B, K]
   first, second = _top2_probabilities(logits)
   confidence = first - second

@@ -1,11 +1,14 @@
 """The exit head on a subset of the vocabulary: what `softmax_topk` and `softmax_pruned` need.
 
 At a token's first exit point the full logits are computed once and each example keeps its
-top-K token ids (best first) and their K rows of the LM head ([B, K, d]; K * d * 4 bytes per
-example, e.g. 2000 x 768 x 4 = 6 MiB). Later exit points compute only those K logits, from
-the same final norm (and d^-0.5 scaling where configured) as the full head. Pruning may
-shrink the kept set further after every exit point (`kept_count`); the rows are fixed
-shapes, so a smaller set changes which tokens compete, not the FLOPs of a check.
+top-K token ids (best first). Later exit points compute only those K logits, from the same
+final norm (and d^-0.5 scaling where configured) as the full head, gathering the K rows
+from the head laid out as a table of rows [V, d] (`head_table`: a tied head's embedding
+itself; an untied head's kernel transposed once per decode call, V * d values shared by
+every example). The measure state holds ids and logits only ([B, K]), never the gathered
+rows, so nothing of size K * d is carried through the decoder's loops or copied there.
+Pruning may shrink the kept set further after every exit point (`kept_count`); shapes are
+fixed, so a smaller set changes which tokens compete, not the FLOPs of a check.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ class PrunedVocabulary:
   """A token's pruned vocabulary, carried across the exit points of its layer loop."""
 
   ids: Array  # [B, K] int32 vocabulary ids kept at the first exit point, best first
-  rows: Array  # [B, K, d] their LM head rows
   kept: Array  # [B, K] bool, still in the pruned set
   logits: Array  # [B, K] float32 logits at the last exit point (-inf where not kept)
   confidence: Array  # [B] float32 confidence at the last exit point
@@ -34,10 +36,9 @@ class PrunedVocabulary:
 
 def empty_vocabulary(embedded: Array, top_k: int) -> PrunedVocabulary:
   """The state before a token's first exit point (embedded decoder input [B, d])."""
-  batch, width = embedded.shape
+  batch = embedded.shape[0]
   return PrunedVocabulary(
       ids=jnp.zeros((batch, top_k), jnp.int32),
-      rows=jnp.zeros((batch, top_k, width), embedded.dtype),
       kept=jnp.zeros((batch, top_k), bool),
       logits=jnp.full((batch, top_k), -jnp.inf, jnp.float32),
       confidence=jnp.zeros((batch,), jnp.float32),
@@ -53,18 +54,21 @@ def head_features(config: T5Config, params, hidden: Array) -> Array:
   return normed
 
 
-def head_rows(config: T5Config, params, ids: Array) -> Array:
-  """The LM head's rows of token ids [B, K]: [B, K, d]."""
+def head_table(config: T5Config, params) -> Array:
+  """The LM head as rows [V, d] in the compute dtype: a tied head's embedding, or an untied
+  head's kernel [d, V] transposed (a copy of V * d values; build it once per decode)."""
   if config.tie_word_embeddings:
-    rows = jnp.take(params["shared"]["embedding"], ids, axis=0)  # [V, d] -> [B, K, d]
+    table = params["shared"]["embedding"]
   else:
-    rows = jnp.moveaxis(jnp.take(params["lm_head"]["kernel"], ids, axis=1), 0, -1)  # [d, B, K] -> [B, K, d]
-  return rows.astype(config.jnp_dtype)
+    table = params["lm_head"]["kernel"].T
+  return table.astype(config.jnp_dtype)
 
 
-def subset_logits(config: T5Config, params, hidden: Array, rows: Array) -> Array:
-  """Logits [B, K] float32 of the tokens whose head rows are rows [B, K, d]."""
+def subset_logits(config: T5Config, params, hidden: Array, table: Array, ids: Array) -> Array:
+  """Logits [B, K] float32 of token ids [B, K] at states hidden [B, d]; table is the head's
+  rows [V, d] (`head_table`)."""
   features = head_features(config, params, hidden)  # [B, d]
+  rows = jnp.take(table, ids, axis=0, mode="clip")  # [B, K, d]; ids are in range
   return jnp.einsum("bd,bkd->bk", features, rows).astype(jnp.float32)
 
 
