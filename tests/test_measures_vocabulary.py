@@ -119,6 +119,24 @@ def params():
   return jax.tree.map(lambda w: w * 1.5, init_params(CONFIG, jax.random.PRNGKey(3)))
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_subset_logits_from_the_head_table_are_the_heads_logits_at_the_ids(params, tied):
+  """The [V, d] table (an untied kernel transposed, or the tied embedding) gives each row's
+  own ids' logits of the full head, in the ids' order."""
+  config, model_params = CONFIG, params
+  if tied:
+    config = CONFIG.replace(tie_word_embeddings=True, scale_decoder_outputs=True)
+    model_params = {k: v for k, v in params.items() if k != "lm_head"}
+  table = vocabulary.head_table(config, model_params)
+  assert table.shape == (V, config.d_model)
+  hidden = np.random.RandomState(2).randn(3, config.d_model).astype(np.float32)
+  ids = np.array([[52, 0, 7, 7], [3, 1, 40, 2], [9, 51, 8, 30]], np.int32)
+  got = vocabulary.subset_logits(config, model_params, jnp.asarray(hidden), table,
+                                 jnp.asarray(ids))
+  expected = np.take_along_axis(_np_logits(config, model_params, hidden), ids, axis=1)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", sorted(MEASURES) + ["fixed", "tied_head"])
 def test_measure_over_layers_matches_the_numpy_reference(params, variant):
   """The measure stepped through the exit points of one token (2, 3, 4, 5) by hand."""

@@ -23,6 +23,8 @@ token. It declares what it needs; the decoder supplies only that:
   the vocabulary (softmax_topk, softmax_pruned): its state holds `logits` [B, K] and their
   vocabulary `ids` [B, K]; an early exit emits the best of those, mapped back to its id,
   and a token that runs all L layers the full head's, so lambda >= 1 stays the full model.
+  The decoder builds the head's rows [V, d] once per decode (`MeasureInputs.head_table`)
+  for these measures to gather from.
 - `init_memory` / `memory_entry` / `write_memory`: a store of earlier positions (the
   attention classifier), leaves [L, B, ...]. During a position the store is only read: the
   decoder passes the measure this layer's slice for its rows ([R, ...]), and collects what
