@@ -9,12 +9,15 @@ exit points (layers 3..L), `--checks` of them (rounded up to whole tokens) per j
 over a batch of `--batch` rows. The timers, interleaved round by round with medians taken:
 one decoder layer step alone (self K/V write plus the layer, with a `--positions`-long
 self-attention cache and an `--input_len`-long encoder output); per measure, its checks
-alone, back to back, and (`--in_situ`) each check right after a layer step, on its output. Back to back, a check finds its own working set (head rows, classifier weights)
-still in cache; after a layer step that streamed the layer's weights, it may not. The
-in-situ figure (that time minus the layer's) shows that, but as the difference of two
-numbers ten to a hundred times larger than a learned classifier's check it is noise-bound
-at batch 1: on this CPU state_saturation (~6d FLOPs) reads 0.05 to 0.12 of a layer there.
-The FLOPs column is the floor no implementation goes under once nothing stays cached.
+alone, back to back, and (`--in_situ`) each check right after a layer step, on its output.
+Back to back, a check finds its own working set (head rows, classifier weights) still in
+cache; after a layer step that streamed the layer's weights, it may not. The in-situ
+figure (that time minus the layer's) shows that, but as the difference of two numbers ten
+to a hundred times larger than a learned classifier's check it is noise-bound at batch 1:
+on this CPU state_saturation (~6d FLOPs) reads 0.05 to 0.12 of a layer there. The "FLOPs vs
+layer" column is the share of the layer's arithmetic a check does; its weights and head
+rows scale the same way against the layer's, so with nothing cached no implementation of
+the measure goes much under it.
 
 Prints, per measure: ms per check, its ratio to softmax_diff and to one decoder layer, the
 in-situ ratio, the FLOPs formula and its value per row (and as a fraction of the layer's),
@@ -280,6 +283,7 @@ class MeasureCheck:
 
 
 def main(_):
+  all_cases = selected_cases(FLAGS.top_k, FLAGS.measures)  # bad names fail before any work
   config = dataclasses.replace(CALM_SHAPE, **SHAPES[FLAGS.shape])
   if FLAGS.decoder_layers:
     if FLAGS.decoder_layers < 3:
@@ -292,7 +296,6 @@ def main(_):
   checks = per_token * -(-FLAGS.checks // per_token)
   step = layer_step(config, params, batch)
   timers = {"decoder layer": token_timer(config, params, batch, checks, layer=step)}
-  all_cases = selected_cases(FLAGS.top_k, FLAGS.measures)
   for case in all_cases:
     name = case.exit_config.measure
     head = (classifiers.init_classifier(name, config, jax.random.PRNGKey(4))

@@ -106,7 +106,7 @@ def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
                       head_table: Optional[Array]):
   """The two lax.cond branches of one layer's measure, on R rows:
   (layer_no, hidden [R, d], measure state, final_top1 [R] or None, memory at this layer,
-  leaves [R, T, ...]) -> (confidence [R] float32, measure state, logits [R, V] float32 or
+  leaves [R, ...]) -> (confidence [R] float32, measure state, logits [R, V] float32 or
   [R, 0])."""
   width = _logits_width(config, exit_config, measure)
 
