@@ -41,9 +41,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from calm_jax.decoding import classifiers, vocabulary
+from calm_jax.decoding import classifiers
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.measures import MeasureInputs, get_measure
+from calm_jax.decoding.measures import (MeasureInputs, empty_memory_entries, get_measure,
+                                        measure_head_table)
 from calm_jax.model.config import T5Config
 from calm_jax.model.incremental import (decoder_layer_rows, init_decoder_cache,
                                         step_self_bias, write_self_kv)
@@ -228,10 +229,8 @@ class MeasureCheck:
 
   @classmethod
   def build(cls, config, params, case: Case, head_params) -> "MeasureCheck":
-    # The decoder builds the head's row table once per decode call, outside its loops.
-    subset = get_measure(case.exit_config.measure).subset_width is not None
-    return cls(config, params, case, head_params,
-               vocabulary.head_table(config, params) if subset else None)
+    measure = get_measure(case.exit_config.measure)
+    return cls(config, params, case, head_params, measure_head_table(measure, config, params))
 
   @property
   def measure(self):
@@ -255,9 +254,7 @@ class MeasureCheck:
                                model_config=config)
     memory = (() if measure.init_memory is None else measure.init_memory(
         self.head_params, L, hidden.shape[0], FLAGS.positions))
-    entries = (() if measure.memory_entry is None else jax.tree.map(
-        lambda one: jnp.zeros((L,) + one.shape, one.dtype),
-        measure.memory_entry(self.head_params, hidden)))
+    entries = empty_memory_entries(measure, self.head_params, L, hidden)
     if measure.subset_width is not None and not self.case.first_exit_point:
       # A later exit point: the vocabulary was pruned at the first one.
       _, state = measure.confidence(self.inputs(hidden, 1, memory), state)

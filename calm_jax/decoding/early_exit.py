@@ -28,9 +28,9 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from calm_jax.decoding import vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
-from calm_jax.decoding.measures import Measure, MeasureInputs, get_measure
+from calm_jax.decoding.measures import (Measure, MeasureInputs, empty_memory_entries,
+                                        get_measure, measure_head_table)
 from calm_jax.decoding.sampling import SamplingConfig, select_tokens
 from calm_jax.model.config import T5Config
 from calm_jax.model.incremental import (DecoderCache, decoder_layer_rows, decoder_step,
@@ -254,16 +254,6 @@ def _oracle_final_top1(config, params, cache, token, position):
   return jnp.argmax(exit_logits(config, params, states[-1]), axis=-1).astype(jnp.int32), cache
 
 
-def _no_memory_entries(config: T5Config, measure: Measure, classifier_params: Any,
-                        embedded: Array) -> Any:
-  """Zero entries [L, B, ...] of the measure's store for a new position; () if none."""
-  if measure.memory_entry is None:
-    return ()
-  entry = jax.eval_shape(measure.memory_entry, classifier_params, embedded[:, 0])
-  return jax.tree.map(
-      lambda one: jnp.zeros((config.num_decoder_layers,) + one.shape, one.dtype), entry)
-
-
 def _final_memory_entries(config: T5Config, exit_config: ExitConfig, measure: Measure,
                           classifier_params: Any, layers: LayerLoopState) -> Any:
   """The position's entries at every layer: with copy_state, the layers no example reached
@@ -303,7 +293,8 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
           measure_state=measure.init_state(embedded[:, 0], classifier_params=classifier_params,
                                            exit_config=exit_config, model_params=params,
                                            model_config=config),
-          memory_entries=_no_memory_entries(config, measure, classifier_params, embedded),
+          memory_entries=empty_memory_entries(measure, classifier_params,
+                                              config.num_decoder_layers, embedded[:, 0]),
           trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
       position, step_self_bias(config, params, position, max_decode_len), threshold,
       threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1,
@@ -378,10 +369,7 @@ def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingC
           classifier_params, config.num_decoder_layers, batch, max_decode_len)),
       cache=init_decoder_cache(config, params, encoded, attention_mask, max_decode_len),
       rng=rng)
-  # Subset-vocabulary measures gather head rows at every exit point from a [V, d] table,
-  # built here once, outside the loops.
-  head_table = (vocabulary.head_table(config, params) if measure.subset_width is not None
-                else None)
+  head_table = measure_head_table(measure, config, params)  # once, outside the loops
   step = functools.partial(_generate_one_position, config, params, exit_config, sampling,
                            max_decode_len, compact, threshold, tau, classifier_params,
                            head_table)

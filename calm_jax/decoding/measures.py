@@ -395,3 +395,19 @@ def get_measure(name: str) -> Measure:
   if name not in MEASURES:
     raise ValueError(f"unknown confidence measure {name!r}; registered: {', '.join(sorted(MEASURES))}")
   return MEASURES[name]
+
+
+def empty_memory_entries(measure: Measure, classifier_params: Any, num_layers: int,
+                         hidden: Array) -> Any:
+  """Zero entries [L, B, ...] of the measure's store for a new position (states hidden
+  [B, d] give the shapes); () for a measure without a store."""
+  if measure.memory_entry is None:
+    return ()
+  entry = jax.eval_shape(measure.memory_entry, classifier_params, hidden)
+  return jax.tree.map(lambda one: jnp.zeros((num_layers,) + one.shape, one.dtype), entry)
+
+
+def measure_head_table(measure: Measure, config, params) -> Optional[Array]:
+  """The head's rows [V, d] a subset-vocabulary measure gathers from, built once per decode
+  (outside its loops); None for the other measures."""
+  return None if measure.subset_width is None else vocabulary.head_table(config, params)
