@@ -1,1 +1,2 @@
-"""Run configs: get_config() files for calm_jax.main (base.py holds the shared sections)."""
+"""Run configs: get_config() files for calm_jax.main (default.py is the base, dataset.py the
+dataset table, base.py the shared sections)."""

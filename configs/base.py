@@ -1,15 +1,15 @@
 """Shared building blocks of the run configs: each function returns one whole section.
 
-The dataset configs (cnndm.py, xsum.py, ...) start from demo.py's structure and swap in
-these sections, so every config has the same keys (tests/test_configs.py pins this):
+default.py builds the embedded default from these sections; dataset.py starts from it and
+swaps in other sections, so every config has the same keys (tests/configs/ pins this):
 
-  model_section(preset)   T5 sizes of a named checkpoint family (MODEL_PRESETS)
-  exit_section(...)       every ExitConfig field (calm_jax.decoding.exit_rule)
-  threshold_grid(step)    a strictly decreasing calibration grid 1.0, 1 - step, ...
+  model_section(preset)     T5 sizes of a named checkpoint family (MODEL_PRESETS)
+  exit_section(**values)    every ExitConfig field at its default (calm_jax.decoding.exit_rule)
+  optimizer_section(...)    the optimizer and loop fields of the train and train_exit sections
+  threshold_grid(step)      a strictly decreasing calibration grid 1.0, 1 - step, ...
   calibration_section(...)  Learn-then-Test settings and the validity study
-  mesh_section(...)       device mesh sizes and logical-axis sharding rules
-
-This module imports nothing from calm_jax, so loading a config never pulls in JAX.
+  mesh_section(...)         device mesh sizes and logical-axis sharding rules
+  override(section, ...)    sets existing fields only
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import dataclasses
 from typing import Sequence, Tuple
 
 import ml_collections
+
+from calm_jax.decoding.exit_rule import ExitConfig
 
 T5_VOCAB_SIZE = 32128  # rows of T5's SentencePiece embedding (32100 pieces + padding rows)
 
@@ -91,31 +93,42 @@ def model_section(preset: str, *, dtype: str = "float32",
   return model
 
 
-def exit_section(*, measure: str = "softmax_diff", threshold: float = 0.9, tau: float = 0.0,
-                 min_exit_layer: int = 1, exit_interval: int = 1,
-                 top_k: int = 2000) -> ml_collections.ConfigDict:
-  """The `exit` section: one field per ExitConfig field (calm_jax.decoding.exit_rule)."""
+def exit_section(**values) -> ml_collections.ConfigDict:
+  """The `exit` section: one field per ExitConfig field, at the dataclass's default, with
+  `values` (existing fields only) swapped in. The fields and their one-line comments live
+  in calm_jax/decoding/exit_rule.py, so a new ExitConfig field reaches every config."""
   section = ml_collections.ConfigDict()
-  # Confidence measure (calm_jax.decoding.measures): softmax_diff (CALM's softmax response),
-  # softmax_max, softmax_topk, softmax_pruned, state_saturation, monotone_heuristic,
-  # contrastive_weighted, contrastive_jsd, static, oracle, or a learned classifier.
-  section.measure = measure
-  section.threshold = threshold  # lambda; >= 1 never exits early (calibrate chooses it)
-  section.tau = tau  # decay of the threshold over output positions; 0 = constant
-  section.decay = "paper"  # 'paper': clip(0.9 l + 0.1 e^(-tau t/N)) or 'code': l (0.9 + ...)
-  section.min_exit_layer = min_exit_layer  # first layer a token may leave after
-  section.exit_interval = exit_interval  # exit points every this many layers
-  section.static_exit_layer = 0  # layer of the 'static' measure (1..L); 0 = unused
-  section.propagation = "copy_state"  # skipped layers' K/V: 'copy_state' or 'full_compute'
-  # Directory written by decoding.classifiers.save_classifier, for the learned measures
-  # (meta_linear, meta_mlp, three_state_mlp, lstm, attention); "" for the others.
-  section.classifier_path = ""
-  section.contrastive_alpha = 0.1  # contrastive_*: head set {v : p_i(v) >= alpha max p_i}
-  section.jsd_by_distance = False  # contrastive_jsd: divide the JSD by the layer distance
-  section.contrastive_token = False  # contrastive_*: emit the contrastive argmax token
-  section.top_k = top_k  # softmax_topk / softmax_pruned: tokens kept at the first exit point
-  section.pruning = "fixed"  # softmax_pruned: 'fixed', 'decaying' or 'adaptive'
-  section.min_top_k = 10  # softmax_pruned: the fewest tokens pruning keeps (k*)
+  for field in dataclasses.fields(ExitConfig):
+    if field.default is dataclasses.MISSING:
+      raise ValueError(f"ExitConfig.{field.name} has no plain default for the exit section")
+    # A float field with an integer default must still parse --config.exit.x=0.5.
+    float_field = field.type in ("float", float)
+    section[field.name] = float(field.default) if float_field else field.default
+  override(section, **values)
+  return section
+
+
+def optimizer_section(*, steps: int, batch_size: int, optimizer: str, learning_rate: float,
+                      schedule: str, warmup_steps: int, checkpoint_every: int,
+                      weight_decay: float = 0.0, clip_norm: float = 1.0, log_every: int = 100,
+                      keep_checkpoints: int = 2,
+                      async_checkpoints: bool = True) -> ml_collections.ConfigDict:
+  """The optimizer and loop fields that the `train` and `train_exit` sections share
+  (calm_jax.training.optimizers.OptimizerConfig and the loop settings); each section adds
+  its own fields to the returned ConfigDict."""
+  section = ml_collections.ConfigDict()
+  section.steps = steps  # optimizer steps
+  section.batch_size = batch_size  # global batch of examples (divisible by mesh.data and hosts)
+  section.optimizer = optimizer  # 'adafactor' (T5's default) or 'adamw'
+  section.learning_rate = learning_rate  # peak learning rate
+  section.schedule = schedule  # 'rsqrt' (T5), 'cosine' or 'constant', after warmup
+  section.warmup_steps = warmup_steps  # linear warmup from 0
+  section.weight_decay = weight_decay  # decoupled weight decay
+  section.clip_norm = clip_norm  # global gradient-norm clipping; 0 = off
+  section.log_every = log_every  # console line and TensorBoard every this many steps
+  section.checkpoint_every = checkpoint_every  # Orbax save every this many steps (and at the end)
+  section.keep_checkpoints = keep_checkpoints  # checkpoints kept in <workdir>/checkpoints/<run>
+  section.async_checkpoints = async_checkpoints  # save in the background
   return section
 
 
@@ -132,7 +145,7 @@ def calibration_section(*, num_examples: int, similarity: str, objective: str = 
                         deltas: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
                         epsilon: float = 0.05, step: float = 0.05,
                         batch_size: int = 0) -> ml_collections.ConfigDict:
-  """The `calibration` section (calm_jax.calibrate_mode.settings_from checks it)."""
+  """The `calibration` section (the calibrate mode checks it before any model work)."""
   section = ml_collections.ConfigDict()
   section.num_examples = num_examples  # examples of data.calibration_split decoded
   section.thresholds = threshold_grid(step)  # candidate thresholds, strictly decreasing
@@ -164,39 +177,10 @@ def mesh_section(*, data: int = -1, model: int = 1) -> ml_collections.ConfigDict
 
 def override(section: ml_collections.ConfigDict, **values) -> None:
   """Sets existing fields of `section`; a name the section lacks is a ValueError, so a
-  dataset config can never grow a key that demo.py (and so calm_jax.run) does not know."""
+  config can never grow a key that default.py (and so the run modes) does not know."""
   unknown = sorted(set(values) - set(section.keys()))
   if unknown:
     raise ValueError(f"config section has no field(s) {unknown}; known: "
                      f"{', '.join(sorted(section.keys()))}")
   for name, value in values.items():
     section[name] = value
-
-
-def real_data_defaults(config: ml_collections.ConfigDict) -> None:
-  """Settings every dataset config shares (demo.py's structure, accelerator-sized runs):
-  T5's fine-tuning recipe, the mesh, and batch and sample sizes of the other modes."""
-  config.mesh = mesh_section(data=-1, model=1)  # all devices data-parallel
-  override(config.data,
-           num_examples=16)  # test examples the decode mode decodes
-  override(config.train,
-           num_examples=100_000,  # examples read from data.task's 'train' split
-           steps=50_000,  # optimizer steps
-           batch_size=64,  # global batch (divisible by mesh.data and the hosts)
-           optimizer="adafactor",  # T5's fine-tuning optimizer
-           learning_rate=1e-3,  # T5's constant fine-tuning rate
-           schedule="constant",  # no decay after warmup
-           warmup_steps=1000,  # linear warmup from 0
-           z_loss=1e-4,  # weight of log(Z)^2, as in T5X
-           log_every=100,  # console line and TensorBoard every this many steps
-           checkpoint_every=2000)  # Orbax save every this many steps (and at the end)
-  override(config.train_exit,
-           steps=5000,  # optimizer steps of the exit classifier (the backbone is frozen)
-           batch_size=64,  # global batch of examples (all their tokens)
-           checkpoint_every=1000)  # Orbax save every this many steps (and at the end)
-  override(config.generate,
-           batch_size=16)  # inputs per decode call
-  override(config.analysis,
-           num_examples=64,  # test examples analysed
-           batch_size=16,  # examples per forward/decode call
-           after_layers=(0, 2, 4))  # monotonicity after these layers (each <= L - 2)
