@@ -1,5 +1,5 @@
 """The early-exit decoder: a while_loop over output positions whose body runs a while_loop
-over decoder layers with per-example exits and state propagation (DESIGN section 2).
+over decoder layers with per-example exits and state propagation (docs/semantics.md).
 
 Per output position t:
   1. (oracle only) a full pass learns the final layer's top-1.
@@ -16,23 +16,26 @@ Per output position t:
      layers always takes the full head's logits, so lambda >= 1 is the full model.
 With propagation='full_compute' the layer loop always runs all L layers on true states, so
 the cache holds what the full model would have written; exits only choose the token.
+
+Static choices come in one `DecodePlan`, traced constants in one `DecodeConstants`, and
+what stays fixed over one position in one `PositionInputs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 
-from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
-from calm_jax.decoding.measures import (Measure, MeasureInputs, empty_memory_entries,
-                                        get_measure, measure_head_table)
-from calm_jax.decoding.sampling import SamplingConfig, select_tokens
-from calm_jax.model.config import T5Config
+from calm_jax.decoding.exit_rule import is_exit_point, threshold_at
+from calm_jax.decoding.measures import LayerInputs, MeasureContext
+from calm_jax.decoding.measures.pruned import head_table
+from calm_jax.decoding.plan import DecodeConstants, DecodePlan
+from calm_jax.decoding.sampling import select_tokens
 from calm_jax.model.incremental import (DecoderCache, decoder_layer_rows, decoder_step,
                                         init_decoder_cache, step_self_bias, write_self_kv)
 from calm_jax.model.t5 import embed, encode, exit_logits
@@ -48,6 +51,18 @@ class GenerateOutput:
   exit_layers: Array  # [B, T] int32 layers run per token (1..L); 0 after EOS
   confidences: Array  # [B, T] float32 confidence at the exit layer; 0 after EOS
   trace: Optional[Array] = None  # [B, T, L] float32 per-layer confidences; NaN where not computed
+
+
+@flax.struct.dataclass
+class PositionInputs:
+  """What stays fixed while the layer loop runs for one output position."""
+
+  position: Array  # [] int32, the output position t
+  self_bias: Array  # [1, H, 1, T] float32 self-attention bias of this position
+  lambda_t: Array  # [] or [B] float32, the threshold at this position
+  allow_early: Array  # [] or [B] bool, lambda < 1 (exits before layer L are allowed)
+  final_top1: Optional[Array]  # [B] int32 final layer's top-1 (Needs.final_top1), else None
+  memory: Any  # the measure's store of earlier positions, leaves [L, B, ...] (read only)
 
 
 @flax.struct.dataclass
@@ -70,6 +85,17 @@ class LayerLoopState:
 
 
 @flax.struct.dataclass
+class LayerOutput:
+  """One layer's output and its measure's verdict, for every row of the batch (rows left
+  out of the bucket have exited; their entries are zeros or the old state, never read)."""
+
+  output: Array  # [B, 1, d]
+  confidence: Array  # [B] float32
+  measure_state: Any
+  logits: Array  # [B, V or K or 0] float32
+
+
+@flax.struct.dataclass
 class TokenLoopState:
   """State of the loop over output positions."""
 
@@ -85,109 +111,73 @@ class TokenLoopState:
   rng: Array  # PRNG key, split once per position when sampling
 
 
-def row_buckets(batch: int, count: int = 4) -> Tuple[int, ...]:
-  """Row counts the layer loop may run a layer on: B, ceil(B/2), ceil(B/4), ... (distinct,
-  at most `count`)."""
-  sizes = [batch]
-  while len(sizes) < count and sizes[-1] > 1:
-    sizes.append(-(-sizes[-1] // 2))
-  return tuple(sizes)
+def _measure_branches(plan: DecodePlan, context: MeasureContext):
+  """The two lax.cond branches of one layer's measure on R rows: (LayerInputs, measure
+  state) -> (confidence [R] float32, measure state, logits [R, V or K] float32 or [R, 0])."""
+  measure = plan.measure
 
+  def measure_at(inputs: LayerInputs, measure_state):
+    if plan.needs.logits == "full":
+      inputs = inputs.replace(logits=exit_logits(plan.model, context.params, inputs.hidden))
+    confidence, measure_state = measure.confidence(context, inputs, measure_state)
+    # The measure's own token logits: [R, K] over its ids, or [R, V] contrastive scores.
+    logits = measure.token_logits(measure_state)
+    logits = inputs.logits if logits is None else logits
+    if logits is None:
+      logits = jnp.zeros(inputs.hidden.shape[:1] + (0,), jnp.float32)
+    return confidence.astype(jnp.float32), measure_state, logits
 
-def _logits_width(config: T5Config, exit_config: ExitConfig, measure: Measure) -> int:
-  """Width of the exit logits the layer loop keeps: V, a subset's K, or 0."""
-  if measure.uses_logits:
-    return config.vocab_size
-  return 0 if measure.subset_width is None else measure.subset_width(exit_config)
-
-
-def _measure_branches(config: T5Config, params: Any, exit_config: ExitConfig,
-                      measure: Measure, classifier_params: Any, position: Array,
-                      head_table: Optional[Array]):
-  """The two lax.cond branches of one layer's measure, on R rows:
-  (layer_no, hidden [R, d], measure state, final_top1 [R] or None, memory at this layer,
-  leaves [R, ...]) -> (confidence [R] float32, measure state, logits [R, V] float32 or
-  [R, 0])."""
-  width = _logits_width(config, exit_config, measure)
-
-  def measure_at(layer_no, hidden, measure_state, final_top1, memory):
-    logits = exit_logits(config, params, hidden) if measure.uses_logits else None
-    inputs = MeasureInputs(layer=layer_no, hidden=hidden, logits=logits, final_top1=final_top1,
-                           position=position, classifier_params=classifier_params,
-                           memory=memory, model_params=params, head_table=head_table,
-                           static_exit_layer=exit_config.static_exit_layer,
-                           model_config=config, exit_config=exit_config)
-    confidence, measure_state = measure.confidence(inputs, measure_state)
-    if measure.token_logits is not None:
-      # The measure's own token logits: [R, K] over its ids, or [R, V] contrastive scores.
-      own = measure.token_logits(exit_config, measure_state)
-      logits = logits if own is None else own
-    return confidence.astype(jnp.float32), measure_state, (
-        logits if logits is not None else jnp.zeros(hidden.shape[:1] + (0,), jnp.float32))
-
-  def skip(layer_no, hidden, measure_state, final_top1, memory):
-    del layer_no, final_top1, memory
-    rows = hidden.shape[0]
+  def skip(inputs: LayerInputs, measure_state):
+    rows = inputs.hidden.shape[0]
     return (jnp.zeros((rows,), jnp.float32), measure_state,
-            jnp.zeros((rows, width), jnp.float32))
+            jnp.zeros((rows, plan.logits_width), jnp.float32))
 
   return measure_at, skip
 
 
-def _layer_on_rows(config: T5Config, params: Any, branches, size: int, s: "LayerLoopState",
-                   cache: DecoderCache, self_bias: Array, wanted: Array,
-                   final_top1: Optional[Array], memory: Any):
-  """Layer s.layers_run and its measure on `size` rows that include every running one;
-  `memory` is the measure's store of earlier positions (read only).
-
-  Returns (output [B, 1, d], confidence [B], measure state, logits [B, V or 0]); rows left
-  out of the bucket have exited, and their entries (zeros, or the old state) are never read.
-  """
+def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
+                   size: int, s: LayerLoopState, wanted: Array) -> LayerOutput:
+  """Layer s.layers_run and (where `wanted`) its measure on `size` rows that include every
+  running one; s.cache already holds this layer's K/V at this position."""
+  config, context = plan.model, constants.context
   batch = s.hidden.shape[0]
-  layer_no = s.layers_run + 1
+  branches = _measure_branches(plan, context)
   at_layer = lambda stored: jax.lax.dynamic_index_in_dim(stored, s.layers_run,
                                                          keepdims=False)  # [L, B, ...] -> [B, ...]
+  memory = jax.tree.map(at_layer, at.memory)
+  inputs = LayerInputs(layer=s.layers_run + 1, hidden=None, final_top1=at.final_top1,
+                       position=at.position, memory=memory)
   if size == batch:
-    output = decoder_layer_rows(config, params, cache, s.layers_run, s.hidden, self_bias)
-    return (output,) + jax.lax.cond(wanted, *branches, layer_no, output[:, 0],
-                                    s.measure_state, final_top1,
-                                    jax.tree.map(at_layer, memory))
+    output = decoder_layer_rows(config, context.params, s.cache, s.layers_run, s.hidden,
+                                at.self_bias)  # [B, 1, d]
+    verdict = jax.lax.cond(wanted, *branches, inputs.replace(hidden=output[:, 0]),
+                           s.measure_state)
+    return LayerOutput(output, *verdict)
   rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
   take = lambda full: jnp.take(full, rows, axis=0)
-  part = decoder_layer_rows(config, params, cache, s.layers_run, take(s.hidden), self_bias,
-                            rows)  # [R, 1, d]
+  part = decoder_layer_rows(config, context.params, s.cache, s.layers_run, take(s.hidden),
+                            at.self_bias, rows)  # [R, 1, d]
+  inputs = inputs.replace(hidden=part[:, 0], memory=jax.tree.map(take, memory),
+                          final_top1=None if at.final_top1 is None else take(at.final_top1))
   confidence, measure_state, logits = jax.lax.cond(
-      wanted, *branches, layer_no, part[:, 0], jax.tree.map(take, s.measure_state),
-      None if final_top1 is None else take(final_top1),
-      jax.tree.map(lambda stored: take(at_layer(stored)), memory))
+      wanted, *branches, inputs, jax.tree.map(take, s.measure_state))
   put = lambda full, piece: full.at[rows].set(piece)
-  return (put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
-          jax.tree.map(put, s.measure_state, measure_state),
-          put(jnp.zeros((batch,) + logits.shape[1:], logits.dtype), logits))
+  return LayerOutput(put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
+                     jax.tree.map(put, s.measure_state, measure_state),
+                     put(jnp.zeros((batch,) + logits.shape[1:], logits.dtype), logits))
 
 
-def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure: Measure,
-                classifier_params: Any, state: LayerLoopState, position: Array,
-                self_bias: Array, threshold: Array, lambda_t: Array,
-                final_top1: Optional[Array], compact: bool, memory: Any,
-                head_table: Optional[Array]) -> LayerLoopState:
+def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
+                state: LayerLoopState) -> LayerLoopState:
   """Runs decoder layers for one output position until every running example has exited.
 
-  With `compact`, a layer runs only on a bucket of rows holding the running examples (see
-  `row_buckets`), so examples that left early stop costing compute; exited rows still get
-  their propagated K/V written at every layer the loop runs.
+  With compaction (`DecodePlan.buckets`), a layer runs only on a bucket of rows holding the
+  running examples, so examples that left early stop costing compute; exited rows still
+  get their propagated K/V written at every layer the loop runs.
   """
-  num_layers = config.num_decoder_layers
-  full_compute = exit_config.propagation == "full_compute"
-  # lambda >= 1 never exits early, whatever the decay makes of it at this position.
-  # threshold and lambda_t are [] (one for the batch) or [B] (one per example).
-  allow_early = threshold < 1.0 if measure.thresholded else jnp.array(True)
-  branches = _measure_branches(config, params, exit_config, measure, classifier_params,
-                               position, head_table)
-  batch = state.hidden.shape[0]
-  buckets = row_buckets(batch) if compact and not full_compute else (batch,)
-  on_rows = [functools.partial(_layer_on_rows, config, params, branches, size)
-             for size in buckets]
+  num_layers, full_compute = plan.num_layers, plan.full_compute
+  buckets = plan.buckets(state.hidden.shape[0])
+  on_rows = [functools.partial(_layer_on_rows, plan, constants, at, size) for size in buckets]
 
   def keep_going(s: LayerLoopState) -> Array:
     if full_compute:
@@ -198,49 +188,52 @@ def _layer_loop(config: T5Config, params: Any, exit_config: ExitConfig, measure:
     layer_no = s.layers_run + 1
     # Every row writes this layer's K/V: running rows from their true input, exited rows
     # from their frozen exit state (state propagation).
-    cache = write_self_kv(config, params, s.cache, s.layers_run, s.hidden, position)
-    exit_point = is_exit_point(layer_no, exit_config, num_layers)
-    # Logit-based confidence (the costly head) is only computed where it can decide an
-    # exit, where the trace records it, or at layer L (its logits give the token); cheap
-    # and stateful measures run at every exit point so their state stays current (and
-    # at every layer for those that look at any earlier layer).
-    wanted = (exit_point | measure.every_layer) & (
-        jnp.any(allow_early) | (s.trace.shape[1] > 0) | (layer_no == num_layers)
-        | (not measure.uses_logits) | measure.stateful)
-    operands = (s, cache, self_bias, wanted, final_top1, memory)
+    s = s.replace(cache=write_self_kv(plan.model, constants.context.params, s.cache,
+                                      s.layers_run, s.hidden, at.position))
+    exit_point = is_exit_point(layer_no, plan.exit, num_layers)
+    wanted = plan.checks_at(layer_no, exit_point, at.allow_early)
     if len(buckets) == 1:
-      output, confidence, measure_state, logits = on_rows[0](*operands)
+      out = on_rows[0](s, wanted)
     else:
       # The smallest bucket that holds every running row.
       branch = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
-      output, confidence, measure_state, logits = jax.lax.switch(branch, on_rows, *operands)
-    passes = confidence >= (lambda_t if measure.thresholded else 1.0)
-    leaves = ~s.exited & exit_point & ((passes & allow_early) | (layer_no == num_layers))
-    frozen = s.exited[:, None, None] & (not full_compute)
-    computed_here = wanted & exit_point & (~s.exited | full_compute)
-    trace = s.trace
-    if trace.shape[1]:
-      trace = trace.at[:, s.layers_run].set(jnp.where(computed_here, confidence, jnp.nan))
-    hidden = jnp.where(frozen, s.hidden, output)  # exited rows: their exit state
-    entries = s.memory_entries
-    if measure.memory_entry is not None:
-      entry = measure.memory_entry(classifier_params, hidden[:, 0])
-      entries = jax.tree.map(lambda all_layers, one: all_layers.at[s.layers_run].set(one),
-                             entries, entry)
-    return s.replace(
-        layers_run=layer_no,
-        hidden=hidden,
-        exited=s.exited | leaves,
-        exit_layer=jnp.where(leaves, layer_no, s.exit_layer),
-        exit_hidden=jnp.where(leaves[:, None, None], output, s.exit_hidden),
-        confidence=jnp.where(leaves, confidence, s.confidence),
-        exit_logits=jnp.where(leaves[:, None], logits, s.exit_logits),
-        measure_state=measure_state, memory_entries=entries, trace=trace, cache=cache)
+      out = jax.lax.switch(branch, on_rows, s, wanted)
+    return _record_layer(plan, constants.context, at, s, out, wanted)
 
   return jax.lax.while_loop(keep_going, run_layer, state)
 
 
-def propagate_state(config: T5Config, params: Any, cache: DecoderCache, exit_hidden: Array,
+def _record_layer(plan: DecodePlan, context: MeasureContext, at: PositionInputs,
+                  s: LayerLoopState, out: LayerOutput, wanted: Array) -> LayerLoopState:
+  """The layer loop state after layer s.layers_run + 1 (its output `out`; the measure ran
+  where `wanted`): exits, trace and store entries."""
+  layer_no = s.layers_run + 1
+  exit_point = is_exit_point(layer_no, plan.exit, plan.num_layers)
+  computed = wanted & exit_point & (~s.exited | plan.full_compute)  # [B]
+  passes = out.confidence >= (at.lambda_t if plan.needs.thresholded else 1.0)
+  leaves = ~s.exited & exit_point & ((passes & at.allow_early) | (layer_no == plan.num_layers))
+  frozen = s.exited[:, None, None] & (not plan.full_compute)
+  trace = s.trace
+  if trace.shape[1]:
+    trace = trace.at[:, s.layers_run].set(jnp.where(computed, out.confidence, jnp.nan))
+  hidden = jnp.where(frozen, s.hidden, out.output)  # exited rows: their exit state
+  entries = s.memory_entries
+  if plan.measure.store is not None:
+    entry = plan.measure.store.entry(context, hidden[:, 0])
+    entries = jax.tree.map(lambda all_layers, one: all_layers.at[s.layers_run].set(one),
+                           entries, entry)
+  return s.replace(
+      layers_run=layer_no,
+      hidden=hidden,
+      exited=s.exited | leaves,
+      exit_layer=jnp.where(leaves, layer_no, s.exit_layer),
+      exit_hidden=jnp.where(leaves[:, None, None], out.output, s.exit_hidden),
+      confidence=jnp.where(leaves, out.confidence, s.confidence),
+      exit_logits=jnp.where(leaves[:, None], out.logits, s.exit_logits),
+      measure_state=out.measure_state, memory_entries=entries, trace=trace)
+
+
+def propagate_state(config, params: Any, cache: DecoderCache, exit_hidden: Array,
                     first_layer: Array, position: Array) -> DecoderCache:
   """Writes K/V computed from each example's exit state [B, 1, d] into layers
   first_layer..L-1 (0-based) at `position`: the layers no example of the batch ran."""
@@ -249,20 +242,15 @@ def propagate_state(config: T5Config, params: Any, cache: DecoderCache, exit_hid
   return jax.lax.fori_loop(first_layer, config.num_decoder_layers, write, cache)
 
 
-def _oracle_final_top1(config, params, cache, token, position):
-  states, cache = decoder_step(config, params, cache, token, position)
-  return jnp.argmax(exit_logits(config, params, states[-1]), axis=-1).astype(jnp.int32), cache
-
-
-def _final_memory_entries(config: T5Config, exit_config: ExitConfig, measure: Measure,
-                          classifier_params: Any, layers: LayerLoopState) -> Any:
+def _final_memory_entries(plan: DecodePlan, context: MeasureContext,
+                          layers: LayerLoopState) -> Any:
   """The position's entries at every layer: with copy_state, the layers no example reached
   take the exit states (as their K/V do); otherwise they stay zeros."""
   entries = layers.memory_entries
-  if exit_config.propagation != "copy_state":
+  if plan.exit.propagation != "copy_state":
     return entries
-  exit_entry = measure.memory_entry(classifier_params, layers.exit_hidden[:, 0])
-  unreached = jnp.arange(config.num_decoder_layers) >= layers.layers_run  # [L]
+  exit_entry = plan.measure.store.entry(context, layers.exit_hidden[:, 0])
+  unreached = jnp.arange(plan.num_layers) >= layers.layers_run  # [L]
 
   def fill(all_layers, one):  # [L, B, ...], [B, ...]
     mask = unreached.reshape((-1,) + (1,) * one.ndim)
@@ -270,43 +258,57 @@ def _final_memory_entries(config: T5Config, exit_config: ExitConfig, measure: Me
   return jax.tree.map(fill, entries, exit_entry)
 
 
-def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfig,
-                           sampling: SamplingConfig, max_decode_len: int, compact: bool,
-                           threshold: Array, tau: Array, classifier_params: Any,
-                           head_table: Optional[Array], state: TokenLoopState) -> TokenLoopState:
-  measure = get_measure(exit_config.measure)
+def _position_inputs(plan: DecodePlan, constants: DecodeConstants, state: TokenLoopState,
+                     final_top1: Optional[Array]) -> PositionInputs:
+  position = state.position
+  threshold = constants.threshold
+  return PositionInputs(
+      position=position,
+      self_bias=step_self_bias(plan.model, constants.context.params, position,
+                               plan.max_decode_len),
+      lambda_t=threshold_at(threshold, constants.tau, position, plan.max_decode_len,
+                            plan.exit.decay),
+      # lambda >= 1 never exits early, whatever the decay makes of it at this position.
+      allow_early=threshold < 1.0 if plan.needs.thresholded else jnp.array(True),
+      final_top1=final_top1, memory=state.measure_memory)
+
+
+def _start_layers(plan: DecodePlan, context: MeasureContext, state: TokenLoopState,
+                  cache: DecoderCache) -> LayerLoopState:
+  """The layer loop state before layer 1 of this position; finished rows start exited."""
+  embedded = embed(plan.model, context.params, state.last_token[:, None])  # [B, 1, d]
+  batch = embedded.shape[0]
+  store = plan.measure.store
+  return LayerLoopState(
+      layers_run=jnp.array(0, jnp.int32), hidden=embedded, exited=state.done,
+      exit_layer=jnp.zeros((batch,), jnp.int32), exit_hidden=embedded,
+      confidence=jnp.zeros((batch,), jnp.float32),
+      exit_logits=jnp.zeros((batch, plan.logits_width), jnp.float32),
+      measure_state=plan.measure.init(context, embedded[:, 0]),
+      memory_entries=() if store is None else store.empty_entries(context, embedded[:, 0]),
+      trace=jnp.full((batch, plan.trace_width), jnp.nan, jnp.float32), cache=cache)
+
+
+def _generate_one_position(plan: DecodePlan, constants: DecodeConstants,
+                           state: TokenLoopState) -> TokenLoopState:
+  config, context = plan.model, constants.context
   position, cache = state.position, state.cache
   final_top1 = None
-  if measure.needs_final_top1:
-    final_top1, cache = _oracle_final_top1(config, params, cache, state.last_token, position)
-  embedded = embed(config, params, state.last_token[:, None])  # [B, 1, d]
-  batch = embedded.shape[0]
-  trace_width = config.num_decoder_layers if state.trace.shape[2] else 0
-  layers = _layer_loop(
-      config, params, exit_config, measure, classifier_params,
-      LayerLoopState(
-          layers_run=jnp.array(0, jnp.int32), hidden=embedded, exited=state.done,
-          exit_layer=jnp.zeros((batch,), jnp.int32), exit_hidden=embedded,
-          confidence=jnp.zeros((batch,), jnp.float32),
-          exit_logits=jnp.zeros((batch, _logits_width(config, exit_config, measure)),
-                                jnp.float32),
-          measure_state=measure.init_state(embedded[:, 0], classifier_params=classifier_params,
-                                           exit_config=exit_config, model_params=params,
-                                           model_config=config),
-          memory_entries=empty_memory_entries(measure, classifier_params,
-                                              config.num_decoder_layers, embedded[:, 0]),
-          trace=jnp.full((batch, trace_width), jnp.nan, jnp.float32), cache=cache),
-      position, step_self_bias(config, params, position, max_decode_len), threshold,
-      threshold_at(threshold, tau, position, max_decode_len, exit_config.decay), final_top1,
-      compact, state.measure_memory, head_table)
+  if plan.needs.final_top1:  # the oracle: a full pass first
+    states, cache = decoder_step(config, context.params, cache, state.last_token, position)
+    final_top1 = jnp.argmax(exit_logits(config, context.params, states[-1]),
+                            axis=-1).astype(jnp.int32)
+  layers = _layer_loop(plan, constants, _position_inputs(plan, constants, state, final_top1),
+                       _start_layers(plan, context, state, cache))
   cache, memory = layers.cache, state.measure_memory
-  if exit_config.propagation == "copy_state":
-    cache = propagate_state(config, params, cache, layers.exit_hidden, layers.layers_run, position)
-  if measure.write_memory is not None:
-    memory = measure.write_memory(memory, _final_memory_entries(
-        config, exit_config, measure, classifier_params, layers), position)
+  if plan.exit.propagation == "copy_state":
+    cache = propagate_state(config, context.params, cache, layers.exit_hidden,
+                            layers.layers_run, position)
+  if plan.measure.store is not None:
+    memory = plan.measure.store.write(memory, _final_memory_entries(plan, context, layers),
+                                      position)
   rng, token_rng = jax.random.split(state.rng)
-  token = _exit_tokens(config, params, measure, sampling, layers, token_rng)
+  token = _exit_tokens(plan, context, layers, token_rng)
   token = jnp.where(state.done, config.pad_token_id, token)
   at = (slice(None), position)
   return state.replace(
@@ -316,65 +318,62 @@ def _generate_one_position(config: T5Config, params: Any, exit_config: ExitConfi
       exit_layers=state.exit_layers.at[at].set(layers.exit_layer),
       confidences=state.confidences.at[at].set(layers.confidence),
       trace=(state.trace.at[at].set(jnp.where(state.done[:, None], jnp.nan, layers.trace))
-             if trace_width else state.trace),
+             if plan.return_trace else state.trace),
       measure_memory=memory, cache=cache, rng=rng)
 
 
-def _exit_tokens(config: T5Config, params: Any, measure: Measure, sampling: SamplingConfig,
-                 layers: LayerLoopState, rng: Array) -> Array:
+def _exit_tokens(plan: DecodePlan, context: MeasureContext, layers: LayerLoopState,
+                 rng: Array) -> Array:
   """The emitted tokens [B] from the exit layer's logits."""
-  if measure.uses_logits:
+  sampling = plan.sampling
+  if plan.needs.logits == "full":
     return select_tokens(layers.exit_logits, rng, sampling)
-  full = lambda: select_tokens(exit_logits(config, params, layers.exit_hidden[:, 0]), rng,
-                               sampling)
-  if measure.subset_width is None:
+  full = lambda: select_tokens(exit_logits(plan.model, context.params,
+                                           layers.exit_hidden[:, 0]), rng, sampling)
+  if plan.needs.logits == "none":
     return full()
   # The best kept token, mapped back to its id; tokens that ran all L layers take the full
   # head (computed only when some row did).
   subset = dataclasses.replace(sampling, top_k=min(sampling.top_k, layers.exit_logits.shape[1]))
   index = select_tokens(layers.exit_logits, rng, subset)  # [B] into the kept ids
   token = jnp.take_along_axis(layers.measure_state.ids, index[:, None], axis=1)[:, 0]
-  at_last = layers.exit_layer == config.num_decoder_layers
+  at_last = layers.exit_layer == plan.num_layers
   return jax.lax.cond(jnp.any(at_last), lambda: jnp.where(at_last, full(), token),
                       lambda: token)
 
 
-def generate_impl(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
-                  max_decode_len: int, return_trace: bool, params: Any, input_ids: Array,
-                  attention_mask: Array, threshold: Array, tau: Array,
-                  rng: Array, compact: bool = True,
-                  skip_rows: Optional[Array] = None,
-                  classifier_params: Any = None) -> GenerateOutput:
-  """The traced body of `generate`; threshold and tau are runtime values (vmappable).
+def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array,
+                  attention_mask: Array, rng: Array,
+                  skip_rows: Optional[Array] = None) -> GenerateOutput:
+  """The traced body of `generate` for input ids [B, S]; `constants` are traced (a new
+  threshold never recompiles, and a grid of them vmaps).
 
-  threshold is [] (the whole batch) or [B] (each example its own lambda). `compact` (static)
-  runs each layer on running rows only; under vmap its branch choice would become a select
-  that computes every bucket, so `generate_grid` turns it off. Rows where `skip_rows` [B]
-  is True start finished: they cost nothing and return padding (used to pad a batch to a
-  compiled size). `classifier_params` are a learned measure's parameters (traced).
+  Rows where `skip_rows` [B] is True start finished: they cost nothing and return padding
+  (used to pad a batch to a compiled size).
   """
-  measure = get_measure(exit_config.measure)
+  config, context = plan.model, constants.context
+  if plan.needs.logits == "subset" and context.head_table is None:
+    # The head's rows [V, d], once per decode, outside the loops.
+    context = context.replace(head_table=head_table(config, context.params))
+  constants = constants.replace(context=context)
   batch = input_ids.shape[0]
-  encoded = encode(config, params, input_ids, attention_mask)
-  trace_width = config.num_decoder_layers if return_trace else 0
+  encoded = encode(config, context.params, input_ids, attention_mask)
+  store = plan.measure.store
   state = TokenLoopState(
       position=jnp.array(0, jnp.int32),
       last_token=jnp.full((batch,), config.decoder_start_token_id, jnp.int32),
       done=jnp.zeros((batch,), bool) if skip_rows is None else jnp.asarray(skip_rows, bool),
-      tokens=jnp.full((batch, max_decode_len), config.pad_token_id, jnp.int32),
-      exit_layers=jnp.zeros((batch, max_decode_len), jnp.int32),
-      confidences=jnp.zeros((batch, max_decode_len), jnp.float32),
-      trace=jnp.full((batch, max_decode_len, trace_width), jnp.nan, jnp.float32),
-      measure_memory=(() if measure.init_memory is None else measure.init_memory(
-          classifier_params, config.num_decoder_layers, batch, max_decode_len)),
-      cache=init_decoder_cache(config, params, encoded, attention_mask, max_decode_len),
+      tokens=jnp.full((batch, plan.max_decode_len), config.pad_token_id, jnp.int32),
+      exit_layers=jnp.zeros((batch, plan.max_decode_len), jnp.int32),
+      confidences=jnp.zeros((batch, plan.max_decode_len), jnp.float32),
+      trace=jnp.full((batch, plan.max_decode_len, plan.trace_width), jnp.nan, jnp.float32),
+      measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
+      cache=init_decoder_cache(config, context.params, encoded, attention_mask,
+                               plan.max_decode_len),
       rng=rng)
-  head_table = measure_head_table(measure, config, params)  # once, outside the loops
-  step = functools.partial(_generate_one_position, config, params, exit_config, sampling,
-                           max_decode_len, compact, threshold, tau, classifier_params,
-                           head_table)
-  not_finished = lambda s: (s.position < max_decode_len) & ~jnp.all(s.done)
-  state = jax.lax.while_loop(not_finished, step, state)
+  not_finished = lambda s: (s.position < plan.max_decode_len) & ~jnp.all(s.done)
+  state = jax.lax.while_loop(not_finished,
+                             functools.partial(_generate_one_position, plan, constants), state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,
                         confidences=state.confidences,
-                        trace=state.trace if return_trace else None)
+                        trace=state.trace if plan.return_trace else None)

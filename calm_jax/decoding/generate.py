@@ -1,14 +1,16 @@
-"""Public entry points of the early-exit decoder: `generate` and `generate_grid`.
+"""Public entry points of the early-exit decoder: `generate`, `generate_with_thresholds`
+and `generate_grid`.
 
 Arguments are checked before anything is compiled. The threshold and tau are traced
 arguments: a new value never recompiles, and `generate_grid` vmaps one compiled call over a
-grid of thresholds. Learned measures (`classifiers.CLASSIFIERS`) take their parameters as
-`classifier_params`, also traced; the classifier's hyperparameters are read off the
-parameter shapes, so new parameters of the same shapes never recompile either.
+grid of thresholds. Learned measures (`exit_classifiers.registry.is_learned`) take their
+parameters as `classifier_params`, also traced; the classifier's hyperparameters are read
+off the parameter shapes, so new parameters of the same shapes never recompile either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Optional, Sequence
 
@@ -18,39 +20,45 @@ import numpy as np
 
 from calm_jax.decoding.early_exit import GenerateOutput, generate_impl
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.classifiers import check_classifier_params
-from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
-from calm_jax.decoding.measures import get_measure
+from calm_jax.decoding.inputs import prepare_inputs
+from calm_jax.decoding.measures import MeasureContext
+from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import SamplingConfig
+from calm_jax.exit_classifiers.registry import check_classifier_params, is_learned
 from calm_jax.model.config import T5Config
 
-STATIC = ("config", "exit_config", "sampling", "max_decode_len", "return_trace")
-
-_generate_jit = jax.jit(generate_impl, static_argnames=STATIC + ("compact",))
+_generate_jit = jax.jit(generate_impl, static_argnames=("plan",))
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-def _generate_grid_jit(config, exit_config, sampling, max_decode_len, return_trace, params,
-                       input_ids, attention_mask, thresholds, tau, rng, classifier_params):
-  one = lambda threshold: generate_impl(config, exit_config, sampling, max_decode_len,
-                                        return_trace, params, input_ids, attention_mask,
-                                        threshold, tau, rng, compact=False,
-                                        classifier_params=classifier_params)
-  return jax.vmap(one)(thresholds)
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _generate_grid_jit(plan: DecodePlan, constants: DecodeConstants, input_ids, attention_mask,
+                       rng):
+  """generate_impl vmapped over constants.threshold [K] (without row compaction)."""
+  plan = dataclasses.replace(plan, compact=False)
+  one = lambda threshold: generate_impl(plan, constants.replace(threshold=threshold),
+                                        input_ids, attention_mask, rng)
+  return jax.vmap(one)(constants.threshold)
 
 
-def _check(config: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
-           max_decode_len: int, rng, classifier_params) -> None:
-  check_max_decode_len(max_decode_len)
-  exit_config.validate(config.num_decoder_layers, config.vocab_size)
-  if get_measure(exit_config.measure).learned:
-    check_classifier_params(exit_config.measure, classifier_params, config.d_model)
+def _constants(plan: DecodePlan, params: Any, exit_config: ExitConfig, threshold,
+               classifier_params: Any) -> DecodeConstants:
+  """The traced constants of a call, after checking the classifier parameters against the
+  measure (required for a learned measure, refused for the others)."""
+  if is_learned(exit_config.measure):
+    check_classifier_params(exit_config.measure, classifier_params, plan.model.d_model)
   elif classifier_params is not None:
     raise ValueError(f"classifier_params given, but measure {exit_config.measure!r} is not "
                      "a learned exit classifier")
-  sampling.validate(config.vocab_size)
+  context = MeasureContext(params=params, classifier_params=classifier_params,
+                           model_config=plan.model)
+  return DecodeConstants(context=context, threshold=threshold,
+                         tau=jnp.float32(exit_config.tau))
+
+
+def _check_rng(sampling: SamplingConfig, rng) -> jax.Array:
   if not sampling.greedy and rng is None:
     raise ValueError("sampling (temperature > 0) needs an explicit rng key")
+  return rng if rng is not None else jax.random.PRNGKey(0)
 
 
 def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
@@ -65,12 +73,11 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   `return_trace` the per-layer confidences [B, max_decode_len, L]. `classifier_params`:
   the parameters of a learned measure (required for those, refused for the others).
   """
-  _check(config, exit, sampling, max_decode_len, rng, classifier_params)
+  plan = DecodePlan.checked(config, exit, sampling, max_decode_len, return_trace)
+  constants = _constants(plan, params, exit, jnp.float32(exit.threshold), classifier_params)
+  rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
-  return _generate_jit(config, exit.compiled_part(), sampling, max_decode_len, return_trace,
-                       params, input_ids, attention_mask, jnp.float32(exit.threshold),
-                       jnp.float32(exit.tau), rng if rng is not None else jax.random.PRNGKey(0),
-                       classifier_params=classifier_params)
+  return _generate_jit(plan, constants, input_ids, attention_mask, rng)
 
 
 def check_threshold_grid(thresholds) -> np.ndarray:
@@ -98,7 +105,8 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   layer 0.
   """
   thresholds = check_threshold_grid(thresholds)
-  _check(config, exit, SamplingConfig(), max_decode_len, None, classifier_params)
+  plan = DecodePlan.checked(config, exit, SamplingConfig(), max_decode_len, return_trace)
+  constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   if thresholds.size != input_ids.shape[0]:
     raise ValueError(f"thresholds has {thresholds.size} entries but the batch has "
@@ -107,10 +115,8 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   if skip.shape != (input_ids.shape[0],) or skip.dtype != bool:
     raise ValueError(f"skip_rows must be a bool array [{input_ids.shape[0]}], got "
                      f"{skip.dtype} {skip.shape}")
-  return _generate_jit(config, exit.compiled_part(), SamplingConfig(), max_decode_len,
-                       return_trace, params, input_ids, attention_mask,
-                       jnp.asarray(thresholds), jnp.float32(exit.tau), jax.random.PRNGKey(0),
-                       skip_rows=jnp.asarray(skip), classifier_params=classifier_params)
+  return _generate_jit(plan, constants, input_ids, attention_mask, jax.random.PRNGKey(0),
+                       skip_rows=jnp.asarray(skip))
 
 
 def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,
@@ -121,10 +127,8 @@ def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None,
                   classifier_params: Any = None) -> GenerateOutput:
   """`generate` under K thresholds in one compiled call: every field gets a leading [K]."""
   thresholds = check_threshold_grid(thresholds)
-  _check(config, exit, sampling, max_decode_len, rng, classifier_params)
+  plan = DecodePlan.checked(config, exit, sampling, max_decode_len, return_trace)
+  constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
+  rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
-  return _generate_grid_jit(config, exit.compiled_part(), sampling, max_decode_len,
-                            return_trace, params, input_ids, attention_mask,
-                            jnp.asarray(thresholds), jnp.float32(exit.tau),
-                            rng if rng is not None else jax.random.PRNGKey(0),
-                            classifier_params)
+  return _generate_grid_jit(plan, constants, input_ids, attention_mask, rng)

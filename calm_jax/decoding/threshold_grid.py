@@ -34,12 +34,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from calm_jax.decoding.early_exit import row_buckets
 from calm_jax.decoding.exit_rule import ExitConfig, is_exit_point, threshold_at
 from calm_jax.decoding.generate import (check_threshold_grid, generate,
                                        generate_with_thresholds)
 from calm_jax.decoding.inputs import prepare_inputs
-from calm_jax.decoding.measures import get_measure
+from calm_jax.decoding.measures import build_measure
+from calm_jax.decoding.plan import row_buckets
 from calm_jax.model.config import T5Config
 
 
@@ -72,6 +72,35 @@ class GridDecode:
     cut = lambda tokens, layers: [row[kept > 0].tolist() for row, kept in zip(tokens, layers)]
     return ([cut(t, l) for t, l in zip(self.tokens, self.exit_layers)],
             cut(self.full_tokens, self.full_exit_layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class _GridJob:
+  """What every decode of one grid shares: the model, the inputs (host arrays) and the
+  decode settings."""
+
+  config: T5Config
+  params: Any
+  input_ids: np.ndarray  # [B, S] int32
+  attention_mask: np.ndarray  # [B, S] int32
+  exit_config: ExitConfig
+  max_decode_len: int
+  batch_size: int  # most rows per decode call
+  margin: float  # near ties around lambda_t that are decoded rather than copied
+  classifier_params: Any
+
+  def decode_rows(self, rows: np.ndarray, thresholds: np.ndarray):
+    """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded to the
+    smallest of row_buckets(batch_size) that holds them with skipped rows (which cost
+    nothing and never hold the loops)."""
+    size = min(b for b in row_buckets(self.batch_size) if b >= rows.size)
+    extra = size - rows.size
+    padded = np.concatenate([rows, np.repeat(rows[-1:], extra)])
+    return generate_with_thresholds(
+        self.config, self.params, self.input_ids[padded], self.attention_mask[padded],
+        thresholds=np.concatenate([thresholds, np.ones(extra, thresholds.dtype)]),
+        exit=self.exit_config, max_decode_len=self.max_decode_len, return_trace=True,
+        skip_rows=np.arange(size) >= rows.size, classifier_params=self.classifier_params)
 
 
 @dataclasses.dataclass
@@ -146,13 +175,14 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   input_ids, attention_mask = (np.asarray(a) for a in prepare_inputs(
       config, input_ids, attention_mask, max_input_len))
   batch = input_ids.shape[0]
-  batch_size = batch if batch_size is None else int(batch_size)
+  job = _GridJob(config, params, input_ids, attention_mask, exit, max_decode_len,
+                 batch if batch_size is None else int(batch_size), margin, classifier_params)
   decode = functools.partial(generate, config, params, max_decode_len=max_decode_len,
                              return_trace=True, classifier_params=classifier_params)
   full = decode(input_ids, attention_mask, exit=dataclasses.replace(exit, threshold=1.0))
   stack = lambda field: np.repeat(np.asarray(field)[None], thresholds.size, axis=0)
   full_tokens, full_exit_layers = np.asarray(full.tokens), np.asarray(full.exit_layers)
-  if not get_measure(exit.measure).thresholded:
+  if not build_measure(exit).needs.thresholded:
     # The threshold plays no part: one decode serves every grid point.
     once = decode(input_ids, attention_mask, exit=exit)
     return GridDecode(thresholds, stack(once.tokens), stack(once.exit_layers),
@@ -163,28 +193,26 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                     config.num_decoder_layers, 0)
   reference = _Reference(*(np.array(a) for a in (full.tokens, full.exit_layers,
                                                  full.confidences, full.trace)))
-  decoded = _walk_grid(config, params, input_ids, attention_mask, exit, max_decode_len,
-                       batch_size, margin, grid, reference, classifier_params,
-                       progress or (lambda filled, decoded: None))
+  decoded = _walk_grid(job, grid, reference, progress or (lambda filled, decoded: None))
   return dataclasses.replace(grid, decoded_pairs=decoded)
 
 
-def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decode_len,
-               batch_size, margin, grid: GridDecode, reference: _Reference,
-               classifier_params, progress: Callable[[int, int], None]) -> int:
+def _walk_grid(job: _GridJob, grid: GridDecode, reference: _Reference,
+               progress: Callable[[int, int], None]) -> int:
   """Fills grid[k, b] for every pair, largest threshold first per example: copied from the
   example's reference when the decisions provably agree, else decoded (in waves led by one
   pair per example) and made the new reference. Returns the pairs decoded."""
-  thresholds, num_layers = grid.thresholds, config.num_decoder_layers
+  thresholds = grid.thresholds
+  exit_config, max_decode_len, batch_size = job.exit_config, job.max_decode_len, job.batch_size
   order = np.argsort(-thresholds, kind="stable")  # grid indices, largest first
   lambda_t = np.asarray(threshold_at(
       thresholds[:, None], exit_config.tau, np.arange(max_decode_len)[None], max_decode_len,
       exit_config.decay))  # [K, T]
-  cursor = np.zeros(input_ids.shape[0], np.int64)  # per example: next entry of `order`
+  cursor = np.zeros(job.input_ids.shape[0], np.int64)  # per example: next entry of `order`
   decoded = 0
   while True:
-    waiting = _advance_copies(grid, reference, order, lambda_t, cursor, exit_config,
-                              num_layers, margin)  # [W] examples whose next pair must decode
+    waiting = _advance_copies(job, grid, reference, order, lambda_t,
+                              cursor)  # [W] examples whose next pair must decode
     progress(int(cursor.sum()), decoded)
     if waiting.size == 0:
       return decoded
@@ -192,8 +220,7 @@ def _walk_grid(config, params, input_ids, attention_mask, exit_config, max_decod
       rows, steps = _plan_wave(waiting[start:start + batch_size], cursor, order.size,
                                batch_size)
       ks = order[cursor[rows] + steps]
-      out = _decode_rows(config, params, input_ids, attention_mask, exit_config,
-                         max_decode_len, thresholds[ks], rows, batch_size, classifier_params)
+      out = job.decode_rows(rows, thresholds[ks])
       grid.tokens[ks, rows] = np.asarray(out.tokens)[:rows.size]
       grid.exit_layers[ks, rows] = np.asarray(out.exit_layers)[:rows.size]
       grid.confidences[ks, rows] = np.asarray(out.confidences)[:rows.size]
@@ -226,8 +253,8 @@ def _plan_wave(waiting: np.ndarray, cursor: np.ndarray, grid_size: int,
   return np.concatenate(examples), np.concatenate(steps)
 
 
-def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_layers,
-                    margin) -> np.ndarray:
+def _advance_copies(job: _GridJob, grid: GridDecode, reference: _Reference, order: np.ndarray,
+                    lambda_t: np.ndarray, cursor: np.ndarray) -> np.ndarray:
   """Copies, for every example, the run of its next pairs that share its reference's
   decisions, moving its cursor to the first pair that needs a decode; returns the examples
   that have one."""
@@ -238,7 +265,8 @@ def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_l
   ks = order[np.minimum(position, grid_size - 1)]  # [P, K] grid indices, largest first
   rows = pending[:, None]
   shared = same_decisions(reference.trace[rows], reference.exit_layers[rows], lambda_t[ks],
-                          exit_config, num_layers, margin)  # [P, K]
+                          job.exit_config, job.config.num_decoder_layers,
+                          job.margin)  # [P, K]
   shared |= grid.thresholds[ks] >= 1.0  # never exits: the reference is still the full decode
   shared &= valid
   run = np.where(shared.all(axis=1), valid.sum(axis=1), np.argmin(shared, axis=1))  # [P]
@@ -250,18 +278,3 @@ def _advance_copies(grid, reference, order, lambda_t, cursor, exit_config, num_l
     grid.confidences[k_step, examples] = reference.confidences[examples]
   cursor[pending] += run
   return pending[cursor[pending] < grid_size]
-
-
-def _decode_rows(config, params, input_ids, attention_mask, exit_config, max_decode_len,
-                 thresholds, rows, batch_size, classifier_params):
-  """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded to the
-  smallest of row_buckets(batch_size) that holds them with skipped rows (which cost nothing
-  and never hold the loops)."""
-  size = min(b for b in row_buckets(batch_size) if b >= rows.size)
-  extra = size - rows.size
-  padded = np.concatenate([rows, np.repeat(rows[-1:], extra)])
-  return generate_with_thresholds(
-      config, params, input_ids[padded], attention_mask[padded],
-      thresholds=np.concatenate([thresholds, np.ones(extra, thresholds.dtype)]),
-      exit=exit_config, max_decode_len=max_decode_len, return_trace=True,
-      skip_rows=np.arange(size) >= rows.size, classifier_params=classifier_params)

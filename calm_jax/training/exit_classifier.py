@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from calm_jax.decoding.classifiers import (classifier_logits_teacher_forced, defined_layers,
-                                           get_classifier)
+from calm_jax.exit_classifiers.registry import get_classifier
+from calm_jax.exit_classifiers.teacher_forced import (classifier_logits_teacher_forced,
+                                                      defined_layers)
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import decode_teacher_forced, encode, exit_logits, shift_right
 from calm_jax.training import data as data_lib
@@ -56,7 +57,7 @@ LOSSES = ("cross_entropy", "geometric")
 class ClassifierObjective:
   """What the classifier learns and how its loss is weighted."""
 
-  classifier: str = "meta_mlp"  # a name of decoding.classifiers.CLASSIFIERS
+  classifier: str = "meta_mlp"  # a name of exit_classifiers.registry.CLASSIFIERS
   labels: str = "consistent"  # one of LABELS
   balancing: str = "class_weights"  # one of BALANCING (cross_entropy only)
   loss: str = "cross_entropy"  # one of LOSSES

@@ -1,4 +1,4 @@
-"""The exit head on a subset of the vocabulary: what `softmax_topk` and `softmax_pruned` need.
+"""softmax_topk and softmax_pruned: softmax response over a subset of the vocabulary.
 
 At a token's first exit point the full logits are computed once and each example keeps its
 top-K token ids (best first). Later exit points compute only those K logits, from the same
@@ -13,11 +13,18 @@ fixed, so a smaller set changes which tokens compete, not the FLOPs of a check.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional, Tuple
+
 import flax
+import jax
 import jax.numpy as jnp
 
+from calm_jax.decoding.measures.base import (LayerInputs, Measure, MeasureContext, Needs,
+                                             top2_probabilities)
 from calm_jax.model.config import T5Config
 from calm_jax.model.layers import RMSNorm
+from calm_jax.model.t5 import exit_logits
 
 Array = jnp.ndarray
 PRUNINGS = ("fixed", "decaying", "adaptive")
@@ -100,3 +107,83 @@ def keep_top_ranked(kept: Array, logits: Array, count: Array) -> Array:
   ascending = jnp.sort(values, axis=-1)
   kth = jnp.take_along_axis(ascending, (values.shape[-1] - count)[:, None], axis=-1)  # [B, 1]
   return kept & (values >= kth)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunedSoftmax(Measure):
+  """Top-1 minus top-2 probability, of the full softmax at the token's first exit point
+  (which keeps each row's top-K ids), then of the softmax over the kept tokens only.
+
+  This class is softmax_topk (pruning 'fixed'); `SoftmaxPruned` may also shrink the kept
+  set after every exit point ('decaying', 'adaptive': `kept_count`).
+  """
+
+  name = "softmax_topk"
+  top_k: int = 2000  # K (k1): tokens kept at the first exit point
+  pruning: str = "fixed"  # one of PRUNINGS (only softmax_pruned takes another)
+  min_top_k: int = 10  # k*, the fewest tokens pruning keeps (not with 'fixed')
+
+  @property
+  def needs(self) -> Needs:
+    return Needs(logits="subset", subset_width=self.top_k)
+
+  def validate(self, model_config: T5Config) -> None:
+    top_k, largest = self.top_k, model_config.vocab_size
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 2 <= top_k <= largest:
+      raise ValueError(f"ExitConfig.top_k={top_k!r} must be an integer in [2, {largest}] (the "
+                       f"vocabulary size) for measure {self.name!r}")
+
+  def init(self, context: MeasureContext, embedded: Array) -> PrunedVocabulary:
+    return empty_vocabulary(embedded, self.top_k)
+
+  def confidence(self, context: MeasureContext, inputs: LayerInputs,
+                 state: PrunedVocabulary) -> Tuple[Array, PrunedVocabulary]:
+    return jax.lax.cond(jnp.any(state.ready), self._over_kept_tokens, self._prune,
+                        context, inputs, state)
+
+  def token_logits(self, state: PrunedVocabulary) -> Optional[Array]:
+    return state.logits  # [B, K] over state.ids
+
+  def _prune(self, context: MeasureContext, inputs: LayerInputs, state: PrunedVocabulary):
+    del state
+    logits = exit_logits(context.model_config, context.params, inputs.hidden)  # [B, V]
+    top_logits, ids = jax.lax.top_k(logits, self.top_k)  # [B, K] best first
+    first, second = top2_probabilities(logits)
+    confidence = first - second
+    return confidence, PrunedVocabulary(
+        ids=ids.astype(jnp.int32), kept=jnp.ones(ids.shape, bool), logits=top_logits,
+        confidence=confidence, ready=jnp.ones(ids.shape[:1], bool))
+
+  def _over_kept_tokens(self, context: MeasureContext, inputs: LayerInputs,
+                        state: PrunedVocabulary):
+    config = context.model_config
+    kept = state.kept
+    if self.pruning != "fixed":
+      count = kept_count(self.pruning, inputs.layer, config.num_decoder_layers,
+                         config.vocab_size, self.top_k, self.min_top_k,
+                         state.confidence)  # [B]
+      kept = keep_top_ranked(kept, state.logits, count)
+    table = context.head_table
+    if table is None:  # a caller outside the decoder: build it here (a V * d copy per call)
+      table = head_table(config, context.params)
+    logits = subset_logits(config, context.params, inputs.hidden, table, state.ids)
+    logits = jnp.where(kept, logits, -jnp.inf)  # [B, K]
+    first, second = top2_probabilities(logits)
+    confidence = first - second
+    return confidence, state.replace(kept=kept, logits=logits, confidence=confidence)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxPruned(PrunedSoftmax):
+  """softmax_pruned: PrunedSoftmax with the schedule of ExitConfig.pruning."""
+
+  name = "softmax_pruned"
+
+  def validate(self, model_config: T5Config) -> None:
+    super().validate(model_config)
+    if self.pruning not in PRUNINGS:
+      raise ValueError(f"ExitConfig.pruning={self.pruning!r}; allowed: {', '.join(PRUNINGS)}")
+    k_min = self.min_top_k
+    if isinstance(k_min, bool) or not isinstance(k_min, int) or not 2 <= k_min <= self.top_k:
+      raise ValueError(f"ExitConfig.min_top_k (k*)={k_min!r} must be an integer in [2, top_k="
+                       f"{self.top_k}]")

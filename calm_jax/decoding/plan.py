@@ -1,0 +1,115 @@
+"""The early-exit decoder's static plan and its traced constants.
+
+`DecodePlan` holds every choice that shapes the compiled program (model config, the exit
+config without its runtime values, sampling, lengths, row compaction) and the measure built
+from it; it is the one place the decoder reads the measure's declaration (`Needs`).
+`DecodeConstants` holds what is traced and constant over a decode: the parameters (in the
+measure context), lambda and tau. A new threshold therefore never recompiles, and a grid of
+thresholds is one `vmap` over `DecodeConstants.threshold`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Tuple
+
+import flax
+import jax.numpy as jnp
+
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.inputs import check_max_decode_len
+from calm_jax.decoding.measures import (Measure, MeasureContext, Needs, build_measure,
+                                        checked_measure)
+from calm_jax.decoding.sampling import SamplingConfig
+from calm_jax.model.config import T5Config
+
+Array = jnp.ndarray
+
+
+def row_buckets(batch: int, count: int = 4) -> Tuple[int, ...]:
+  """Row counts the layer loop may run a layer on: B, ceil(B/2), ceil(B/4), ... (distinct,
+  at most `count`)."""
+  sizes = [batch]
+  while len(sizes) < count and sizes[-1] > 1:
+    sizes.append(-(-sizes[-1] // 2))
+  return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+  """Everything static about one compiled decode (hashable: a jit static argument)."""
+
+  model: T5Config
+  exit: ExitConfig  # without its runtime values (ExitConfig.compiled_part)
+  sampling: SamplingConfig
+  max_decode_len: int  # T, output positions
+  return_trace: bool  # record every layer's confidence, [B, T, L]
+  # Run each layer on the smallest row bucket holding the running examples. Under vmap a
+  # data-dependent branch becomes a select of all branches, so the threshold grid turns
+  # it off.
+  compact: bool = True
+
+  @classmethod
+  def checked(cls, model: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
+              max_decode_len: int, return_trace: bool) -> "DecodePlan":
+    """The plan, after checking every static choice (ValueError naming the bad one)."""
+    check_max_decode_len(max_decode_len)
+    checked_measure(exit_config, model)
+    sampling.validate(model.vocab_size)
+    return cls(model, exit_config.compiled_part(), sampling, max_decode_len, return_trace)
+
+  @functools.cached_property
+  def measure(self) -> Measure:
+    return build_measure(self.exit)
+
+  @property
+  def needs(self) -> Needs:
+    return self.measure.needs
+
+  @property
+  def num_layers(self) -> int:
+    return self.model.num_decoder_layers
+
+  @property
+  def full_compute(self) -> bool:
+    """Every layer runs on true states, whatever the exits (propagation='full_compute')."""
+    return self.exit.propagation == "full_compute"
+
+  @property
+  def logits_width(self) -> int:
+    """Width of the exit logits the layer loop keeps: V, a subset's K, or 0."""
+    return {"full": self.model.vocab_size, "subset": self.needs.subset_width,
+            "none": 0}[self.needs.logits]
+
+  @property
+  def trace_width(self) -> int:
+    return self.num_layers if self.return_trace else 0
+
+  def buckets(self, batch: int) -> Tuple[int, ...]:
+    """The row counts a layer may run on (one when not compacting)."""
+    if self.compact and not self.full_compute:
+      return row_buckets(batch)
+    return (batch,)
+
+  def checks_at(self, layer_no: Array, exit_point: Array, allow_early: Array) -> Array:
+    """[] bool: whether the measure runs at 1-based layer `layer_no`.
+
+    A measure on the full logits (the costly head) runs only where it can decide an exit,
+    where the trace records it, or at layer L (its logits give the token); cheap measures
+    and those whose state spans exit points run at every exit point, and those that look
+    at any earlier layer at every layer.
+    """
+    where = exit_point | self.needs.every_layer
+    if self.return_trace or self.needs.logits != "full" or self.needs.every_exit_point:
+      return where
+    return where & (jnp.any(allow_early) | (layer_no == self.num_layers))
+
+
+@flax.struct.dataclass
+class DecodeConstants:
+  """The traced values that stay constant over one decode."""
+
+  context: MeasureContext  # model parameters, classifier parameters, head table
+  threshold: Array  # [] or [B] float32 lambda (one per example)
+  tau: Array  # [] float32 decay speed of the threshold
