@@ -41,10 +41,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from calm_jax.decoding import classifiers
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.measures import (MeasureInputs, empty_memory_entries, get_measure,
-                                        measure_head_table)
+from calm_jax.decoding.measures import LayerInputs, Measure, MeasureContext, build_measure
+from calm_jax.decoding.measures.pruned import head_table
+from calm_jax.exit_classifiers.registry import init_classifier, is_learned
 from calm_jax.model.config import T5Config
 from calm_jax.model.incremental import (decoder_layer_rows, init_decoder_cache,
                                         step_self_bias, write_self_kv)
@@ -221,62 +221,55 @@ class MeasureCheck:
   """One measure's check at an exit point: its exit head where the measure uses logits,
   the measure, and its state and store updates."""
 
-  config: T5Config
-  params: Any
-  case: Case
-  head_params: Any  # a learned measure's classifier parameters, else None
-  head_table: Any  # the head's rows [V, d] for subset-vocabulary measures, else None
+  measure: Measure
+  context: MeasureContext  # model and classifier parameters, head table
+  first_exit_point: bool  # every check is the token's first (pruned measures)
 
   @classmethod
   def build(cls, config, params, case: Case, head_params) -> "MeasureCheck":
-    measure = get_measure(case.exit_config.measure)
-    return cls(config, params, case, head_params, measure_head_table(measure, config, params))
+    measure = build_measure(case.exit_config)
+    table = head_table(config, params) if measure.needs.logits == "subset" else None
+    context = MeasureContext(params=params, classifier_params=head_params, head_table=table,
+                             model_config=config)
+    return cls(measure, context, case.first_exit_point)
 
-  @property
-  def measure(self):
-    return get_measure(self.case.exit_config.measure)
-
-  def inputs(self, hidden, layer: int, memory) -> MeasureInputs:
-    config, params, measure = self.config, self.params, self.measure
-    logits = exit_logits(config, params, hidden) if measure.uses_logits else None
-    return MeasureInputs(layer=jnp.int32(layer), hidden=hidden, logits=logits,
-                         final_top1=None, position=jnp.int32(FLAGS.positions // 2),
-                         classifier_params=self.head_params, memory=memory,
-                         model_params=params, head_table=self.head_table,
-                         model_config=config, exit_config=self.case.exit_config)
+  def inputs(self, hidden, layer: int, memory) -> LayerInputs:
+    context = self.context
+    logits = (exit_logits(context.model_config, context.params, hidden)
+              if self.measure.needs.logits == "full" else None)
+    return LayerInputs(layer=jnp.int32(layer), hidden=hidden, logits=logits,
+                       position=jnp.int32(FLAGS.positions // 2), memory=memory)
 
   def start(self, hidden):
     """(state, store, this token's entries) before the first check."""
-    measure, config, exit_config = self.measure, self.config, self.case.exit_config
-    L = config.num_decoder_layers
-    state = measure.init_state(hidden, classifier_params=self.head_params,
-                               exit_config=exit_config, model_params=self.params,
-                               model_config=config)
-    memory = (() if measure.init_memory is None else measure.init_memory(
-        self.head_params, L, hidden.shape[0], FLAGS.positions))
-    entries = empty_memory_entries(measure, self.head_params, L, hidden)
-    if measure.subset_width is not None and not self.case.first_exit_point:
+    measure, context = self.measure, self.context
+    state = measure.init(context, hidden)
+    store = measure.store
+    memory = () if store is None else store.init(context, hidden.shape[0], FLAGS.positions)
+    entries = () if store is None else store.empty_entries(context, hidden)
+    if measure.needs.logits == "subset" and not self.first_exit_point:
       # A later exit point: the vocabulary was pruned at the first one.
-      _, state = measure.confidence(self.inputs(hidden, 1, memory), state)
+      _, state = measure.confidence(context, self.inputs(hidden, 1, memory), state)
     return state, memory, entries
 
   def __call__(self, index, hidden, state, entries, memory):
     """The check at layer index (0-based) -> (confidence [B], state, entries)."""
-    measure = self.measure
+    measure, context = self.measure, self.context
     at_layer = jax.tree.map(lambda m: m[index], memory)
-    confidence, new_state = measure.confidence(self.inputs(hidden, index + 1, at_layer), state)
-    if measure.memory_entry is not None:
+    confidence, new_state = measure.confidence(context, self.inputs(hidden, index + 1,
+                                                                    at_layer), state)
+    if measure.store is not None:
       entries = jax.tree.map(lambda all_layers, one: all_layers.at[index].set(one), entries,
-                             measure.memory_entry(self.head_params, hidden))
-    if self.case.first_exit_point:
+                             measure.store.entry(context, hidden))
+    if self.first_exit_point:
       new_state = state  # every check is a first exit point
     return confidence, new_state, entries
 
   def write(self, memory, entries):
     """The store after a token."""
-    if self.measure.write_memory is None:
+    if self.measure.store is None:
       return memory
-    return self.measure.write_memory(memory, entries, jnp.int32(FLAGS.positions // 2))
+    return self.measure.store.write(memory, entries, jnp.int32(FLAGS.positions // 2))
 
 
 def main(_):
@@ -295,8 +288,7 @@ def main(_):
   timers = {"decoder layer": token_timer(config, params, batch, checks, layer=step)}
   for case in all_cases:
     name = case.exit_config.measure
-    head = (classifiers.init_classifier(name, config, jax.random.PRNGKey(4))
-            if name in classifiers.CLASSIFIERS else None)
+    head = init_classifier(name, config, jax.random.PRNGKey(4)) if is_learned(name) else None
     check = MeasureCheck.build(config, params, case, head)
     timers[case.label] = token_timer(config, params, batch, checks, check)
     if FLAGS.in_situ:
