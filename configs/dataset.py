@@ -38,7 +38,7 @@ SUMMARIZE = "summarize: "  # T5's summarisation prefix
 
 DATASETS = {
     # Summarisation: CALM's setting, softmax response with the decaying threshold (tau = 4)
-    # and textual consistency by ROUGE-L. Articles (~60-piece highlights).
+    # and textual consistency by ROUGE-L. News articles; highlights are ~60 pieces.
     "cnndm": Dataset("cnn_dailymail_local", 1024, 128, 4.0, "rouge_l", 500, 64, SUMMARIZE),
     # One-sentence BBC summaries (~25 pieces); seqio over TFDS.
     "xsum": Dataset("calm_xsum", 1024, 64, 4.0, "rouge_l", 500, 64, SUMMARIZE),
@@ -119,13 +119,13 @@ def get_config(name: str = "") -> ml_collections.ConfigDict:
                 calibration_split=dataset.calibration_split,
                 test_split=dataset.test_split,
                 max_input_len=dataset.max_input_len)
-  config.decode.max_decode_len = dataset.max_decode_len
+  config.decode.max_decode_len = dataset.max_decode_len  # output positions per example
   # CALM's measure: softmax response (top-1 minus top-2) at lambda = 0.9 before calibration.
   config.exit = base.exit_section(measure="softmax_diff", threshold=0.9, tau=dataset.tau)
   # Textual consistency with the full model, epsilon 0.05 (CALM's setting).
   config.calibration = base.calibration_section(
       num_examples=dataset.num_calibration_examples, similarity=dataset.similarity,
       batch_size=dataset.calibration_batch_size)
-  config.generate.input_prefix = dataset.input_prefix
+  config.generate.input_prefix = dataset.input_prefix  # T5's task prefix, if any
   config.analysis.similarity = dataset.similarity  # oracle quality against the references
   return config
