@@ -34,7 +34,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from calm_jax import consistency, validity
+from calm_jax.calibration import consistency, validity
 from calm_jax.data import byte_vocab
 from calm_jax.data.arithmetic_preview import sample_examples
 from calm_jax.decoding.exit_rule import ExitConfig

@@ -21,7 +21,8 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from calm_jax.model.source import load_model
-from calm_jax.train_mode import optimizer_from, training_data
+from calm_jax.modes.context import run_context
+from calm_jax.modes.training_setup import optimizer_from, training_data
 from calm_jax.training.data import device_batch
 from calm_jax.training.loop import make_train_step
 from calm_jax.training.objectives import AnytimeObjective, anytime_loss
@@ -54,7 +55,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   model_config, params = load_model(config.model, config.seed)
-  data = training_data(config, model_config.vocab_size)
+  data = training_data(run_context(config, ""), model_config.vocab_size)
   optimizer = make_optimizer(optimizer_from(config.train))
   batch_size = config.train.batch_size
   on_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -1,7 +1,7 @@
 """calm_jax: Confident Adaptive Language Modeling (early-exit T5 decoding) in JAX/Flax.
 
 The public names below are imported on first use, so that the NumPy-only parts
-(`calm_jax.calibration`, `calm_jax.consistency`, `calm_jax.data.metrics`) load without JAX.
+(the `calm_jax.calibration` package, `calm_jax.data.metrics`) load without JAX.
 """
 
 import importlib

@@ -3,13 +3,14 @@
 The same command runs on every host of a pod (see launch/); only process 0 writes.
 """
 
+import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from calm_jax import run
+from calm_jax import modes
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.", lock_config=True)
@@ -79,8 +80,15 @@ def main(argv):
   initialize_distributed()
   logging.info("JAX process %d of %d; local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  run.run(FLAGS.config, FLAGS.workdir)
+  modes.run(FLAGS.config, FLAGS.workdir)
+
+
+def cli() -> None:
+  """The `calm-jax` console script: `python -m calm_jax.main`, which also puts the working
+  directory first on sys.path (the config files import `configs`)."""
+  sys.path.insert(0, os.getcwd())
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli()

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from calm_jax import files
+from calm_jax.utils import files
 from calm_jax.analysis.layerwise import SETTING_LABELS
 
 

@@ -24,7 +24,7 @@ tokenizer directory holding spiece.model), for T5 checkpoints.
 Summaries and translations are scored with ROUGE / BLEU (metrics.py, 0-100); SQuAD with
 exact match and F1 against every reference answer; generated tasks with accuracy.
 
-The run modes (run_data.py) read a task as text with `text_examples` (the task's
+The run modes (modes/context.py) read a task as text with `text_examples` (the task's
 preprocessors, no shuffling) and score it with `metric_names`; they tokenize with their own
 data.vocabulary.
 """
@@ -274,7 +274,7 @@ def register_all(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = ""
   return [task.name for task in registered]
 
 
-# --- text examples for the run modes (run_data.py) ---------------------------------------
+# --- text examples for the run modes (modes/context.py) ----------------------------------
 
 
 @dataclasses.dataclass(frozen=True)

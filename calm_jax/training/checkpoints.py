@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from calm_jax.files import write_json_atomically
+from calm_jax.utils.files import write_json_atomically
 from calm_jax.model.config import T5Config
 
 EXPORT_CONFIG = "config.json"

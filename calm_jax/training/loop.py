@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from calm_jax.files import write_jsonl_atomically
-from calm_jax.progress import duration
+from calm_jax.utils.files import write_jsonl_atomically
+from calm_jax.utils.progress import duration
 from calm_jax.training import data as data_lib
 from calm_jax.training.checkpoints import TrainCheckpoints, parameter_shapes
 from calm_jax.training.objectives import Batch

@@ -23,7 +23,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from calm_jax import calibration, files
+from calm_jax.calibration import ltt
+from calm_jax.utils import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +117,8 @@ def validity_study(losses, thresholds, layer_sums, token_counts, num_layers: int
   thresholds: [k] strictly decreasing.
   layer_sums, token_counts: [n, k] decoder layers run and tokens generated per example.
   """
-  grid = calibration.check_thresholds(thresholds)
-  matrix = calibration.check_losses(losses, grid.size)
+  grid = ltt.check_thresholds(thresholds)
+  matrix = ltt.check_losses(losses, grid.size)
   layer_sums, token_counts, calibration_size = _check_inputs(
       matrix, layer_sums, token_counts, num_layers, num_splits, calibration_fraction)
   if isinstance(rules, str) or not rules:
@@ -126,7 +127,7 @@ def validity_study(losses, thresholds, layer_sums, token_counts, num_layers: int
     raise ValueError(f"deltas must be a non-empty list of tolerances, got {deltas!r}")
   for rule in rules:
     if rule != "naive":
-      calibration.parse_rule(rule)
+      ltt.parse_rule(rule)
   rng = np.random.default_rng(seed)
   splits = [rng.permutation(matrix.shape[0]) for _ in range(num_splits)]
   summaries = []
@@ -146,7 +147,7 @@ def _summarise_rule(losses, grid, layer_sums, token_counts, num_layers, splits,
   column_means = losses.mean(axis=0)  # [k] over all n examples
   for order in splits:
     calib, test = order[:calibration_size], order[calibration_size:]
-    result = calibration.calibrate(losses[calib], grid, delta, epsilon, rule)
+    result = ltt.calibrate(losses[calib], grid, delta, epsilon, rule)
     j = result.chosen_index
     population_losses.append(0.0 if j is None else float(column_means[j]))
     if j is None:  # never exit: the full model, loss 0, every token runs L layers
@@ -165,7 +166,7 @@ def _summarise_rule(losses, grid, layer_sums, token_counts, num_layers, splits,
       population_violation_rate=float(np.mean(np.asarray(population_losses) > delta)),
       mean_threshold=float(np.mean(chosen)), mean_test_loss=float(np.mean(test_losses)),
       mean_exit_layer=mean_layer, layer_speedup=num_layers / mean_layer,
-      never_exit_fraction=float(np.mean(np.asarray(chosen) >= calibration.NEVER_EXIT)),
+      never_exit_fraction=float(np.mean(np.asarray(chosen) >= ltt.NEVER_EXIT)),
       thresholds=[float(t) for t in chosen], test_losses=test_losses)
 
 

@@ -11,7 +11,6 @@ ids, each token's exit layer and their mean.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import sys
 import time
@@ -22,13 +21,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from calm_jax.data.vocabulary import Vocabulary, get_vocabulary
+from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
-from calm_jax.files import write_jsonl_atomically
 from calm_jax.model.config import T5Config
-from calm_jax.model.source import check_source, load_model
+from calm_jax.modes.checks import is_integer
+from calm_jax.modes.context import RunContext, run_context
 
 OUTPUT_FILE = "generate.jsonl"
 STDIN = "-"
@@ -52,14 +51,13 @@ class InputLines:
   blank_lines: int  # blank lines skipped
 
 
-def settings_from(section: ml_collections.ConfigDict) -> GenerateSettings:
+def generate_settings(section: ml_collections.ConfigDict) -> GenerateSettings:
   """Checks the `generate` section before anything is read or loaded."""
   if not isinstance(section.input_file, str) or not section.input_file:
     raise ValueError("generate.input_file is empty: name a UTF-8 text file with one input a "
                      "line, or '-' to read standard input")
   batch_size = section.batch_size
-  if (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool)
-      or batch_size < 0):
+  if not is_integer(batch_size) or batch_size < 0:
     raise ValueError(f"generate.batch_size must be an integer >= 0 (0 = all inputs at once), "
                      f"got {batch_size!r}")
   if not isinstance(section.input_prefix, str):
@@ -67,15 +65,22 @@ def settings_from(section: ml_collections.ConfigDict) -> GenerateSettings:
   return GenerateSettings(section.input_file, int(batch_size), section.input_prefix)
 
 
-def _read_text(input_file: str) -> str:
-  """The whole input as text; a missing file, a directory or bad UTF-8 is a ValueError."""
+def check_input_file(input_file: str) -> None:
+  """Standard input, or an existing regular file (its contents are read later)."""
   if input_file == STDIN:
-    return sys.stdin.read()
+    return
   if not os.path.exists(input_file):
     raise ValueError(f"generate.input_file={input_file!r} does not exist; name a text file "
                      "with one input a line, or '-' for standard input")
   if not os.path.isfile(input_file):
     raise ValueError(f"generate.input_file={input_file!r} is not a regular file")
+
+
+def _read_text(input_file: str) -> str:
+  """The whole input as text; a missing file, a directory or bad UTF-8 is a ValueError."""
+  check_input_file(input_file)
+  if input_file == STDIN:
+    return sys.stdin.read()
   try:
     with open(input_file, encoding="utf-8") as f:
       return f.read()
@@ -178,26 +183,40 @@ def _summary(records: List[dict], inputs: InputLines, truncated: int,
   return "\n".join(lines)
 
 
-def generate_texts(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Runs the generate mode; returns the path of generate.jsonl."""
-  settings = settings_from(config.generate)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the generate mode runs on, checked."""
+
+  context: RunContext  # the vocabulary and the model source; no task is read
+  generate: GenerateSettings
+  exit: ExitConfig
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
+  """The `generate` and `exit` sections, the input file and the model source, checked
+  before the model loads (the inputs themselves are read once, by `run`)."""
+  settings = generate_settings(config.generate)
   exit_config = ExitConfig.from_section(config.exit)
-  check_source(config.model)
-  inputs = read_inputs(settings.input_file)
-  vocabulary = get_vocabulary(config.data.vocabulary)
-  model_config, params = load_model(config.model, config.seed)
-  exit_config.validate(model_config.num_decoder_layers, model_config.vocab_size)
-  vocabulary.check_model(model_config.vocab_size)
+  check_input_file(settings.input_file)
+  return Settings(run_context(config, workdir, reads_task=False), settings, exit_config)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Runs the generate mode; returns the path of generate.jsonl."""
+  settings = check(config, workdir)
+  context, exit_config = settings.context, settings.exit
+  inputs = read_inputs(settings.generate.input_file)
+  model_config, params = context.checked_model(exit_config)
   classifier_params = classifier_params_for(exit_config, model_config)
-  input_ids, mask, truncated = vocabulary.encode_batch(
-      [settings.input_prefix + text for text in inputs.texts], config.data.max_input_len)
+  input_ids, mask, truncated = context.vocabulary.encode_batch(
+      [settings.generate.input_prefix + text for text in inputs.texts],
+      config.data.max_input_len)
   tokens, exit_layers = decode_in_batches(model_config, params, input_ids, mask, exit_config,
                                           classifier_params, config.decode.max_decode_len,
-                                          settings.batch_size)
-  records = output_records(inputs, tokens, exit_layers, vocabulary)
-  path = os.path.join(workdir, OUTPUT_FILE)
-  if jax.process_index() == 0:
-    write_jsonl_atomically(path, records)
+                                          settings.generate.batch_size)
+  records = output_records(inputs, tokens, exit_layers, context.vocabulary)
+  path = context.write_jsonl(OUTPUT_FILE, records)
+  if context.writes:
     print(_summary(records, inputs, truncated, config, exit_config,
                    model_config.num_decoder_layers, path), flush=True)
     logging.info("wrote %s", path)

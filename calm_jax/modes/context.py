@@ -1,5 +1,6 @@
-"""The examples a run reads: `data.task`'s splits through `data.vocabulary`, in one place,
-so every mode (train, decode, calibrate, evaluate, analyze) sees the same data the same way.
+"""The run context every mode shares, built once per run: the examples of `data.task`'s
+splits through `data.vocabulary` (so every mode sees the same data the same way), the model
+source, and the workdir, which only process 0 writes.
 
 Splits: `train` trains; `data.calibration_split` (validation) calibrates; `data.test_split`
 (test) decodes, evaluates and analyses.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Dict, List, Protocol, Sequence, Tuple
+import os
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -22,9 +25,15 @@ from absl import logging
 from calm_jax.data import metrics
 from calm_jax.data.tasks import get_task
 from calm_jax.data.vocabulary import Vocabulary, get_vocabulary
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.model.config import T5Config
+from calm_jax.model.source import check_source, load_model
+from calm_jax.utils.files import (write_json_atomically, write_jsonl_atomically,
+                                  write_text_atomically)
 
 SEQIO_TASK_PREFIX = "calm_"  # seqio_tasks.TASK_PREFIX, known here without importing seqio
 SEQIO_REQUIREMENTS = "requirements-seqio.txt"
+CLASSIFIER_DIR = "exit_classifiers"  # <workdir>/<this>/<name>: train_exit's output
 
 
 class Example(Protocol):
@@ -141,3 +150,69 @@ def encode_targets(examples: Sequence[Example], vocabulary: Vocabulary,
                    max_length: int) -> np.ndarray:
   """Target ids [N, max_length] ending in EOS where they fit, for teacher forcing."""
   return vocabulary.encode_batch([e.targets for e in examples], max_length)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What a mode's run reads and writes, checked before any model work and built once: the
+  config, the workdir, the vocabulary and the model source (loaded on demand)."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  vocabulary: Vocabulary
+
+  def split(self, split: str, count: int) -> EncodedSplit:
+    """`count` examples of `split` of data.task, their inputs encoded."""
+    return encode_split(self.config, split, count, self.vocabulary)
+
+  def load_model(self) -> Tuple[T5Config, Any]:
+    """(config, params) of the run's model (`model` section), unchecked."""
+    return load_model(self.config.model, self.config.seed)
+
+  def checked_model(self, exit_config: Optional[ExitConfig] = None) -> Tuple[T5Config, Any]:
+    """The run's model, with `exit_config` (when given) valid for it and every id of the
+    vocabulary inside its embedding."""
+    model_config, params = self.load_model()
+    if exit_config is not None:
+      exit_config.validate(model_config.num_decoder_layers, model_config.vocab_size)
+    self.vocabulary.check_model(model_config.vocab_size)
+    return model_config, params
+
+  def path(self, *names: str) -> str:
+    """<workdir>/<name>/..."""
+    return os.path.join(self.workdir, *names)
+
+  @property
+  def writes(self) -> bool:
+    """Whether this process writes outputs and prints reports (process 0 only)."""
+    return jax.process_index() == 0
+
+  def write_json(self, name: str, value: Any) -> str:
+    """Writes <workdir>/<name> (on process 0); returns its path."""
+    path = self.path(name)
+    if self.writes:
+      write_json_atomically(path, value)
+    return path
+
+  def write_jsonl(self, name: str, records: Sequence[Any]) -> str:
+    """Writes <workdir>/<name>, one JSON object a line (on process 0); returns its path."""
+    path = self.path(name)
+    if self.writes:
+      write_jsonl_atomically(path, records)
+    return path
+
+  def write_text(self, name: str, text: str) -> str:
+    """Writes <workdir>/<name> (on process 0); returns its path."""
+    path = self.path(name)
+    if self.writes:
+      write_text_atomically(path, text)
+    return path
+
+
+def run_context(config: ml_collections.ConfigDict, workdir: str,
+                reads_task: bool = True) -> RunContext:
+  """The context of a run, every part checked before any model work: data.task and
+  data.max_input_len (when the mode reads the task), the vocabulary and the model source."""
+  vocabulary = check_data(config) if reads_task else get_vocabulary(config.data.vocabulary)
+  check_source(config.model)
+  return RunContext(config, workdir, vocabulary)

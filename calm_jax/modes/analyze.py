@@ -15,26 +15,23 @@ which inputs they come from) and analysis_S.png; and analysis.json, an index of 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import jax
 import ml_collections
 from absl import logging
 
 from calm_jax import analysis
 from calm_jax.analysis import (accuracy, collect, confidence, layerwise, oracle, plots, rank,
                                saturation, stability)
-from calm_jax.data.vocabulary import Vocabulary, get_vocabulary
-from calm_jax.run_data import check_data, encode_split, encode_targets
 from calm_jax.data.metrics import TEXT_SIMILARITIES
+from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.measures import get_measure
-from calm_jax.files import write_json_atomically
 from calm_jax.model.config import T5Config
 from calm_jax.model.hf_import import load_hf_t5
-from calm_jax.model.source import load_model
+from calm_jax.modes.context import RunContext, encode_targets, run_context
+from calm_jax.modes.checks import is_integer, is_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +51,6 @@ class AnalysisSettings:
   num_difficult: int  # least saturated sequences shown
   calibration_bins: int  # confidence bins of the expected calibration error
   similarity: str  # reference similarity of the oracle study
-
-
-def _is_integer(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _sequence(section, field: str) -> list:
@@ -81,7 +74,7 @@ def _names(section, field: str, allowed) -> List[str]:
 
 def _integer(section, field: str, minimum: int) -> int:
   value = getattr(section, field)
-  if not _is_integer(value) or value < minimum:
+  if not is_integer(value) or value < minimum:
     raise ValueError(f"analysis.{field} must be an integer >= {minimum}, got {value!r}")
   return int(value)
 
@@ -89,7 +82,7 @@ def _integer(section, field: str, minimum: int) -> int:
 def _integers(section, field: str, minimum: int) -> List[int]:
   values = _sequence(section, field)
   for value in values:
-    if not _is_integer(value) or value < minimum:
+    if not is_integer(value) or value < minimum:
       raise ValueError(f"analysis.{field} has {value!r}; allowed: integers >= {minimum}")
   if sorted(set(values)) != values:
     raise ValueError(f"analysis.{field} must be strictly increasing, got {values!r}")
@@ -118,12 +111,11 @@ def _exports(section) -> List[str]:
   return paths
 
 
-def settings_from(section: ml_collections.ConfigDict) -> AnalysisSettings:
+def analysis_settings(section: ml_collections.ConfigDict) -> AnalysisSettings:
   """Checks the section before any model is loaded (layer numbers are checked against each
   model's depth once it is loaded, before anything runs)."""
   threshold = section.saturation_threshold
-  if (not isinstance(threshold, numbers.Real) or isinstance(threshold, bool)
-      or not 0.0 < threshold <= 1.0):
+  if not is_number(threshold) or not 0.0 < threshold <= 1.0:
     raise ValueError(f"analysis.saturation_threshold must lie in (0, 1], got {threshold!r}")
   if section.similarity not in TEXT_SIMILARITIES:
     raise ValueError(f"analysis.similarity={section.similarity!r}; allowed: "
@@ -176,10 +168,10 @@ def _label(path: str) -> str:
   return os.path.basename(os.path.normpath(path))
 
 
-def model_sources(config: ml_collections.ConfigDict,
-                  settings: AnalysisSettings) -> List[ModelSource]:
+def model_sources(context: RunContext, settings: AnalysisSettings) -> List[ModelSource]:
   """The config's model followed by every compared checkpoint, with distinct names."""
-  model_config, params = load_model(config.model, config.seed)
+  config = context.config
+  model_config, params = context.load_model()
   origin = config.model.get("checkpoint", "") or config.model.hf_path
   sources = [ModelSource(
       name=_label(origin) if origin else "config model",
@@ -220,10 +212,10 @@ def check_models(sources: List[ModelSource], settings: AnalysisSettings,
 
 # ----------------------------------------------------------------------------- data
 
-def analysis_inputs(config: ml_collections.ConfigDict, count: int) -> collect.AnalysisInputs:
+def analysis_inputs(context: RunContext, count: int) -> collect.AnalysisInputs:
   """The examples analysed: `count` of data.task's test split, through data.vocabulary."""
-  vocabulary = get_vocabulary(config.data.vocabulary)
-  split = encode_split(config, config.data.test_split, count, vocabulary)
+  config, vocabulary = context.config, context.vocabulary
+  split = context.split(config.data.test_split, count)
   target_ids = encode_targets(split.examples, vocabulary, config.decode.max_decode_len)
   return collect.AnalysisInputs(
       input_ids=split.input_ids, input_mask=split.attention_mask, target_ids=target_ids,
@@ -358,23 +350,21 @@ def _study_figure(study: str, reports: List[ModelAnalysis], settings: AnalysisSe
                                         settings.inputs)
 
 
-def write_outputs(workdir: str, reports: List[ModelAnalysis], settings: AnalysisSettings,
-                  num_examples: int) -> str:
-  """analysis_<study>.json and .png per study, and the analysis.json index."""
+def write_outputs(context: RunContext, reports: List[ModelAnalysis],
+                  settings: AnalysisSettings, num_examples: int) -> str:
+  """analysis_<study>.json and .png per study, and the analysis.json index (process 0)."""
   index = {"num_examples": num_examples, "inputs": settings.inputs,
            "settings": dataclasses.asdict(settings),
            "models": [_model_header(r.source) for r in reports], "studies": {}}
   for study in settings.studies:
-    json_path = os.path.join(workdir, f"analysis_{study}.json")
-    png_path = os.path.join(workdir, f"analysis_{study}.png")
-    write_json_atomically(json_path, _study_json(study, reports, settings, num_examples))
+    json_path = context.write_json(f"analysis_{study}.json",
+                                   _study_json(study, reports, settings, num_examples))
+    png_path = context.path(f"analysis_{study}.png")
     plots.save_figure(_study_figure(study, reports, settings), png_path)
     index["studies"][study] = {"json": os.path.basename(json_path),
                                "png": os.path.basename(png_path)}
     logging.info("wrote %s and %s", json_path, png_path)
-  path = os.path.join(workdir, "analysis.json")
-  write_json_atomically(path, index)
-  return path
+  return context.write_json("analysis.json", index)
 
 
 def _summary_lines(report: ModelAnalysis) -> List[str]:
@@ -395,22 +385,39 @@ def _summary_lines(report: ModelAnalysis) -> List[str]:
   return lines
 
 
-def analyze_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Runs the analyze mode; returns the path of analysis.json."""
-  settings = settings_from(config.analysis)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the analyze mode runs on, checked."""
+
+  context: RunContext
+  analysis: AnalysisSettings
+  exit: ExitConfig  # traced free-running, and the exit rule of the oracle study
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
+  """The `analysis` and `exit` sections, the compared checkpoints, the task and the model
+  source, checked before any model is loaded (layer numbers are checked against each
+  model's depth once it is loaded, before anything runs)."""
+  analysis_section = analysis_settings(config.analysis)
   exit_config = ExitConfig.from_section(config.exit)
-  vocabulary = check_data(config)
-  sources = model_sources(config, settings)
-  check_models(sources, settings, exit_config, vocabulary)
-  inputs = analysis_inputs(config, settings.num_examples)
+  return Settings(run_context(config, workdir), analysis_section, exit_config)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Runs the analyze mode; returns the path of analysis.json."""
+  checked = check(config, workdir)
+  context, settings, exit_config = checked.context, checked.analysis, checked.exit
+  sources = model_sources(context, settings)
+  check_models(sources, settings, exit_config, context.vocabulary)
+  inputs = analysis_inputs(context, settings.num_examples)
   reports = []
   for source in sources:
     logging.info("analysing %s on %d examples", source.name, inputs.num_examples)
     reports.append(analyze_model(source, inputs, settings, exit_config,
                                  config.decode.max_decode_len))
-  path = os.path.join(workdir, "analysis.json")
-  if jax.process_index() == 0:
-    path = write_outputs(workdir, reports, settings, inputs.num_examples)
+  path = context.path("analysis.json")
+  if context.writes:
+    path = write_outputs(context, reports, settings, inputs.num_examples)
     print(f"Analysis of {inputs.num_examples} generated examples; studies: "
           f"{', '.join(settings.studies)}; inputs: {', '.join(settings.inputs)}")
     for report in reports:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from calm_jax.files import replace_atomically  # noqa: E402
+from calm_jax.utils.files import replace_atomically  # noqa: E402
 
 
 def _quality(row: Dict[str, Any]) -> float:

@@ -8,7 +8,7 @@ Two objectives (CALM section 3):
 Both are in [0, 1]. An early output identical to the full model's has loss 0 exactly.
 
 Inputs are laid out as the threshold-grid decoder returns them: one list of n outputs per
-threshold. The result is the [n, k] loss matrix `calibration.learn_then_test` takes.
+threshold. The result is the [n, k] loss matrix `ltt.learn_then_test` takes.
 """
 
 from __future__ import annotations

@@ -25,22 +25,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from calm_jax import calibration, consistency
-from calm_jax.calibrate_mode import (CalibrationSettings, grid_outputs, grid_progress,
-                                     settings_from)
-from calm_jax.data.vocabulary import Vocabulary
+from calm_jax.calibration import consistency, ltt
 from calm_jax.decoding.classifiers import CLASSIFIERS, load_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.measures import get_measure
-from calm_jax.decoding.threshold_grid import decode_threshold_grid
-from calm_jax.evaluate_report import plot_report, report_table
-from calm_jax.files import write_json_atomically, write_text_atomically
-from calm_jax.model.source import check_source, load_model
-from calm_jax.run_data import EncodedSplit, check_data, encode_split, run_task
-
-CLASSIFIER_DIR = "exit_classifiers"
+from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, run_context,
+                                    run_task)
+from calm_jax.modes.evaluate_report import plot_report, report_table
+from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +50,17 @@ class EvaluateSettings:
   classifier_dir: str  # where learned classifiers are found (<dir>/<name>)
 
 
-def evaluate_settings_from(section: ml_collections.ConfigDict, workdir: str) -> EvaluateSettings:
+def evaluate_settings(section: ml_collections.ConfigDict, workdir: str) -> EvaluateSettings:
+  """The `evaluate` section checked; every learned measure's classifier must exist."""
   measures = list(section.measures)
   for name in measures:
     get_measure(name)
     if name in ("static", "oracle"):
       raise ValueError(f"evaluate.measures has {name!r}, which is not calibrated; use "
                        "evaluate.static_layers / evaluate.oracle")
-  if section.rule not in calibration.rule_names():
+  if section.rule not in ltt.rule_names():
     raise ValueError(f"evaluate.rule={section.rule!r}; allowed: "
-                     f"{', '.join(calibration.rule_names())}")
+                     f"{', '.join(ltt.rule_names())}")
   for name in ("num_examples", "timing_repeats"):
     if section[name] < 1:
       raise ValueError(f"evaluate.{name} must be >= 1, got {section[name]!r}")
@@ -78,6 +73,25 @@ def evaluate_settings_from(section: ml_collections.ConfigDict, workdir: str) -> 
   return EvaluateSettings(measures, section.rule, section.num_examples,
                           [int(layer) for layer in section.static_layers], bool(section.oracle),
                           section.timing_repeats, directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the evaluate mode runs on, checked."""
+
+  context: RunContext
+  evaluate: EvaluateSettings
+  calibration: CalibrationSettings
+  exit: ExitConfig  # the base exit rule each measured configuration changes
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
+  """The `evaluate`, `calibration` and `exit` sections, the task and the model source,
+  checked before any model is loaded."""
+  evaluate = evaluate_settings(config.evaluate, workdir)
+  calibration = calibration_settings(config.calibration)
+  base_exit = ExitConfig.from_section(config.exit)
+  return Settings(run_context(config, workdir), evaluate, calibration, base_exit)
 
 
 @dataclasses.dataclass
@@ -112,22 +126,22 @@ def _generated_ids(tokens: np.ndarray, eos_id: int) -> List[List[int]]:
 class Evaluator:
   """Decodes and scores the test split for one model."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model_config, params,
-               vocabulary: Vocabulary, test: EncodedSplit, settings: EvaluateSettings,
-               calibration_settings: CalibrationSettings):
-    self.config, self.model_config, self.params = config, model_config, params
-    self.vocabulary, self.test, self.settings = vocabulary, test, settings
-    self.calibration_settings = calibration_settings
-    self.task = run_task(config.data.task)
-    self.max_decode_len = config.decode.max_decode_len
+  def __init__(self, settings: Settings, model_config, params, test: EncodedSplit):
+    context = settings.context
+    self.model_config, self.params, self.test = model_config, params, test
+    self.vocabulary, self.settings = context.vocabulary, settings.evaluate
+    self.calibration_settings = settings.calibration
+    self.grid_losses = GridLosses(context, model_config, params, settings.calibration)
+    self.task = run_task(context.config.data.task)
+    self.max_decode_len = context.config.decode.max_decode_len
     tokens, seconds = _timed(lambda: greedy_decode(
         model_config, params, test.input_ids, test.attention_mask,
-        max_decode_len=self.max_decode_len), settings.timing_repeats)
+        max_decode_len=self.max_decode_len), self.settings.timing_repeats)
     self.full = Decoded(np.asarray(tokens), None, seconds)
     print(f"[evaluate] full model: {seconds:.2f} s per decode of {test.input_ids.shape[0]} "
           "test examples", flush=True)
-    self.full_ids = _generated_ids(self.full.tokens, vocabulary.eos_id)
-    self.full_texts = [vocabulary.decode(ids) for ids in self.full_ids]
+    self.full_ids = _generated_ids(self.full.tokens, self.vocabulary.eos_id)
+    self.full_texts = [self.vocabulary.decode(ids) for ids in self.full_ids]
 
   def decode(self, exit_config: ExitConfig, classifier_params=None) -> Decoded:
     out, seconds = _timed(lambda: generate(
@@ -167,22 +181,13 @@ class Evaluator:
 
 
 def _calibrated_thresholds(evaluator: Evaluator, exit_config: ExitConfig, calib: EncodedSplit,
-                           classifier_params) -> Dict[float, calibration.CalibrationResult]:
+                           classifier_params) -> Dict[float, ltt.CalibrationResult]:
   """LTT's choice per delta on the calibration split's grid decode."""
   cal = evaluator.calibration_settings
-  grid = decode_threshold_grid(evaluator.model_config, evaluator.params, calib.input_ids,
-                               calib.attention_mask, thresholds=cal.thresholds,
-                               exit=exit_config, max_decode_len=evaluator.max_decode_len,
-                               batch_size=cal.batch_size or None,
-                               classifier_params=classifier_params,
-                               progress=grid_progress(
-                                   f"evaluate {exit_config.measure}: calibration grid",
-                                   calib.input_ids.shape[0], cal.thresholds.size))
-  early, full = grid_outputs(grid, cal, evaluator.vocabulary)
-  losses = consistency.consistency_losses(cal.objective, early, full, calib.references,
-                                          cal.similarity)  # [n, k]
-  return {delta: calibration.calibrate(losses, cal.thresholds, delta, cal.epsilon,
-                                       evaluator.settings.rule)
+  _, losses = evaluator.grid_losses(calib, exit_config, classifier_params,
+                                    f"evaluate {exit_config.measure}: calibration grid")
+  return {delta: ltt.calibrate(losses, cal.thresholds, delta, cal.epsilon,
+                               evaluator.settings.rule)
           for delta in cal.deltas}
 
 
@@ -230,38 +235,38 @@ def _print_reference(row: Dict[str, Any]) -> None:
         f"{row['wall_clock_speedup']:.2f}x, test loss {row['test_loss']:.4f}", flush=True)
 
 
-def evaluate_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the evaluate mode; returns the path of report.json."""
-  settings = evaluate_settings_from(config.evaluate, workdir)
-  calibration_settings = settings_from(config.calibration)
-  base_exit = ExitConfig.from_section(config.exit)
-  vocabulary = check_data(config)
-  check_source(config.model)
-  model_config, params = load_model(config.model, config.seed)
-  vocabulary.check_model(model_config.vocab_size)
-  for layer in settings.static_layers:
+  settings = check(config, workdir)
+  context, base_exit = settings.context, settings.exit
+  model_config, params = context.checked_model()
+  for layer in settings.evaluate.static_layers:
     dataclasses.replace(base_exit, measure="static", static_exit_layer=layer).validate(
         model_config.num_decoder_layers)
-  test = encode_split(config, config.data.test_split, settings.num_examples, vocabulary)
-  calib = encode_split(config, config.data.calibration_split,
-                       calibration_settings.num_examples, vocabulary)
-  evaluator = Evaluator(config, model_config, params, vocabulary, test, settings,
-                        calibration_settings)
+  test = context.split(config.data.test_split, settings.evaluate.num_examples)
+  calib = context.split(config.data.calibration_split, settings.calibration.num_examples)
+  evaluator = Evaluator(settings, model_config, params, test)
   rows = [evaluator.full_row()]
-  for measure in settings.measures:
+  for measure in settings.evaluate.measures:
     rows.extend(_measure_rows(evaluator, base_exit, measure, calib))
   rows.extend(_reference_rows(evaluator, base_exit))
-  report = {"task": config.data.task, "test_split": config.data.test_split,
-            "num_test_examples": len(test.examples),
-            "num_calibration_examples": len(calib.examples),
-            "num_layers": model_config.num_decoder_layers, "rule": settings.rule,
-            "epsilon": calibration_settings.epsilon, "objective": calibration_settings.objective,
-            "similarity": calibration_settings.similarity, "rows": rows}
-  path = os.path.join(workdir, "report.json")
-  if jax.process_index() == 0:
+  report = _report(settings, model_config.num_decoder_layers, (test, calib), rows)
+  path = context.path("report.json")
+  if context.writes:
     table = report_table(report)
-    write_json_atomically(path, report)
-    write_text_atomically(os.path.join(workdir, "report.md"), table + "\n")
+    context.write_json("report.json", report)
+    context.write_text("report.md", table + "\n")
     plot_report(report, workdir)
     print(table, flush=True)
   return path
+
+
+def _report(settings: Settings, num_layers: int, splits, rows: List[Dict[str, Any]]) -> dict:
+  """report.json: the run's task, splits and settings, and one row per configuration."""
+  config, (test, calib) = settings.context.config, splits
+  return {"task": config.data.task, "test_split": config.data.test_split,
+          "num_test_examples": len(test.examples),
+          "num_calibration_examples": len(calib.examples),
+          "num_layers": num_layers, "rule": settings.evaluate.rule,
+          "epsilon": settings.calibration.epsilon, "objective": settings.calibration.objective,
+          "similarity": settings.calibration.similarity, "rows": rows}

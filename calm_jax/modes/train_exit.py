@@ -10,7 +10,7 @@ loads. Checkpoints go to <workdir>/checkpoints/exit_<classifier> (resumable), me
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from typing import Dict
 
 import jax
@@ -19,15 +19,11 @@ import ml_collections
 from calm_jax.decoding.classifiers import (check_classifier_options, get_classifier,
                                            init_classifier, save_classifier)
 from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
-from calm_jax.model.source import check_source, load_model
-from calm_jax.run_data import check_data
-from calm_jax.train_mode import (loop_settings_from, mesh_config_from, optimizer_from,
-                                 training_data)
+from calm_jax.modes.context import CLASSIFIER_DIR, RunContext, run_context
+from calm_jax.modes.training_setup import TrainingSetup, training_data, training_setup
 from calm_jax.training.exit_classifier import (ClassifierObjective, asked_layers,
                                                train_classifier)
 from calm_jax.training.sharding import make_mesh
-
-CLASSIFIER_DIR = "exit_classifiers"
 
 
 def classifier_options_from(section: ml_collections.ConfigDict) -> Dict[str, int]:
@@ -49,53 +45,63 @@ def objective_from(section: ml_collections.ConfigDict, exit_points) -> Classifie
                              exit_points=tuple(exit_points))
 
 
-def check_train_exit_config(config: ml_collections.ConfigDict):
-  """Every setting of `train_exit`, `exit` and `mesh` checked before anything loads;
-  returns (loop settings, optimizer, exit config, classifier options, mesh config)."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the train_exit mode runs on, checked."""
+
+  context: RunContext
+  setup: TrainingSetup  # the `train_exit` section's loop and optimizer, and the mesh
+  exit: ExitConfig  # where the classifier is asked to exit (its exit points)
+  options: Dict[str, int]  # the classifier's options
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
+  """Every setting of `train_exit`, `exit` and `mesh`, the task and the model source,
+  checked before anything loads."""
   section = config.train_exit
   exit_config = ExitConfig.from_section(config.exit)
-  settings = loop_settings_from(section, config.seed)
-  optimizer = optimizer_from(section)
-  optimizer.validate()
+  setup = training_setup(section, config)
   objective_from(section, ()).validate()
   options = classifier_options_from(section)
   # The options' own checks (d_model only fills a default width, so any value serves).
   check_classifier_options(section.classifier, 1, options)
-  mesh_config = mesh_config_from(config.mesh)
-  settings.validate(make_mesh(mesh_config))
-  check_source(config.model)
-  check_data(config)
-  return settings, optimizer, exit_config, options, mesh_config
+  return Settings(run_context(config, workdir), setup, exit_config, options)
 
 
-def train_exit_examples(config: ml_collections.ConfigDict, workdir: str) -> str:
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains config.train_exit.classifier; returns the directory it was saved to."""
   section = config.train_exit
-  settings, optimizer, exit_config, options, mesh_config = check_train_exit_config(config)
-  model_config, backbone = load_model(config.model, config.seed)
-  exit_config.validate(model_config.num_decoder_layers)
-  objective = objective_from(section, exit_point_layers(exit_config,
+  settings = check(config, workdir)
+  context, setup, options = settings.context, settings.setup, settings.options
+  model_config, backbone = context.load_model()
+  settings.exit.validate(model_config.num_decoder_layers)
+  objective = objective_from(section, exit_point_layers(settings.exit,
                                                         model_config.num_decoder_layers))
   asked_layers(objective, model_config.num_decoder_layers)
   params = init_classifier(section.classifier, model_config,
                            jax.random.PRNGKey(config.seed + 1), **options)
-  data = training_data(config, model_config.vocab_size)
-  if jax.process_index() == 0:
+  data = training_data(context, model_config.vocab_size)
+  if context.writes:
     print(f"Training exit classifier {section.classifier} ({options or 'default options'}) "
           f"on a frozen {model_config.num_decoder_layers}-layer decoder, labels "
           f"{objective.labels}, loss {objective.loss}, exit points {objective.exit_points}",
           flush=True)
   result = train_classifier(model_config, backbone, params, data, objective=objective,
-                            optimizer=optimizer, settings=settings, workdir=workdir,
-                            mesh=make_mesh(mesh_config), rules=mesh_config.rules)
-  directory = os.path.join(workdir, CLASSIFIER_DIR, section.classifier)
-  if jax.process_index() == 0:
+                            optimizer=setup.optimizer, settings=setup.loop, workdir=workdir,
+                            mesh=make_mesh(setup.mesh), rules=setup.mesh.rules)
+  directory = context.path(CLASSIFIER_DIR, section.classifier)
+  if context.writes:
     save_classifier(directory, section.classifier, jax.device_get(result.params))
-    last = result.history[-1] if result.history else None
-    if last:
-      shown = [f"{a:.3f}" if a is not None else "-" for a in last["layer_dont_exit_f1"]]
-      print(f"[train_exit] final loss {last['loss']:.4f}; per-layer F1 of 'don't exit': "
-            f"{', '.join(shown)}", flush=True)
-    print(f"[train_exit] saved to {directory}; decode with --config.exit.measure="
-          f"{section.classifier} --config.exit.classifier_path={directory}", flush=True)
+    _print_summary(result.history, section.classifier, directory)
   return directory
+
+
+def _print_summary(history, classifier: str, directory: str) -> None:
+  """The last logged step's loss and per-layer F1, and how to decode with the classifier."""
+  last = history[-1] if history else None
+  if last:
+    shown = [f"{a:.3f}" if a is not None else "-" for a in last["layer_dont_exit_f1"]]
+    print(f"[train_exit] final loss {last['loss']:.4f}; per-layer F1 of 'don't exit': "
+          f"{', '.join(shown)}", flush=True)
+  print(f"[train_exit] saved to {directory}; decode with --config.exit.measure="
+        f"{classifier} --config.exit.classifier_path={directory}", flush=True)

@@ -1,0 +1,57 @@
+"""The `decode` mode: greedy early-exit decoding of `data.num_examples` examples of the test
+split; writes <workdir>/decode.jsonl with every token's exit layer and prints each example."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from calm_jax.decoding.classifiers import classifier_params_for
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.generate import generate
+from calm_jax.modes.context import RunContext, run_context
+
+OUTPUT_FILE = "decode.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the decode mode runs on, checked."""
+
+  context: RunContext
+  exit: ExitConfig
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
+  """The `exit` section, the task and the model source, checked before the model loads."""
+  exit_config = ExitConfig.from_section(config.exit)
+  return Settings(run_context(config, workdir), exit_config)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Decodes the examples; returns the path of decode.jsonl."""
+  settings = check(config, workdir)
+  context, exit_config = settings.context, settings.exit
+  model_config, params = context.checked_model(exit_config)
+  split = context.split(config.data.test_split, config.data.num_examples)
+  out = generate(model_config, params, split.input_ids, split.attention_mask, exit=exit_config,
+                 classifier_params=classifier_params_for(exit_config, model_config),
+                 max_decode_len=config.decode.max_decode_len)
+  tokens, exit_layers = np.asarray(out.tokens), np.asarray(out.exit_layers)
+  records = [{"inputs": e.inputs, "targets": e.targets,
+              "output": context.vocabulary.decode(row), "output_ids": row.tolist(),
+              "exit_layers": layers[layers > 0].tolist()}
+             for e, row, layers in zip(split.examples, tokens, exit_layers)]
+  path = context.write_jsonl(OUTPUT_FILE, records)
+  if context.writes:
+    source = config.model.hf_path or f"fresh random initialisation (seed {config.seed}, untrained)"
+    print(f"Early-exit greedy decoding ({exit_config.measure}, lambda={exit_config.threshold}) "
+          f"with a {model_config.num_decoder_layers}-layer decoder; model: {source}")
+    for record in records:
+      print(f"{record['inputs']!r:28} -> {record['output']!r} (target {record['targets']!r}); "
+            f"exit layers {record['exit_layers']}")
+    logging.info("wrote %s", path)
+  return path

@@ -1,0 +1,85 @@
+"""The `train` mode: CALM fine-tuning with the anytime objective.
+
+Every setting of the `train` and `mesh` sections is checked before the model loads. The
+run checkpoints under <workdir>/checkpoints/train, resumes from there when restarted in the
+same workdir, logs to <workdir>/train_metrics.jsonl and <workdir>/tensorboard/train, and
+ends by writing a params-only export to <workdir>/model, which later modes load with
+--config.model.checkpoint=<workdir>/model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+
+from calm_jax.model.config import T5Config
+from calm_jax.modes.context import RunContext, run_context
+from calm_jax.modes.training_setup import TrainingSetup, training_data, training_setup
+from calm_jax.training.calm import train_calm
+from calm_jax.training.checkpoints import export_params
+from calm_jax.training.data import EncodedExamples
+from calm_jax.training.loop import LoopSettings
+from calm_jax.training.objectives import AnytimeObjective
+from calm_jax.training.sharding import make_mesh
+
+EXPORT_DIR = "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the train mode runs on, checked."""
+
+  context: RunContext
+  setup: TrainingSetup  # the `train` section's loop and optimizer, and the mesh
+  objective: AnytimeObjective
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
+  """Every training setting, the task and the model source, checked before any model or
+  data work."""
+  section = config.train
+  objective = AnytimeObjective(layer_weighting=section.layer_weighting,
+                               label_smoothing=section.label_smoothing, z_loss=section.z_loss)
+  setup = training_setup(section, config)
+  objective.validate()
+  if section.num_examples < 1:
+    raise ValueError(f"train.num_examples must be >= 1, got {section.num_examples!r}")
+  return Settings(run_context(config, workdir), setup, objective)
+
+
+def describe(model: T5Config, data: EncodedExamples, settings: LoopSettings) -> str:
+  tokens = int(np.sum(data.targets != 0))
+  return (f"CALM training of a {model.num_layers}+{model.num_decoder_layers}-layer T5 "
+          f"(d_model {model.d_model}) on {len(data.inputs)} examples ({tokens} target "
+          f"tokens), {settings.steps} steps of batch {settings.batch_size}, on "
+          f"{jax.device_count()} device(s)")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Runs (or resumes) CALM training; returns the export directory."""
+  settings = check(config, workdir)
+  context, setup = settings.context, settings.setup
+  model_config, params = context.load_model()
+  data = training_data(context, model_config.vocab_size)
+  if context.writes:
+    print(describe(model_config, data, setup.loop), flush=True)
+  result = train_calm(model_config, params, data, objective=settings.objective,
+                      optimizer=setup.optimizer, settings=setup.loop, workdir=workdir,
+                      mesh=make_mesh(setup.mesh), rules=setup.mesh.rules)
+  export = export_params(context.path(EXPORT_DIR), model_config, result.params)
+  if context.writes:
+    print(f"[train] {_summary(result.history)}. Model exported to {export}; use it with "
+          f"--config.model.checkpoint={export}", flush=True)
+  return export
+
+
+def _summary(history) -> str:
+  """The last logged step's loss and per-layer accuracy."""
+  last = history[-1] if history else None
+  if not last:
+    return "nothing left to train (the checkpoint is at the last step)"
+  return (f"final loss {last['loss']:.4f}; per-layer accuracy "
+          + ", ".join(f"{a:.3f}" for a in last["layer_accuracy"] if a is not None))
