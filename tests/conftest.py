@@ -77,3 +77,34 @@ def random_layer_inputs():
         final_top1=None if final_top1 is None else jnp.asarray(final_top1, jnp.int32))
     return inputs, hidden, logits
   return make
+
+
+@pytest.fixture
+def assert_mixed_batch_equals_each_alone():
+  """Checks that a batch whose rows use thresholds around `lam` (so their exit layers
+  differ) decodes every row exactly as that row alone: tokens, exit layers and the
+  confidence trace. Called as check(model, exit_config, lam, max_decode_len) with model =
+  (config, params, ids, mask, greedy tokens)."""
+  def check(model, exit_config, lam: float, max_decode_len: int):
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from calm_jax.decoding.generate import (  # pylint: disable=import-outside-toplevel
+        generate, generate_with_thresholds)
+    config, params, ids, mask, _ = model
+    thresholds = [lam, 0.7 * lam, 1.0, 1.3 * lam]
+    both = jax.tree.map(np.asarray, generate_with_thresholds(
+        config, params, ids, mask, thresholds=thresholds, exit=exit_config,
+        max_decode_len=max_decode_len, return_trace=True))
+    generated = both.exit_layers > 0
+    assert any(len(np.unique(both.exit_layers[generated[:, t], t])) > 1
+               for t in range(max_decode_len))
+    for row, threshold in enumerate(thresholds):
+      alone = jax.tree.map(np.asarray, generate(
+          config, params, ids[row:row + 1], mask[row:row + 1],
+          exit=dataclasses.replace(exit_config, threshold=threshold),
+          max_decode_len=max_decode_len, return_trace=True))
+      np.testing.assert_array_equal(alone.tokens[0], both.tokens[row], err_msg=f"row {row}")
+      np.testing.assert_array_equal(alone.exit_layers[0], both.exit_layers[row])
+      np.testing.assert_allclose(alone.trace[0], both.trace[row], atol=1e-5)
+  return check

@@ -1,4 +1,5 @@
-"""calm_jax/main.py: bad --config.* overrides stop the main job with a one-line error."""
+"""calm_jax/main.py: --config.* overrides reach the run, and bad ones stop the main job with a
+one-line error."""
 
 import os
 import subprocess
@@ -29,3 +30,20 @@ def test_main_rejects_an_unknown_field_clearly():
   assert last == ("FATAL Flags parsing error: --config.exit.threshhold: the config has no "
                   "field 'threshhold'; Did you mean \"threshold\" instead of \"threshhold\"?")
   assert "Traceback" not in done.stderr
+
+
+def test_main_flags_override_and_reject_bad_values(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  command = [sys.executable, "-m", "calm_jax.main", "--config=configs/demo.py",
+             f"--workdir={tmp_path}", "--config.mode=decode", "--config.data.num_examples=2",
+             "--config.decode.max_decode_len=3", "--config.model.num_decoder_layers=1"]
+  done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert len(open(tmp_path / "decode.jsonl", encoding="utf-8").readlines()) == 2
+  bad = subprocess.run(command[:-1] + ["--config.model.num_decoder_layers=two"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0
+  assert "num_decoder_layers" in bad.stderr
+  unknown = subprocess.run(command + ["--config.model.widht=3"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert unknown.returncode != 0 and "widht" in unknown.stderr

@@ -1,5 +1,6 @@
-"""The calibration side of the project (calibration, consistency, validity, metrics) loads
-without JAX, so it can be used and tested on its own."""
+"""The calibration side of the project (the calibration package: LTT, consistency losses,
+the validity study; and the metrics) loads without JAX, so it can be used and tested on its
+own."""
 
 import os
 import subprocess
@@ -10,8 +11,10 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module", ["calm_jax.calibration", "calm_jax.consistency",
-                                    "calm_jax.validity", "calm_jax.data.metrics"])
+@pytest.mark.parametrize("module", ["calm_jax.calibration", "calm_jax.calibration.ltt",
+                                    "calm_jax.calibration.consistency",
+                                    "calm_jax.calibration.validity", "calm_jax.data.metrics",
+                                    "calm_jax.utils.files"])
 def test_import_does_not_load_jax(module):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))

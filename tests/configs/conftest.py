@@ -67,7 +67,7 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   exit_config.validate(model.num_decoder_layers)
   checked_measure(exit_config, model)
   calibration_settings(config.calibration)
-  analysis = analyze.settings_from(config.analysis)
+  analysis = analyze.analysis_settings(config.analysis)
   assert max(analysis.after_layers) <= model.num_decoder_layers - 2
   settings = loop_settings_from(config.train, config.seed)
   settings.validate(make_mesh(mesh_config_from(config.mesh)))
@@ -77,7 +77,7 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
                    z_loss=config.train.z_loss).validate()
   optimizer_from(config.train_exit).validate()
   config.generate.input_file = "-"
-  generate.settings_from(config.generate)
+  generate.generate_settings(config.generate)
   assert config.data.max_input_len >= 1 and config.decode.max_decode_len >= 1
 
 

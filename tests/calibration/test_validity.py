@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from calm_jax import calibration, validity
-from calm_jax.validity import (RuleSummary, ValidityReport, format_table, plot_validity,
-                               validity_study)
+from calm_jax.calibration import ltt, validity
+from calm_jax.calibration.validity import (RuleSummary, ValidityReport, format_table,
+                                           plot_validity, validity_study)
 
 LTT = "ltt_hoeffding_bentkus"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -82,7 +82,7 @@ def _reference_split(losses, thresholds, layer_sums, tokens, num_layers, order,
                      calibration_size, delta, epsilon, rule):
   """One split: (threshold, test loss, token-weighted exit layer, violated)."""
   calib, test = order[:calibration_size], order[calibration_size:]
-  result = calibration.calibrate(losses[calib], thresholds, delta, epsilon, rule)
+  result = ltt.calibrate(losses[calib], thresholds, delta, epsilon, rule)
   j = result.chosen_index
   if j is None:
     return 1.0, 0.0, float(num_layers), False

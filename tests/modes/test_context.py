@@ -1,7 +1,7 @@
-"""The run modes reading seqio tasks (`data.task = calm_*`) through run_data: the same
-examples as the plain registry for the generated family, JSON Lines references, metric names,
-error messages, and one decode run end to end. Without seqio only the missing-seqio error
-is tested (the others skip: pip install -r requirements-seqio.txt)."""
+"""The run context (calm_jax.modes.context): the modes reading seqio tasks (`data.task =
+calm_*`) give the same examples as the plain registry for the generated family, JSON Lines
+references, metric names, error messages, and one decode run end to end. Without seqio only
+the missing-seqio error is tested (the others skip: pip install -r requirements-seqio.txt)."""
 
 import json
 import os
@@ -11,15 +11,16 @@ import sys
 import pytest
 
 import calm_jax.data
-from calm_jax import run, run_data, train_mode
-from calm_jax.data import byte_vocab, metrics, tasks
+from calm_jax import modes
+from calm_jax.data import metrics, tasks
+from calm_jax.modes import context
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEQIO_MODULE = "calm_jax.data.seqio_tasks"
 JSONL_TASK = "scratch_run_jsonl"
 
 
-def demo_config(task):
+def task_config(task):
   """The demo config on `task`, tiny: 2 decoder layers, 3 output positions, 8 train examples."""
   sys.path.insert(0, ROOT)
   from configs import demo  # pylint: disable=import-outside-toplevel
@@ -60,29 +61,29 @@ def test_missing_seqio_is_named_before_any_model_work(without_seqio, monkeypatch
   expected = ("data.task='calm_generated' is a seqio task, but seqio / TensorFlow cannot be "
               "imported")
   with pytest.raises(ImportError) as error:
-    run_data.run_task("calm_generated")
+    context.run_task("calm_generated")
   assert str(error.value).startswith(expected)
   assert str(error.value).endswith("install them with `pip install -r requirements-seqio.txt`")
 
   def no_model(*args):
     raise AssertionError(f"model work started: load_model{args}")
 
-  monkeypatch.setattr(run, "load_model", no_model)
+  monkeypatch.setattr(context, "load_model", no_model)
   with pytest.raises(ImportError, match="pip install -r requirements-seqio.txt"):
-    run.run(demo_config("calm_generated"), str(tmp_path))
+    modes.run(task_config("calm_generated"), str(tmp_path))
   with pytest.raises(ImportError, match="data.task='calm_xsum' is a seqio task"):
-    run_data.check_data(demo_config("calm_xsum"))
+    context.check_data(task_config("calm_xsum"))
 
 
 def test_plain_tasks_need_no_seqio(without_seqio):
   del without_seqio
-  task = run_data.run_task("generated")
+  task = context.run_task("generated")
   assert task.metric_names == ("accuracy",)
   assert _triples(task.examples("test", 3, 0)) == _triples(
       tasks.get_task("generated").examples("test", 3, 0))
   assert SEQIO_MODULE not in sys.modules
   with pytest.raises(ValueError, match="task 'nope' is not registered; known tasks: "):
-    run_data.run_task("nope")
+    context.run_task("nope")
   with pytest.raises(ValueError, match="task 'generated': count must be an int >= 1; got 0"):
     task.examples("test", 0, 0)
 
@@ -91,24 +92,24 @@ def test_plain_tasks_need_no_seqio(without_seqio):
 
 
 def test_prefix_is_seqio_tasks_prefix(seqio_tasks):
-  assert run_data.SEQIO_TASK_PREFIX == seqio_tasks.TASK_PREFIX
+  assert context.SEQIO_TASK_PREFIX == seqio_tasks.TASK_PREFIX
 
 
 @pytest.mark.parametrize("split,seed", [("validation", 0), ("test", 0), ("test", 5),
                                         ("train", 0), ("train", 7)])
 def test_calm_generated_reads_the_plain_examples(seqio_tasks, split, seed):
   del seqio_tasks
-  seqio_examples = run_data.read_examples("calm_generated", split, 6, seed)
+  seqio_examples = context.read_examples("calm_generated", split, 6, seed)
   plain = tasks.get_task("generated").examples(split, 6, seed)
   assert len(seqio_examples) == 6
   assert _triples(seqio_examples) == _triples(plain)
   # Deterministic, and a shorter read is a prefix of a longer one.
-  assert _triples(run_data.read_examples("calm_generated", split, 3, seed)) == _triples(plain[:3])
+  assert _triples(context.read_examples("calm_generated", split, 3, seed)) == _triples(plain[:3])
 
 
 def test_one_generated_kind(seqio_tasks):
   del seqio_tasks
-  examples = run_data.read_examples("calm_generated_add", "validation", 4, 0)
+  examples = context.read_examples("calm_generated_add", "validation", 4, 0)
   assert _triples(examples) == _triples(
       tasks.get_task("generated_add").examples("validation", 4, 0))
   assert all(e.inputs.startswith("add: ") for e in examples)
@@ -116,16 +117,16 @@ def test_one_generated_kind(seqio_tasks):
 
 def test_metric_names_match_the_registrations(seqio_tasks):
   for spec in seqio_tasks.TFDS_SPECS:
-    assert run_data.run_task(f"calm_{spec.name}").metric_names == tuple(spec.metric_names)
+    assert context.run_task(f"calm_{spec.name}").metric_names == tuple(spec.metric_names)
   for name in tasks.GENERATED_TASKS + tasks.LOCAL_TASKS:
-    assert (run_data.run_task(f"calm_{name}").metric_names
+    assert (context.run_task(f"calm_{name}").metric_names
             == tasks.get_task(name).metric_names)
-  assert run_data.run_task("calm_iwslt2017_en_de").metric_names == ("bleu",)
+  assert context.run_task("calm_iwslt2017_en_de").metric_names == ("bleu",)
 
 
 def test_seqio_task_scores_like_the_plain_task(seqio_tasks):
   del seqio_tasks
-  task = run_data.run_task("calm_generated")
+  task = context.run_task("calm_generated")
   examples = task.examples("validation", 4, 0)
   predictions = [e.targets for e in examples[:3]] + ["wrong"]
   assert task.evaluate(predictions, examples) == tasks.get_task("generated").evaluate(
@@ -154,17 +155,17 @@ def jsonl_task(seqio_tasks, tmp_path):
 
 def test_jsonl_seqio_task_keeps_prefix_and_references(jsonl_task):
   assert jsonl_task == f"calm_{JSONL_TASK}"
-  examples = run_data.read_examples(jsonl_task, "validation", 2, 0)
+  examples = context.read_examples(jsonl_task, "validation", 2, 0)
   assert _triples(examples) == [("number: two", "2", ("2", "dos", "deux")),
                                 ("number: three", "3", ("3",))]
   # More than the file holds: every line, in file order.
-  assert [e.inputs for e in run_data.read_examples(jsonl_task, "validation", 10, 3)] == [
+  assert [e.inputs for e in context.read_examples(jsonl_task, "validation", 10, 3)] == [
       "number: two", "number: three", "number: four"]
-  assert _triples(run_data.read_examples(jsonl_task, "train", 1, 0)) == [
+  assert _triples(context.read_examples(jsonl_task, "train", 1, 0)) == [
       ("number: one", "1", ("1", "uno"))]
-  task = run_data.run_task(jsonl_task)
+  task = context.run_task(jsonl_task)
   assert task.metric_names == ("squad",)
-  scores = task.evaluate(["dos", "3", "five"], run_data.read_examples(jsonl_task,
+  scores = task.evaluate(["dos", "3", "five"], context.read_examples(jsonl_task,
                                                                       "validation", 3, 0))
   assert scores == metrics.evaluate(("squad",), ["dos", "3", "five"],
                                     [("2", "dos", "deux"), ("3",), ("4", "vier")])
@@ -172,7 +173,7 @@ def test_jsonl_seqio_task_keeps_prefix_and_references(jsonl_task):
 
 def test_unknown_seqio_task_and_split_are_named(seqio_tasks):
   with pytest.raises(ValueError) as error:
-    run_data.check_data(demo_config("calm_nope"))
+    context.check_data(task_config("calm_nope"))
   message = str(error.value)
   assert message.startswith("seqio task 'calm_nope' is not registered; registered: ")
   listed = message.split("registered: ")[-1].split(", ")
@@ -180,17 +181,17 @@ def test_unknown_seqio_task_and_split_are_named(seqio_tasks):
   assert {"calm_generated", "calm_xsum", "calm_iwslt2017_en_de"} <= set(listed)
   with pytest.raises(ValueError, match=r"^seqio task 'calm_generated' has no split 'dev'; "
                                        r"its splits: train, validation, test$"):
-    run_data.read_examples("calm_generated", "dev", 2, 0)
+    context.read_examples("calm_generated", "dev", 2, 0)
   with pytest.raises(ValueError, match=r"^seqio task 'calm_squad_v1.1' has no split 'test'; "
                                        r"its splits: train, validation$"):
-    run_data.read_examples("calm_squad_v1.1", "test", 2, 0)
+    context.read_examples("calm_squad_v1.1", "test", 2, 0)
 
 
 def test_tfds_tasks_read_as_text(seqio_tasks):
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=3):
-    translation = run_data.read_examples("calm_wmt14_en_de", "validation", 2, 0)
-    squad = run_data.read_examples("calm_squad_v1.1", "validation", 2, 0)
+    translation = context.read_examples("calm_wmt14_en_de", "validation", 2, 0)
+    squad = context.read_examples("calm_squad_v1.1", "validation", 2, 0)
   assert len(translation) == 2 and len(squad) == 2
   assert all(e.inputs.startswith("translate English to German: ") for e in translation)
   assert all(e.references == (e.targets,) for e in translation)
@@ -201,17 +202,8 @@ def test_tfds_tasks_read_as_text(seqio_tasks):
 
 def test_check_data_accepts_a_seqio_task(seqio_tasks):
   del seqio_tasks
-  vocabulary = run_data.check_data(demo_config("calm_generated"))
+  vocabulary = context.check_data(task_config("calm_generated"))
   assert vocabulary.name == "byte"
-
-
-def test_training_data_from_a_seqio_task(seqio_tasks):
-  del seqio_tasks
-  data = {name: train_mode.training_data(demo_config(name), byte_vocab.VOCAB_SIZE)
-          for name in ("generated", "calm_generated")}
-  with_seqio, plain = data["calm_generated"], data["generated"]
-  assert with_seqio.inputs.shape == plain.inputs.shape and plain.inputs.shape[0] == 8
-  assert (with_seqio.inputs == plain.inputs).all() and (with_seqio.targets == plain.targets).all()
 
 
 def test_main_decodes_a_seqio_task(seqio_tasks, tmp_path):

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from calm_jax import calibration
-from calm_jax.calibration import (CalibrationResult, calibrate, calibrate_many,
-                                  fixed_sequence_rejections, learn_then_test,
-                                  naive_threshold, p_value, parse_rule, rule_names)
+from calm_jax.calibration import ltt
+from calm_jax.calibration.ltt import (CalibrationResult, calibrate, calibrate_many,
+                                      fixed_sequence_rejections, learn_then_test,
+                                      naive_threshold, p_value, parse_rule, rule_names)
 
 METHODS = ("hoeffding", "bentkus", "hoeffding_bentkus", "binomial")
 
@@ -359,7 +359,7 @@ def test_to_dict_is_json_ready(rule):
   assert [row["mean_loss"] for row in out["table"]] == [r.mean_loss for r in result.table]
   if rule != "naive":
     assert [row["p_value"] for row in out["table"]] == [r.p_value for r in result.table]
-    assert CalibrationResult(**{**out, "table": [calibration.CalibrationRow(**row)
+    assert CalibrationResult(**{**out, "table": [ltt.CalibrationRow(**row)
                                                  for row in out["table"]]}) == result
   else:
     assert out["epsilon"] is None and all(row["p_value"] is None for row in out["table"])
@@ -368,7 +368,7 @@ def test_to_dict_is_json_ready(rule):
 def test_calibrate_many_rejects_a_string_and_a_bad_epsilon_for_naive():
   losses = _binary_losses(N, [PASS, PASS, FAIL, PASS])
   with pytest.raises(ValueError, match="list of rule names"):
-    calibration.calibrate_many(losses, THRESHOLDS, DELTA, EPSILON, "naive")
+    ltt.calibrate_many(losses, THRESHOLDS, DELTA, EPSILON, "naive")
   with pytest.raises(ValueError, match="epsilon"):
     calibrate(losses, THRESHOLDS, DELTA, 5.0, "naive")
 

@@ -11,17 +11,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from calm_jax import analyze_mode, run
+from calm_jax import modes
 from calm_jax.analysis import collect
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.model.hf_import import load_hf_t5
 from calm_jax.model.source import load_model
+from calm_jax.modes import analyze as analyze_mode
+from calm_jax.modes import context
+from calm_jax.modes.context import run_context
 from calm_jax.model.t5 import exit_logits, forward, shift_right
 from calm_jax.training.checkpoints import export_params
 from hf_models import save_random_hf_t5
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDIES = ("stability", "confidence", "rank", "accuracy", "saturation", "oracle")
 # A 3-decoder-layer transformers T5 over the byte vocabulary (its ids are the examples').
 TINY_HF = dict(vocab_size=259, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=3,
@@ -47,7 +50,7 @@ def analyzed(tmp_path_factory):
   """Every study on the config's model, teacher-forced and free-running."""
   config = analyze_config()
   workdir = tmp_path_factory.mktemp("analyzed")
-  path = run.run(config, str(workdir))
+  path = modes.run(config, str(workdir))
   return config, workdir, path, load_model(config.model, config.seed)
 
 
@@ -63,7 +66,7 @@ def compared(tmp_path_factory):
   own = load_model(config.model, config.seed)
   export_params(str(models / "export"), *own)
   workdir = tmp_path_factory.mktemp("compared")
-  run.run(config, str(workdir))
+  modes.run(config, str(workdir))
   return config, workdir, [own, load_hf_t5(str(models / "plain")), own]
 
 
@@ -105,7 +108,7 @@ def test_compared_models_appear_side_by_side_in_every_study(compared):
 
 def test_teacher_forced_accuracy_of_every_layer_matches_the_forward_pass(compared):
   config, workdir, models = compared
-  inputs = analyze_mode.analysis_inputs(config, 6)
+  inputs = analyze_mode.analysis_inputs(run_context(config, ""), 6)
   record = study_json(workdir, "accuracy")
   for (model_config, params), model in zip(models, record["models"]):
     out = jax.jit(forward, static_argnums=0)(model_config, params, inputs.input_ids,
@@ -126,7 +129,7 @@ def test_teacher_forced_accuracy_of_every_layer_matches_the_forward_pass(compare
 
 def test_free_running_statistics_read_the_full_models_own_outputs(analyzed):
   config, workdir, _, (model_config, params) = analyzed
-  inputs = analyze_mode.analysis_inputs(config, 6)
+  inputs = analyze_mode.analysis_inputs(run_context(config, ""), 6)
   exit_config = dataclasses.replace(ExitConfig.from_section(config.exit), threshold=1.0)
   full = generate(model_config, params, inputs.input_ids, inputs.input_mask,
                   max_decode_len=5, exit=exit_config, return_trace=True)
@@ -146,7 +149,7 @@ def test_free_running_statistics_read_the_full_models_own_outputs(analyzed):
 
 def test_oracle_rows_match_the_decoder(analyzed):
   config, workdir, _, (model_config, params) = analyzed
-  inputs = analyze_mode.analysis_inputs(config, 6)
+  inputs = analyze_mode.analysis_inputs(run_context(config, ""), 6)
   rows = {row["name"]: row for row in study_json(workdir, "oracle")["models"][0]["result"]["rows"]}
   assert list(rows) == ["full", "oracle_copy_state", "oracle_full_compute"]
   assert rows["full"]["mean_exit_layer"] == 3.0
@@ -198,9 +201,9 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch, field, 
                                                   message):
   def no_model(*args):
     raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(analyze_mode, "load_model", no_model)
+  monkeypatch.setattr(context, "load_model", no_model)
   with pytest.raises(ValueError, match=message):
-    run.run(analyze_config(**{field: value}), str(tmp_path))
+    modes.run(analyze_config(**{field: value}), str(tmp_path))
   assert os.listdir(tmp_path) == []
 
 
@@ -208,7 +211,7 @@ def test_a_string_where_a_tuple_belongs_is_rejected():
   section = analyze_config().analysis.to_dict()
   section["studies"] = "stability"  # would otherwise read as the studies 's', 't', ...
   with pytest.raises(ValueError, match="analysis.studies must be a tuple, got 'stability'"):
-    analyze_mode.settings_from(ml_collections.ConfigDict(section))
+    analyze_mode.analysis_settings(ml_collections.ConfigDict(section))
 
 
 def _no_collection(*args, **kwargs):
@@ -229,14 +232,14 @@ def test_settings_that_depend_on_the_model_fail_before_it_runs(tmp_path, monkeyp
     overrides = dict(compare_hf_paths=(str(tmp_path / "small"),))
   workdir = tmp_path / "out"
   with pytest.raises(ValueError, match=message):
-    run.run(analyze_config(**overrides), str(workdir))
+    modes.run(analyze_config(**overrides), str(workdir))
   assert os.listdir(workdir) == []
 
 
 def test_collection_in_chunks_equals_one_batch():
   config = analyze_config()
   model_config, params = load_model(config.model, config.seed)
-  inputs = analyze_mode.analysis_inputs(config, 6)
+  inputs = analyze_mode.analysis_inputs(run_context(config, ""), 6)
   whole = collect.teacher_forced(model_config, params, inputs, batch_size=0)
   chunked = collect.teacher_forced(model_config, params, inputs, batch_size=3)
   assert whole.top1.shape == chunked.top1.shape == (3, 6, 5)

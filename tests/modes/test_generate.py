@@ -10,15 +10,16 @@ import jax
 import numpy as np
 import pytest
 
-from calm_jax import generate_mode, run
+from calm_jax import modes
 from calm_jax.data import byte_vocab
 from calm_jax.decoding.classifiers import init_classifier, save_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.source import load_model
+from calm_jax.modes import generate as generate_mode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LINES = ["copy: abc", "", "reverse: hello", "add: 12+30", "  ", "copy: xyz"]
 
 
@@ -46,7 +47,7 @@ def write_lines(path, lines):
 
 
 def run_generate(tmp_path, config):
-  path = run.run(config, str(tmp_path / "work"))
+  path = modes.run(config, str(tmp_path / "work"))
   assert os.path.basename(path) == "generate.jsonl"
   assert not [f for f in os.listdir(tmp_path / "work") if f.startswith(".tmp-")]
   return [json.loads(line) for line in open(path, encoding="utf-8")]
@@ -138,28 +139,28 @@ def test_empty_input_fails_clearly(tmp_path, contents, text):
   path = tmp_path / "in.txt"
   path.write_text(contents, encoding="utf-8")
   with pytest.raises(ValueError, match=r"generate.input_file='.*in.txt' " + text):
-    run.run(tiny_config(path), str(tmp_path / "work"))
+    modes.run(tiny_config(path), str(tmp_path / "work"))
   assert not os.path.exists(tmp_path / "work" / "generate.jsonl")
 
 
 def test_missing_unreadable_and_unset_inputs_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match="generate.input_file=.*nope.txt' does not exist"):
-    run.run(tiny_config(tmp_path / "nope.txt"), str(tmp_path / "work"))
+    modes.run(tiny_config(tmp_path / "nope.txt"), str(tmp_path / "work"))
   with pytest.raises(ValueError, match="is not a regular file"):
-    run.run(tiny_config(tmp_path), str(tmp_path / "work"))
+    modes.run(tiny_config(tmp_path), str(tmp_path / "work"))
   (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
   with pytest.raises(ValueError, match="is not UTF-8 text: byte 3 cannot be decoded"):
-    run.run(tiny_config(tmp_path / "latin1.txt"), str(tmp_path / "work"))
+    modes.run(tiny_config(tmp_path / "latin1.txt"), str(tmp_path / "work"))
   with pytest.raises(ValueError, match="generate.input_file is empty: name a UTF-8 text file"):
-    run.run(tiny_config(""), str(tmp_path / "work"))
+    modes.run(tiny_config(""), str(tmp_path / "work"))
   with pytest.raises(ValueError, match=r"generate.batch_size must be an integer >= 0 .* got -1"):
-    run.run(tiny_config(tmp_path / "nope.txt", batch_size=-1), str(tmp_path / "work"))
+    modes.run(tiny_config(tmp_path / "nope.txt", batch_size=-1), str(tmp_path / "work"))
 
 
 def test_learned_measure_without_a_classifier_fails_clearly(tmp_path):
   config = tiny_config(write_lines(tmp_path / "in.txt", ["copy: a"]), measure="meta_mlp")
   with pytest.raises(ValueError, match="set exit.classifier_path"):
-    run.run(config, str(tmp_path / "work"))
+    modes.run(config, str(tmp_path / "work"))
 
 
 def test_split_lines():

@@ -1,4 +1,4 @@
-"""Rate lines of long phases (calm_jax.progress) and the grid decode's progress calls."""
+"""Rate lines of long phases (calm_jax.utils.progress) and the grid decode's progress calls."""
 
 import jax
 import numpy as np
@@ -7,7 +7,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import init_params
-from calm_jax.progress import RateLine, duration
+from calm_jax.utils.progress import RateLine, duration
 
 
 class FakeClock:

@@ -1,5 +1,5 @@
-"""The evaluate and all modes: calibrated thresholds, scores recomputed independently, the
-report's files, and settings checked before any work."""
+"""The evaluate mode: calibrated thresholds, scores recomputed independently, the report's
+files, and settings checked before any work."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from calm_jax import calibration, consistency, evaluate_mode, run
+from calm_jax import modes
+from calm_jax.calibration import consistency, ltt
 from calm_jax.data.tasks import get_task
 from calm_jax.data.vocabulary import BYTE
 from calm_jax.decoding.exit_rule import ExitConfig
@@ -15,28 +16,14 @@ from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.source import load_model
-from calm_jax.run_data import encode_split
-from test_run import demo_config
+from calm_jax.modes import context
+from calm_jax.modes.context import encode_split
 
 
-def evaluate_config(**evaluate):
-  config = demo_config()
-  config.unlock()
-  config.mode = "evaluate"
-  config.decode.max_decode_len = 6
-  # The recomputation below scores token agreement, whatever the demo calibrates with.
-  config.calibration.update(num_examples=8, thresholds=(1.0, 0.5, 0.2), deltas=(0.1, 0.5),
-                            num_splits=2, similarity="token_agreement")
-  config.evaluate.update({**dict(measures=("softmax_diff",), num_examples=6,
-                                 static_layers=(1,), oracle=True, timing_repeats=1),
-                          **evaluate})
-  config.lock()
-  return config
-
-
-def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path):
+def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
+                                                                       evaluate_config):
   config = evaluate_config()
-  path = run.run(config, str(tmp_path))
+  path = modes.run(config, str(tmp_path))
   report = json.load(open(path, encoding="utf-8"))
   for name in ("report.md", "report_quality_speedup.png", "report_exit_layers.png",
                "report_delta_loss.png"):
@@ -54,7 +41,7 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path)
                                   max_decode_len=6))
   task = get_task("generated")
   for row in report["rows"][1:3]:
-    chosen = calibration.calibrate(losses, (1.0, 0.5, 0.2), row["delta"], 0.1,
+    chosen = ltt.calibrate(losses, (1.0, 0.5, 0.2), row["delta"], 0.1,
                                    "ltt_hoeffding_bentkus")
     assert row["threshold"] == chosen.threshold
     out = generate(model_config, params, test.input_ids, test.attention_mask,
@@ -81,21 +68,12 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path)
     ("rule", "ltt", "evaluate.rule='ltt'; allowed: "),
     ("num_examples", 0, "evaluate.num_examples must be >= 1, got 0"),
 ])
-def test_evaluate_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch, field,
-                                                              value, message):
+def test_evaluate_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch,
+                                                              evaluate_config, field, value,
+                                                              message):
   def no_model(*args):
     raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(evaluate_mode, "load_model", no_model)
+  monkeypatch.setattr(context, "load_model", no_model)
   with pytest.raises(ValueError, match=message):
-    run.run(evaluate_config(**{field: value}), str(tmp_path))
+    modes.run(evaluate_config(**{field: value}), str(tmp_path))
   assert os.listdir(tmp_path) == []
-
-
-def test_all_mode_checks_every_step_before_training(tmp_path):
-  config = evaluate_config()
-  with config.unlocked():
-    config.mode = "all"
-    config.train_exit.loss = "hinge"
-  with pytest.raises(ValueError, match="train_exit.loss='hinge' is not known"):
-    run.run(config, str(tmp_path))
-  assert not os.path.exists(tmp_path / "checkpoints")

@@ -5,9 +5,10 @@ calls of the metric functions, hand-computed cells, dispatch and input checks.""
 import numpy as np
 import pytest
 
-from calm_jax import consistency
-from calm_jax.consistency import (consistency_losses, outputs_by_threshold,
-                                  risk_consistency_losses, textual_consistency_losses)
+from calm_jax.calibration import consistency
+from calm_jax.calibration.consistency import (consistency_losses, outputs_by_threshold,
+                                              risk_consistency_losses,
+                                              textual_consistency_losses)
 from calm_jax.data import metrics
 
 

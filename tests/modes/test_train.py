@@ -1,0 +1,41 @@
+"""The train mode's check: every training setting and the model source named before the
+model loads (the run itself is tested end to end with train_exit, in test_train_exit.py)."""
+
+import os
+
+import pytest
+
+from calm_jax import modes
+from calm_jax.modes import context, train
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("train", "layer_weighting", "squared", "squared"),
+    ("train", "optimizer", "sgdd", "optimizer='sgdd' is not known"),
+    ("train", "num_examples", 0, "train.num_examples must be >= 1, got 0"),
+    ("mesh", "rules", (("embed", "tensor"),), "mesh.rules maps 'embed' to 'tensor'"),
+    ("model", "checkpoint", "/nonexistent/export", "is not a calm_jax params export"),
+])
+def test_check_names_a_bad_value_before_the_model_loads(tmp_path, monkeypatch, demo_config,
+                                                        section, field, value, message):
+  def no_model(*args):
+    raise AssertionError("the model was loaded before the settings were checked")
+  monkeypatch.setattr(context, "load_model", no_model)
+  config = demo_config()
+  with config.unlocked():
+    config.mode = "train"
+    config[section][field] = value
+  with pytest.raises(ValueError, match=message):
+    train.check(config, str(tmp_path))
+  with pytest.raises(ValueError, match=message):
+    modes.run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+def test_check_returns_the_checked_training_settings(tmp_path, demo_config):
+  settings = train.check(demo_config(), str(tmp_path))
+  config = demo_config()
+  assert settings.setup.loop.steps == config.train.steps
+  assert settings.setup.optimizer.optimizer == config.train.optimizer
+  assert settings.objective.layer_weighting == config.train.layer_weighting
+  assert settings.context.vocabulary.name == config.data.vocabulary

@@ -1,0 +1,42 @@
+"""What the two training modes share (calm_jax.modes.training_setup): the training examples
+from either task registry, and the loop, optimizer and mesh settings checked."""
+
+import pytest
+
+from calm_jax.data import byte_vocab
+from calm_jax.modes.context import run_context
+from calm_jax.modes.training_setup import training_data, training_setup
+
+
+def task_config(task):
+  """The demo config on `task`, tiny: 2 decoder layers, 3 output positions, 8 train examples."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  config.data.task = task
+  config.train.num_examples = 8
+  config.decode.max_decode_len = 3
+  config.model.num_decoder_layers = 2
+  config.lock()
+  return config
+
+
+def test_training_data_from_a_seqio_task():
+  pytest.importorskip("seqio")
+  data = {name: training_data(run_context(task_config(name), ""), byte_vocab.VOCAB_SIZE)
+          for name in ("generated", "calm_generated")}
+  with_seqio, plain = data["calm_generated"], data["generated"]
+  assert with_seqio.inputs.shape == plain.inputs.shape and plain.inputs.shape[0] == 8
+  assert (with_seqio.inputs == plain.inputs).all() and (with_seqio.targets == plain.targets).all()
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("train", "optimizer", "sgdd", "sgdd"),
+    ("mesh", "rules", (("embed", "tensor"),), "mesh.rules maps 'embed' to 'tensor', which is "
+                                               "no mesh axis"),
+])
+def test_training_setup_names_a_bad_value(section, field, value, message):
+  config = task_config("generated")
+  with config.unlocked():
+    config[section][field] = value
+  with pytest.raises(ValueError, match=message):
+    training_setup(config.train, config)
