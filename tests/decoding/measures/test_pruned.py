@@ -10,14 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from calm_jax.decoding import vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
-from calm_jax.decoding.measures import MeasureInputs, get_measure
+from calm_jax.decoding.measures import (LayerInputs, MeasureContext, Needs, build_measure,
+                                        checked_measure)
+from calm_jax.decoding.measures import pruned
+from calm_jax.decoding.measures.pruned import PrunedSoftmax, SoftmaxPruned
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.config import T5Config
-from measure_checks import assert_mixed_batch_equals_each_alone
 from calm_jax.model.t5 import decode_teacher_forced, encode, init_params, shift_right
 
 CONFIG = T5Config(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2,
@@ -90,16 +91,29 @@ def _np_pruned_measure(exit_config, layer_logits, exit_points):
 
 # --- the formulas and the measure on its own ----------------------------------------------
 
+def test_built_measures_and_their_declarations():
+  assert build_measure(MEASURES["topk"]) == PrunedSoftmax(top_k=8)
+  # softmax_topk never prunes, whatever ExitConfig.pruning says.
+  assert build_measure(dataclasses.replace(MEASURES["topk"], pruning="adaptive")) == (
+      PrunedSoftmax(top_k=8, pruning="fixed"))
+  assert build_measure(MEASURES["decaying"]) == SoftmaxPruned(top_k=20, pruning="decaying",
+                                                              min_top_k=3)
+  for exit_config in MEASURES.values():
+    needs = build_measure(exit_config).needs
+    assert needs == Needs(logits="subset", subset_width=exit_config.top_k)
+    assert checked_measure(exit_config, CONFIG) == build_measure(exit_config)
+
+
 def test_kept_count_matches_the_formulas():
   confidences = np.array([0.0, 0.3, 0.95, 1.0], np.float32)
-  for pruning in vocabulary.PRUNINGS:
+  for pruning in pruned.PRUNINGS:
     for layer in range(1, L + 1):
-      got = np.asarray(vocabulary.kept_count(pruning, jnp.int32(layer), L, V, 40, 3,
+      got = np.asarray(pruned.kept_count(pruning, jnp.int32(layer), L, V, 40, 3,
                                              jnp.asarray(confidences)))
       expected = [_np_kept_count(pruning, layer, 40, 3, float(c)) for c in confidences]
       np.testing.assert_array_equal(got, expected, err_msg=f"{pruning} layer {layer}")
   # Decaying goes from k1 towards k* (reached at layer L), paper-sized numbers.
-  sizes = [int(vocabulary.kept_count("decaying", jnp.int32(i), 8, 32128, 2000, 10,
+  sizes = [int(pruned.kept_count("decaying", jnp.int32(i), 8, 32128, 2000, 10,
                                      jnp.zeros(1))[0]) for i in range(1, 9)]
   assert sizes == [math.floor(2000 / (1 + 199 * i / 8)) for i in range(1, 8)] + [10]
   assert sizes == sorted(sizes, reverse=True)
@@ -108,10 +122,10 @@ def test_kept_count_matches_the_formulas():
 def test_keep_top_ranked_keeps_the_best_members_by_logit():
   kept = jnp.array([[True, True, False, True, True]])
   logits = jnp.array([[0.1, 3.0, 9.0, 2.0, -1.0]])  # entry 2 is no longer kept
-  got = vocabulary.keep_top_ranked(kept, logits, jnp.array([2]))
+  got = pruned.keep_top_ranked(kept, logits, jnp.array([2]))
   assert got.tolist() == [[False, True, False, True, False]]
   # Never grows back: a count above the members keeps the members.
-  assert vocabulary.keep_top_ranked(kept, logits, jnp.array([5])).tolist() == kept.tolist()
+  assert pruned.keep_top_ranked(kept, logits, jnp.array([5])).tolist() == kept.tolist()
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +141,11 @@ def test_subset_logits_from_the_head_table_are_the_heads_logits_at_the_ids(param
   if tied:
     config = CONFIG.replace(tie_word_embeddings=True, scale_decoder_outputs=True)
     model_params = {k: v for k, v in params.items() if k != "lm_head"}
-  table = vocabulary.head_table(config, model_params)
+  table = pruned.head_table(config, model_params)
   assert table.shape == (V, config.d_model)
   hidden = np.random.RandomState(2).randn(3, config.d_model).astype(np.float32)
   ids = np.array([[52, 0, 7, 7], [3, 1, 40, 2], [9, 51, 8, 30]], np.int32)
-  got = vocabulary.subset_logits(config, model_params, jnp.asarray(hidden), table,
+  got = pruned.subset_logits(config, model_params, jnp.asarray(hidden), table,
                                  jnp.asarray(ids))
   expected = np.take_along_axis(_np_logits(config, model_params, hidden), ids, axis=1)
   np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
@@ -148,12 +162,12 @@ def test_measure_over_layers_matches_the_numpy_reference(params, variant):
     config = CONFIG.replace(tie_word_embeddings=True, scale_decoder_outputs=True)
     model_params = {k: v for k, v in params.items() if k != "lm_head"}
     exit_config = MEASURES["decaying"]
-  measure = get_measure(exit_config.measure)
+  measure = build_measure(exit_config)
+  context = MeasureContext(params=model_params, model_config=config)
   hidden = 3.0 * np.random.RandomState(0).randn(L, 6, config.d_model).astype(np.float32)
-  state = measure.init_state(jnp.asarray(hidden[0]), exit_config=exit_config)
-  step = jax.jit(lambda layer, h, s: measure.confidence(MeasureInputs(
-      layer=layer, hidden=h, logits=None, final_top1=None, model_params=model_params,
-      model_config=config, exit_config=exit_config), s))
+  state = measure.init(context, jnp.asarray(hidden[0]))
+  step = jax.jit(lambda layer, h, s: measure.confidence(context, LayerInputs(
+      layer=layer, hidden=h, logits=None, final_top1=None), s))
   points = [2, 3, 4, 5]
   got = {}
   for layer in points:
@@ -183,12 +197,13 @@ def test_softmax_pruned_fixed_is_softmax_topk(params):
   results = []
   for exit_config in [ExitConfig(measure="softmax_topk", top_k=6),
                       ExitConfig(measure="softmax_pruned", pruning="fixed", top_k=6)]:
-    measure = get_measure(exit_config.measure)
-    state = measure.init_state(hidden[0], exit_config=exit_config)
+    measure = build_measure(exit_config)
+    context = MeasureContext(params=params, model_config=CONFIG)
+    state = measure.init(context, hidden[0])
     for layer in range(3):
-      confidence, state = measure.confidence(MeasureInputs(
-          layer=jnp.int32(layer + 1), hidden=hidden[layer], logits=None, final_top1=None,
-          model_params=params, model_config=CONFIG, exit_config=exit_config), state)
+      confidence, state = measure.confidence(context, LayerInputs(
+          layer=jnp.int32(layer + 1), hidden=hidden[layer], logits=None, final_top1=None),
+          state)
     results.append((np.asarray(confidence), np.asarray(state.ids), np.asarray(state.logits)))
   for first, second in zip(*results):
     np.testing.assert_array_equal(first, second)
@@ -258,7 +273,8 @@ def test_decoder_follows_the_reference_and_maps_tokens_back(model, variant):
 
 
 @pytest.mark.parametrize("variant", ["topk", "adaptive"])
-def test_batch_with_mixed_exits_equals_each_example_alone(model, variant):
+def test_batch_with_mixed_exits_equals_each_example_alone(model, variant,
+                                                          assert_mixed_batch_equals_each_alone):
   exit_config = MEASURES[variant]
   assert_mixed_batch_equals_each_alone(model, exit_config,
                                        _median_threshold(model, exit_config), T)
@@ -292,9 +308,3 @@ def test_bad_options_are_rejected_before_compiling(model, fields, message):
   config, params, ids, mask, _ = model
   with pytest.raises(ValueError, match=message):
     generate(config, params, ids, mask, exit=ExitConfig(**fields), max_decode_len=T)
-
-
-def test_unknown_exit_option_in_a_config_section():
-  with pytest.raises(ValueError, match=r"unknown exit option\(s\) \['topk'\]; allowed: "
-                     "measure, threshold"):
-    ExitConfig.from_section({"measure": "softmax_topk", "topk": 5})
