@@ -9,7 +9,7 @@ import dataclasses
 
 import ml_collections
 
-from calm_jax.decoding.classifiers import CLASSIFIERS
+from calm_jax.exit_classifiers.registry import is_learned
 from calm_jax.modes import calibrate, evaluate, train, train_exit
 
 
@@ -35,7 +35,7 @@ class Settings:
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   """Every step's settings, before the first one starts."""
-  learned = [m for m in config.evaluate.measures if m in CLASSIFIERS]
+  learned = [m for m in config.evaluate.measures if is_learned(m)]
   # The classifiers do not exist yet: check the rest of the evaluate section without them.
   untrained = _with(config, evaluate__measures=tuple(
       m for m in config.evaluate.measures if m not in learned))
@@ -49,7 +49,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   export = train.run(config, workdir)
   trained = _with(config, model__checkpoint=export, model__hf_path="")
   for measure in trained.evaluate.measures:
-    if measure in CLASSIFIERS:
+    if is_learned(measure):
       train_exit.run(_with(trained, train_exit__classifier=measure), workdir)
   calibrate.run(trained, workdir)
   return evaluate.run(trained, workdir)

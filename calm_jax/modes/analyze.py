@@ -27,7 +27,8 @@ from calm_jax.analysis import (accuracy, collect, confidence, layerwise, oracle,
 from calm_jax.data.metrics import TEXT_SIMILARITIES
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.measures import get_measure
+from calm_jax.decoding.measures import build_measure, checked_measure
+from calm_jax.exit_classifiers.registry import is_learned
 from calm_jax.model.config import T5Config
 from calm_jax.model.hf_import import load_hf_t5
 from calm_jax.modes.context import RunContext, encode_targets, run_context
@@ -203,7 +204,7 @@ def check_models(sources: List[ModelSource], settings: AnalysisSettings,
     except ValueError as error:
       raise ValueError(f"analysis.after_layers for {where}: {error}") from None
     try:
-      exit_config.validate(cfg.num_decoder_layers)
+      checked_measure(exit_config, cfg)
     except ValueError as error:
       raise ValueError(f"exit settings for {where}: {error}") from None
     if "saturation" in settings.studies and cfg.num_decoder_layers < 2:
@@ -275,8 +276,8 @@ def _trace_exit(exit_config: ExitConfig) -> Optional[ExitConfig]:
   """The configured measure, traced during the free-running decode, where it is compared
   with a threshold (static and oracle exits would leave early even at lambda = 1) and needs
   no trained classifier (one belongs to one model, and several are compared here)."""
-  measure = get_measure(exit_config.measure)
-  return exit_config if measure.thresholded and not measure.learned else None
+  thresholded = build_measure(exit_config).needs.thresholded
+  return exit_config if thresholded and not is_learned(exit_config.measure) else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,9 @@ import numpy as np
 from absl import logging
 
 from calm_jax.calibration import ltt, validity
-from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.threshold_grid import GridDecode
+from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.modes.context import RunContext, run_context
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
 

@@ -26,6 +26,7 @@ from calm_jax.data import metrics
 from calm_jax.data.tasks import get_task
 from calm_jax.data.vocabulary import Vocabulary, get_vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.measures import checked_measure
 from calm_jax.model.config import T5Config
 from calm_jax.model.source import check_source, load_model
 from calm_jax.utils.files import (write_json_atomically, write_jsonl_atomically,
@@ -170,11 +171,11 @@ class RunContext:
     return load_model(self.config.model, self.config.seed)
 
   def checked_model(self, exit_config: Optional[ExitConfig] = None) -> Tuple[T5Config, Any]:
-    """The run's model, with `exit_config` (when given) valid for it and every id of the
-    vocabulary inside its embedding."""
+    """The run's model, with `exit_config` and its measure (when given) valid for it and
+    every id of the vocabulary inside its embedding."""
     model_config, params = self.load_model()
     if exit_config is not None:
-      exit_config.validate(model_config.num_decoder_layers, model_config.vocab_size)
+      checked_measure(exit_config, model_config)
     self.vocabulary.check_model(model_config.vocab_size)
     return model_config, params
 

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
+from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.modes.context import RunContext, run_context
 
 OUTPUT_FILE = "decode.jsonl"

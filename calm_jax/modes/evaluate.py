@@ -26,11 +26,12 @@ import ml_collections
 import numpy as np
 
 from calm_jax.calibration import consistency, ltt
-from calm_jax.decoding.classifiers import CLASSIFIERS, load_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
-from calm_jax.decoding.measures import get_measure
+from calm_jax.decoding.measures import build_measure, checked_measure
+from calm_jax.exit_classifiers.registry import is_learned
+from calm_jax.exit_classifiers.storage import load_classifier
 from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, run_context,
                                     run_task)
 from calm_jax.modes.evaluate_report import plot_report, report_table
@@ -54,7 +55,7 @@ def evaluate_settings(section: ml_collections.ConfigDict, workdir: str) -> Evalu
   """The `evaluate` section checked; every learned measure's classifier must exist."""
   measures = list(section.measures)
   for name in measures:
-    get_measure(name)
+    build_measure(ExitConfig(measure=name))
     if name in ("static", "oracle"):
       raise ValueError(f"evaluate.measures has {name!r}, which is not calibrated; use "
                        "evaluate.static_layers / evaluate.oracle")
@@ -66,7 +67,7 @@ def evaluate_settings(section: ml_collections.ConfigDict, workdir: str) -> Evalu
       raise ValueError(f"evaluate.{name} must be >= 1, got {section[name]!r}")
   directory = section.classifier_dir or os.path.join(workdir, CLASSIFIER_DIR)
   for name in measures:
-    if name in CLASSIFIERS and not os.path.isdir(os.path.join(directory, name)):
+    if is_learned(name) and not os.path.isdir(os.path.join(directory, name)):
       raise ValueError(f"evaluate.measures has the learned measure {name!r}, but "
                        f"{os.path.join(directory, name)} does not exist; run the train_exit "
                        f"mode with train_exit.classifier={name!r} first")
@@ -195,7 +196,7 @@ def _measure_rows(evaluator: Evaluator, base_exit: ExitConfig, measure: str,
                   calib: EncodedSplit) -> List[Dict[str, Any]]:
   exit_config = dataclasses.replace(base_exit, measure=measure, classifier_path="")
   classifier_params = None
-  if measure in CLASSIFIERS:
+  if is_learned(measure):
     classifier_params = load_classifier(
         os.path.join(evaluator.settings.classifier_dir, measure), evaluator.model_config,
         expected_name=measure).params
@@ -241,8 +242,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   context, base_exit = settings.context, settings.exit
   model_config, params = context.checked_model()
   for layer in settings.evaluate.static_layers:
-    dataclasses.replace(base_exit, measure="static", static_exit_layer=layer).validate(
-        model_config.num_decoder_layers)
+    checked_measure(dataclasses.replace(base_exit, measure="static", static_exit_layer=layer),
+                    model_config)
   test = context.split(config.data.test_split, settings.evaluate.num_examples)
   calib = context.split(config.data.calibration_split, settings.calibration.num_examples)
   evaluator = Evaluator(settings, model_config, params, test)

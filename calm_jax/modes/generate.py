@@ -22,9 +22,9 @@ import numpy as np
 from absl import logging
 
 from calm_jax.data.vocabulary import Vocabulary
-from calm_jax.decoding.classifiers import classifier_params_for
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
+from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.model.config import T5Config
 from calm_jax.modes.checks import is_integer
 from calm_jax.modes.context import RunContext, run_context

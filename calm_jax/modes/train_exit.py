@@ -16,9 +16,11 @@ from typing import Dict
 import jax
 import ml_collections
 
-from calm_jax.decoding.classifiers import (check_classifier_options, get_classifier,
-                                           init_classifier, save_classifier)
 from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
+from calm_jax.decoding.measures import checked_measure
+from calm_jax.exit_classifiers.registry import (check_classifier_options, get_classifier,
+                                                init_classifier)
+from calm_jax.exit_classifiers.storage import save_classifier
 from calm_jax.modes.context import CLASSIFIER_DIR, RunContext, run_context
 from calm_jax.modes.training_setup import TrainingSetup, training_data, training_setup
 from calm_jax.training.exit_classifier import (ClassifierObjective, asked_layers,
@@ -74,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   settings = check(config, workdir)
   context, setup, options = settings.context, settings.setup, settings.options
   model_config, backbone = context.load_model()
-  settings.exit.validate(model_config.num_decoder_layers)
+  checked_measure(settings.exit, model_config)
   objective = objective_from(section, exit_point_layers(settings.exit,
                                                         model_config.num_decoder_layers))
   asked_layers(objective, model_config.num_decoder_layers)

@@ -12,10 +12,11 @@ import pytest
 
 from calm_jax import modes
 from calm_jax.data import byte_vocab
-from calm_jax.decoding.classifiers import init_classifier, save_classifier
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
+from calm_jax.exit_classifiers.registry import init_classifier
+from calm_jax.exit_classifiers.storage import save_classifier
 from calm_jax.model.source import load_model
 from calm_jax.modes import generate as generate_mode
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from calm_jax import modes
-from calm_jax.decoding.classifiers import load_classifier
+from calm_jax.exit_classifiers.storage import load_classifier
 from calm_jax.modes import context, train_exit
 
 
