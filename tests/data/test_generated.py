@@ -14,7 +14,7 @@ from calm_jax.data.generated import (KINDS, MAX_INPUT_BYTES, MAX_TARGET_BYTES, S
                                      Example, example_stream, examples, hard_byte_mask,
                                      split_of)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _hard_text(example):

@@ -15,7 +15,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from calm_jax.data import byte_vocab, generated, metrics, seqio_tasks, tasks  # pylint: disable=wrong-import-position
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LENGTHS = {"inputs": 40, "targets": 12}
 
 PREFIXES = {
