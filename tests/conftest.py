@@ -108,3 +108,67 @@ def assert_mixed_batch_equals_each_alone():
       np.testing.assert_array_equal(alone.exit_layers[0], both.exit_layers[row])
       np.testing.assert_allclose(alone.trace[0], both.trace[row], atol=1e-5)
   return check
+
+
+@pytest.fixture(scope="module")
+def classifier_model():
+  """The learned exit classifiers' tiny model: a random 5-layer T5 (gated-GELU, untied head,
+  d_model 16, weights x1.5; `base_config`), a batch of 4 inputs of 7 tokens (row 1 padded
+  after 4), `config` with an EOS that row 0 emits at output position 4 of 8 (so that some
+  rows stop early), and `heads`: one random head per classifier with `options`, scaled x2
+  so that their confidences spread over (0, 1)."""
+  import types  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from calm_jax.decoding.greedy import greedy_decode  # pylint: disable=import-outside-toplevel
+  from calm_jax.exit_classifiers.registry import (  # pylint: disable=import-outside-toplevel
+      init_classifier)
+  from calm_jax.model.config import T5Config  # pylint: disable=import-outside-toplevel
+  from calm_jax.model.t5 import init_params  # pylint: disable=import-outside-toplevel
+  base = T5Config(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2,
+                  num_decoder_layers=5, num_heads=4, feed_forward_proj="gated-gelu",
+                  tie_word_embeddings=False, relative_attention_num_buckets=8,
+                  relative_attention_max_distance=16)
+  options = {"meta_linear": {}, "meta_mlp": {"hidden_width": 12},
+             "three_state_mlp": {"hidden_width": 8}, "lstm": {"num_layers": 2, "width": 8},
+             "attention": {"width": 8, "num_heads": 2}}
+  max_decode_len, batch = 8, 4
+  params = jax.tree.map(lambda w: w * 1.5, init_params(base, jax.random.PRNGKey(3)))
+  rng = np.random.RandomState(1)
+  ids = rng.randint(2, base.vocab_size, (batch, 7)).astype(np.int32)
+  mask = np.ones_like(ids)
+  ids[1, 4:], mask[1, 4:] = 0, 0
+  free = np.asarray(greedy_decode(base, params, ids, mask, max_decode_len=max_decode_len))
+  config = base.replace(eos_token_id=int(free[0, 4]))
+  heads = {name: jax.tree.map(lambda w: 2.0 * w, init_classifier(
+      name, base, jax.random.PRNGKey(7), **options[name])) for name in sorted(options)}
+  return types.SimpleNamespace(base_config=base, config=config, params=params, ids=ids,
+                               mask=mask, heads=heads, options=options,
+                               max_decode_len=max_decode_len)
+
+
+@pytest.fixture
+def tiny_config():
+  """The training tests' tiny T5 over the byte vocabulary: one encoder layer, three decoder
+  layers, d_model 16, gated-GELU, untied head, no dropout."""
+  from calm_jax.data import byte_vocab  # pylint: disable=import-outside-toplevel
+  from calm_jax.model.config import T5Config  # pylint: disable=import-outside-toplevel
+  return T5Config(vocab_size=byte_vocab.VOCAB_SIZE, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                  num_decoder_layers=3, num_heads=4, feed_forward_proj="gated-gelu",
+                  tie_word_embeddings=False, scale_decoder_outputs=False, dropout_rate=0.0)
+
+
+@pytest.fixture
+def tiny_data():
+  """Makes the training tests' copy task: `count` random words of 2-5 letters a-f, inputs
+  "copy: <word>" (12 bytes) and targets the word (7 bytes), as EncodedExamples."""
+  def make(count=16, seed=0):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from calm_jax.data import byte_vocab  # pylint: disable=import-outside-toplevel
+    from calm_jax.training.data import EncodedExamples  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list("abcdef"), rng.integers(2, 6))) for _ in range(count)]
+    inputs, _ = byte_vocab.encode_batch([f"copy: {w}" for w in words], 12)
+    targets, _ = byte_vocab.encode_batch(words, 7)
+    return EncodedExamples(inputs=inputs, targets=targets)
+  return make

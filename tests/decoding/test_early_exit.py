@@ -1,6 +1,6 @@
 """The early-exit decoder (`generate`, `generate_grid`) against the full model, the exit
-rule, one-by-one decoding and a teacher-forced replay of state propagation (DESIGN
-section 2).
+rule, one-by-one decoding and a teacher-forced replay of state propagation
+(docs/semantics.md). The entry points' argument checks: test_generate.py.
 
 Every distinct (config, ExitConfig without threshold and tau, max_decode_len, batch shape)
 compiles once, so the runs below share a handful of shapes: one padded batch of 8 decoded
@@ -423,62 +423,6 @@ def test_sampling_is_reproducible_per_key(model, run, greedy):
   generated = _generated(first.tokens, model.config.eos_token_id)
   assert ((first.exit_layers >= 1) & (first.exit_layers <= L))[generated].all()
   np.testing.assert_array_equal(first.exit_layers[~generated], 0)
-
-
-def test_sampling_without_rng_is_rejected(model):
-  with pytest.raises(ValueError, match=r"sampling \(temperature > 0\) needs an explicit rng key"):
-    generate(model.config, model.params, model.ids, model.mask, max_decode_len=T,
-             sampling=SamplingConfig(temperature=1.0))
-
-
-# --- 10. bad input ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("change, message", [
-    (dict(exit=ExitConfig(measure="bogus")), "unknown confidence measure 'bogus'; registered: "
-     "attention, .*, monotone_heuristic, oracle, softmax_diff, softmax_max, .*, "
-     "state_saturation, static, three_state_mlp$"),
-    (dict(exit=ExitConfig(threshold=-0.1)), r"threshold \(lambda\) must be >= 0, got -0.1"),
-    (dict(exit=ExitConfig(tau=-1)), "ExitConfig.tau must be >= 0, got -1"),
-    (dict(exit=ExitConfig(min_exit_layer=L + 1)), r"min_exit_layer=7 must be in \[1, 6\]"),
-    (dict(input_ids=np.zeros((0, 5), np.int32)),
-     r"input_ids must have shape \[batch, length\] with both >= 1, got \(0, 5\)"),
-    (dict(input_ids=np.zeros((2, 0), np.int32)),
-     r"input_ids must have shape \[batch, length\] with both >= 1, got \(2, 0\)"),
-    (dict(input_ids=np.zeros((5,), np.int32)), r"input_ids must have shape \[batch, length\]"),
-    (dict(input_ids=np.zeros((2, 3), np.float32)), "integer token ids, got dtype float32"),
-    (dict(max_decode_len=0), "max_decode_len must be a positive integer, got 0"),
-    (dict(input_ids=np.full((2, 3), 53)), r"input_ids must lie in \[0, 53\), got values in "
-     r"\[53, 53\]"),
-    (dict(input_ids=np.full((2, 3), -1)), r"input_ids must lie in \[0, 53\)"),
-    (dict(attention_mask=np.ones((8, 8), np.int32)),
-     r"attention_mask shape \(8, 8\) differs from input_ids shape \(8, 9\)"),
-    (dict(max_input_len=0), "max_input_len must be >= 1, got 0"),
-    (dict(sampling=SamplingConfig(top_p=0.0), rng=jax.random.PRNGKey(0)), r"top_p must be in"),
-])
-def test_bad_arguments_are_rejected_before_compiling(model, change, message):
-  args = dict(input_ids=model.ids, attention_mask=model.mask, exit=ExitConfig(),
-              max_decode_len=T)
-  args.update(change)
-  before = (generate_module._generate_jit._cache_size(),
-            generate_module._generate_grid_jit._cache_size())
-  input_ids, attention_mask = args.pop("input_ids"), args.pop("attention_mask")
-  with pytest.raises(ValueError, match=message):
-    generate(model.config, model.params, input_ids, attention_mask, **args)
-  with pytest.raises(ValueError, match=message):
-    generate_grid(model.config, model.params, input_ids, attention_mask, thresholds=[0.5],
-                  **args)
-  assert (generate_module._generate_jit._cache_size(),
-          generate_module._generate_grid_jit._cache_size()) == before
-
-
-@pytest.mark.parametrize("thresholds, message", [
-    ([], r"non-empty 1-D list, got shape \(0,\)"), ([[0.5]], r"non-empty 1-D list"),
-    ([0.5, -0.1], r"finite and >= 0; thresholds\[1\] = -0.1"),
-    ([float("nan")], r"finite and >= 0; thresholds\[0\] = nan")])
-def test_generate_grid_rejects_bad_thresholds(model, thresholds, message):
-  with pytest.raises(ValueError, match=message):
-    generate_grid(model.config, model.params, model.ids, model.mask, thresholds=thresholds,
-                  max_decode_len=T)
 
 
 def test_max_input_len_truncates_with_a_warning(model, run):

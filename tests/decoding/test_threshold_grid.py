@@ -7,10 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from calm_jax.decoding.classifiers import init_classifier
+from calm_jax.decoding import early_exit
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate, generate_grid, generate_with_thresholds
+from calm_jax.decoding.measures import MeasureContext
+from calm_jax.decoding.plan import DecodeConstants, DecodePlan
+from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.decoding.threshold_grid import decode_threshold_grid, same_decisions
+from calm_jax.exit_classifiers.registry import init_classifier
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import init_params
 
@@ -176,15 +180,6 @@ def test_bad_arguments(model):
                              max_decode_len=T)
 
 
-def test_row_buckets():
-  from calm_jax.decoding.early_exit import row_buckets  # pylint: disable=import-outside-toplevel
-  assert row_buckets(1) == (1,)
-  assert row_buckets(2) == (2, 1)
-  assert row_buckets(8) == (8, 4, 2, 1)
-  assert row_buckets(200) == (200, 100, 50, 25)
-  assert row_buckets(7) == (7, 4, 2, 1)
-
-
 @pytest.mark.parametrize("exit_config, small_buckets_run", [
     (ExitConfig(measure="softmax_diff"), True), (ExitConfig(measure="softmax_max", tau=3.0), True),
     (ExitConfig(measure="state_saturation"), True), (ExitConfig(measure="oracle"), True),
@@ -193,7 +188,6 @@ def test_row_buckets():
 def test_running_only_the_running_rows_changes_nothing(model, exit_config, small_buckets_run):
   """The compacted layer loop (layers on a bucket of running rows) equals running every
   row, on a batch where rows leave at different layers so the smaller buckets are used."""
-  from calm_jax.decoding import early_exit  # pylint: disable=import-outside-toplevel
   params, ids, mask = model
   if exit_config.measure in ("oracle", "static"):
     thresholds = np.zeros(B, np.float32)  # not used by these measures
@@ -202,11 +196,12 @@ def test_running_only_the_running_rows_changes_nothing(model, exit_config, small
     thresholds[-1] = 1.0  # one row never exits early
 
   def run(compact):
-    return jax.jit(early_exit.generate_impl, static_argnums=(0, 1, 2, 3, 4),
-                   static_argnames=("compact",))(
-        CONFIG, exit_config.compiled_part(), early_exit.SamplingConfig(), T, True, params,
-        ids, mask, thresholds, np.float32(exit_config.tau), jax.random.PRNGKey(0),
-        compact=compact)
+    plan = DecodePlan(CONFIG, exit_config.compiled_part(), SamplingConfig(), T,
+                      return_trace=True, compact=compact)
+    constants = DecodeConstants(MeasureContext(params, model_config=CONFIG), thresholds,
+                                np.float32(exit_config.tau))
+    return jax.jit(early_exit.generate_impl, static_argnames=("plan",))(
+        plan, constants, ids, mask, jax.random.PRNGKey(0))
 
   compact, dense = run(True), run(False)
   np.testing.assert_array_equal(np.asarray(compact.tokens), np.asarray(dense.tokens))
