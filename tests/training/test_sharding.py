@@ -1,46 +1,57 @@
-"""Training on 8 simulated CPU devices, and on two processes joined by
-jax.distributed, gives the 1-device losses (data and model parallel).
+"""Training on a device mesh (calm_jax.training.sharding): on 8 simulated CPU devices, and on
+two processes joined by jax.distributed, it gives the 1-device losses (data and model
+parallel).
 
 XLA fixes the device count when JAX starts, so each comparison runs in fresh processes with
-XLA_FLAGS=--xla_force_host_platform_device_count=N.
+XLA_FLAGS=--xla_force_host_platform_device_count=N. The processes train the conftest's tiny
+model on its copy task, handed over as files (`_write_setup`).
 """
 
+import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r'''
-import json, sys, tempfile
+import json, os, sys, tempfile
 import jax, numpy as np
-if len(sys.argv) > 1:  # one of two processes: coordinator, process id, shared workdir
+# argv: the setup folder; for one of two processes also coordinator, process id, workdir
+if len(sys.argv) > 2:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-sys.path.insert(0, "tests")
-from test_training import TINY, tiny_data
+  jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import init_params
+from calm_jax.training.data import EncodedExamples
 from calm_jax.training.calm import train_calm
 from calm_jax.training.loop import LoopSettings
 from calm_jax.training.objectives import AnytimeObjective
 from calm_jax.training.optimizers import OptimizerConfig
 from calm_jax.training.sharding import DEFAULT_RULES, MeshConfig, make_mesh
 
+with open(os.path.join(sys.argv[1], "config.json"), encoding="utf-8") as f:
+  TINY = T5Config(**json.load(f))
+with np.load(os.path.join(sys.argv[1], "data.npz")) as arrays:
+  DATA = EncodedExamples(inputs=arrays["inputs"], targets=arrays["targets"])
+
 def losses(mesh_config, devices, batch_size=8):
   result = train_calm(
-      TINY, init_params(TINY, jax.random.PRNGKey(0)), tiny_data(),
+      TINY, init_params(TINY, jax.random.PRNGKey(0)), DATA,
       objective=AnytimeObjective(),
       optimizer=OptimizerConfig(optimizer="adafactor", learning_rate=1e-2, warmup_steps=1),
       settings=LoopSettings(steps=3, batch_size=batch_size, log_every=10),
-      workdir=sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(),
+      workdir=sys.argv[4] if len(sys.argv) > 4 else tempfile.mkdtemp(),
       mesh=make_mesh(mesh_config, devices), rules=DEFAULT_RULES)
   sharding = result.params["decoder"]["layers"]["ffn"]["wi_0"]["kernel"].sharding
   return [r["loss"] for r in result.history], list(sharding.spec)
 
 out = {"devices": jax.device_count(), "process": jax.process_index()}
-if len(sys.argv) > 1:
+if len(sys.argv) > 2:
   out["two_processes"], _ = losses(MeshConfig(data=-1), None)
   print("RESULT" + json.dumps(out))
   sys.exit(0)
@@ -66,6 +77,15 @@ def _result(stdout, stderr):
   return json.loads(lines[0][len("RESULT"):])
 
 
+def _write_setup(directory, config, data) -> str:
+  """The tiny model's config and the copy task's arrays, for the training processes."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(dataclasses.asdict(config), f)
+  np.savez(os.path.join(directory, "data.npz"), inputs=data.inputs, targets=data.targets)
+  return str(directory)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -75,8 +95,9 @@ def _free_port():
 ONE_DEVICE = {}  # the 1-device losses, shared with the two-process test
 
 
-def test_eight_devices_match_one_device():
-  done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=_environment(8),
+def test_eight_devices_match_one_device(tmp_path, tiny_config, tiny_data):
+  setup = _write_setup(tmp_path / "setup", tiny_config, tiny_data())
+  done = subprocess.run([sys.executable, "-c", SCRIPT, setup], cwd=ROOT, env=_environment(8),
                         capture_output=True, text=True, timeout=900, check=False)
   out = _result(done.stdout, done.stderr)
   ONE_DEVICE["losses"] = out["one"]
@@ -89,12 +110,14 @@ def test_eight_devices_match_one_device():
                           "(mesh.data)")
 
 
-def test_two_processes_with_two_devices_each_match_one_device(tmp_path):
+def test_two_processes_with_two_devices_each_match_one_device(tmp_path, tiny_config,
+                                                              tiny_data):
   """Two hosts (processes) each feed their own half of every batch."""
+  setup = _write_setup(tmp_path / "setup", tiny_config, tiny_data())
   address = f"localhost:{_free_port()}"
   logs = [open(tmp_path / f"process_{i}.log", "w+", encoding="utf-8") for i in range(2)]
   # Output goes to files: a full pipe would block one process inside a collective.
-  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, address, str(i),
+  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, setup, address, str(i),
                                str(tmp_path / "workdir")], cwd=ROOT,
                               env=_environment(2), stdout=log, stderr=subprocess.STDOUT,
                               text=True) for i, log in enumerate(logs)]
@@ -108,7 +131,7 @@ def test_two_processes_with_two_devices_each_match_one_device(tmp_path):
   assert outs[0]["two_processes"] == outs[1]["two_processes"]
   expected = ONE_DEVICE.get("losses")
   if expected is None:  # run alone: compute the 1-device losses here
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=_environment(8),
+    done = subprocess.run([sys.executable, "-c", SCRIPT, setup], cwd=ROOT, env=_environment(8),
                           capture_output=True, text=True, timeout=900, check=False)
     expected = _result(done.stdout, done.stderr)["one"]
   assert max(abs(a - b) for a, b in zip(outs[0]["two_processes"], expected)) < 1e-5

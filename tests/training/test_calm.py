@@ -1,0 +1,62 @@
+"""CALM fine-tuning as a library call (calm_jax.training.calm): an interrupted and resumed
+run equals an uninterrupted one, and resuming with another model or objective says what
+differs."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from calm_jax.model.config import T5Config
+from calm_jax.model.t5 import init_params
+from calm_jax.training import objectives
+from calm_jax.training.calm import train_calm
+from calm_jax.training.checkpoints import CheckpointMismatchError
+from calm_jax.training.loop import LoopSettings, read_metrics
+from calm_jax.training.optimizers import OptimizerConfig
+
+
+@pytest.fixture
+def train(tiny_config, tiny_data):
+  """Runs train_calm on the tiny model and copy task: `steps` steps of 4 examples, a
+  checkpoint every 2 steps (2 kept), stopping after `stop_after` steps if set."""
+  def run(workdir, steps=4, stop_after=None, config=tiny_config, **objective):
+    return train_calm(
+        config, init_params(config, jax.random.PRNGKey(0)), tiny_data(),
+        objective=objectives.AnytimeObjective(**objective),
+        optimizer=OptimizerConfig(optimizer="adamw", learning_rate=1e-2, warmup_steps=1),
+        settings=LoopSettings(steps=steps, batch_size=4, log_every=2, checkpoint_every=2,
+                              keep_checkpoints=2),
+        workdir=str(workdir), stop_after=stop_after)
+  return run
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_config,
+                                                                  train):
+  with_dropout = T5Config(**{**tiny_config.__dict__, "dropout_rate": 0.2})
+  whole = train(tmp_path / "whole", steps=5, config=with_dropout)
+  # Preempted after step 3: the last checkpoint is step 2, so step 3 is done again.
+  first = train(tmp_path / "resumed", steps=5, stop_after=3, config=with_dropout)
+  assert first.last_step == 3 and len(first.history) == 3
+  second = train(tmp_path / "resumed", steps=5, config=with_dropout)
+  assert second.start_step == 2 and [r["step"] for r in second.history] == [3, 4, 5]
+  for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(second.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  logged = read_metrics(str(tmp_path / "resumed"))
+  assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
+  assert logged == read_metrics(str(tmp_path / "whole"))
+  assert whole.history[-1]["loss"] < whole.history[0]["loss"]
+  # Dropout is on: the same step with another key gives another loss.
+  assert train(tmp_path / "other", steps=1, config=T5Config(
+      **{**with_dropout.__dict__, "dropout_rate": 0.5})).history[0]["loss"] != logged[0]["loss"]
+  assert os.listdir(tmp_path / "whole" / "tensorboard" / "train")
+
+
+def test_resuming_with_a_different_model_says_what_differs(tmp_path, tiny_config, train):
+  train(tmp_path, steps=2)
+  wider = T5Config(**{**tiny_config.__dict__, "d_ff": 48})
+  with pytest.raises(CheckpointMismatchError, match=r"d_ff: checkpoint 32, this run 48"):
+    train(tmp_path, steps=4, config=wider)
+  with pytest.raises(CheckpointMismatchError, match="layer_weighting: checkpoint 'calm', this run 'uniform'"):
+    train(tmp_path, steps=4, layer_weighting="uniform")

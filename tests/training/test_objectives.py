@@ -1,0 +1,85 @@
+"""The anytime objective (calm_jax.training.objectives) against NumPy: layer weights, token
+losses with label smoothing and z-loss, the weighted sum over layers, and its settings
+checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from calm_jax.model.t5 import exit_logits, forward, init_params, shift_right
+from calm_jax.training import objectives
+
+
+def numpy_log_softmax(logits):
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("weighting,expected", [
+    ("calm", [1 / 6, 2 / 6, 3 / 6]),
+    ("uniform", [1 / 3, 1 / 3, 1 / 3]),
+    ("geometric", [2 / 14, 4 / 14, 8 / 14]),
+    ("last", [0, 0, 1]),
+])
+def test_layer_weights(weighting, expected):
+  np.testing.assert_allclose(objectives.layer_weights(weighting, 3), expected, rtol=1e-12)
+
+
+def test_token_losses_match_numpy_with_label_smoothing_and_z_loss():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 7)).astype(np.float32) * 3
+  targets = rng.integers(0, 7, size=(2, 3))
+  smoothing, z = 0.1, 1e-2
+  nll, z_term = objectives.token_losses(jnp.asarray(logits), jnp.asarray(targets),
+                                        smoothing, z)
+  log_p = numpy_log_softmax(logits)
+  q = np.full(logits.shape, smoothing / 6)
+  np.put_along_axis(q, targets[..., None], 1 - smoothing, axis=-1)
+  np.testing.assert_allclose(nll, -(q * log_p).sum(-1), rtol=1e-5)
+  log_z = np.log(np.exp(np.asarray(logits, np.float64)).sum(-1))
+  np.testing.assert_allclose(z_term, z * log_z ** 2, rtol=1e-5)
+  plain, _ = objectives.token_losses(jnp.asarray(logits), jnp.asarray(targets), 0.0, 0.0)
+  np.testing.assert_allclose(plain, -np.take_along_axis(log_p, targets[..., None], -1)[..., 0],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("weighting,smoothing", [("calm", 0.0), ("geometric", 0.0),
+                                                 ("last", 0.0), ("uniform", 0.2)])
+def test_anytime_loss_is_the_weighted_sum_of_every_layers_masked_nll(weighting, smoothing,
+                                                                   tiny_config, tiny_data):
+  config = tiny_config
+  params = init_params(config, jax.random.PRNGKey(1))
+  data = tiny_data(4)
+  batch = objectives.Batch(inputs=jnp.asarray(data.inputs), targets=jnp.asarray(data.targets))
+  loss, metrics = objectives.anytime_loss(
+      config, objectives.AnytimeObjective(layer_weighting=weighting, label_smoothing=smoothing),
+      params, batch)
+  out = forward(config, params, batch.inputs, shift_right(config, batch.targets),
+                (batch.inputs != 0).astype(jnp.int32))
+  mask = data.targets != 0
+  weights = objectives.layer_weights(weighting, 3)
+  expected, per_layer = 0.0, []
+  for layer in range(3):
+    log_p = numpy_log_softmax(exit_logits(config, params, out.hidden_states[layer]))
+    q = np.full(log_p.shape, smoothing / (log_p.shape[-1] - 1))
+    np.put_along_axis(q, data.targets[..., None], 1 - smoothing, axis=-1)
+    nll = -np.take_along_axis(log_p, data.targets[..., None], -1)[..., 0]
+    per_layer.append(nll[mask].mean())  # the logged loss: plain NLL
+    expected += weights[layer] * (-(q * log_p).sum(-1))[mask].mean()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  used = weights > 0
+  np.testing.assert_allclose(np.asarray(metrics["layer_loss"])[used],
+                             np.asarray(per_layer)[used], rtol=1e-5)
+  assert np.isnan(np.asarray(metrics["layer_loss"])[~used]).all()
+  # The last layer through the exit head is forward()'s logits.
+  accuracy = (np.argmax(out.logits, -1) == data.targets)[mask].mean()
+  np.testing.assert_allclose(float(metrics["layer_accuracy"][-1]), accuracy, rtol=1e-6)
+
+
+def test_objective_settings_are_checked():
+  with pytest.raises(ValueError, match="layer_weighting='linear' is not known"):
+    objectives.AnytimeObjective(layer_weighting="linear").validate()
+  with pytest.raises(ValueError, match="label_smoothing must be in"):
+    objectives.AnytimeObjective(label_smoothing=1.0).validate()
