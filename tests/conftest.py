@@ -172,3 +172,80 @@ def tiny_data():
     targets, _ = byte_vocab.encode_batch(words, 7)
     return EncodedExamples(inputs=inputs, targets=targets)
   return make
+
+
+@pytest.fixture(scope="session")
+def t5_v10():
+  """transformers.T5Config values of a tiny T5 v1.0: ReLU FFN, tied and scaled head, unequal
+  depth (2 encoder, 3 decoder layers), num_heads * d_kv != d_model. Read-only."""
+  import types  # pylint: disable=import-outside-toplevel
+  return types.MappingProxyType(dict(
+      vocab_size=61, d_model=16, d_kv=6, d_ff=40, num_layers=2, num_decoder_layers=3,
+      num_heads=3, feed_forward_proj="relu", relative_attention_num_buckets=8,
+      relative_attention_max_distance=20))
+
+
+@pytest.fixture(scope="session")
+def t5_v11():
+  """transformers.T5Config values of a tiny T5 v1.1 / Flan-T5: gated-GELU FFN, untied head
+  without output scaling, 3 encoder and 4 decoder layers. Read-only."""
+  import types  # pylint: disable=import-outside-toplevel
+  return types.MappingProxyType(dict(
+      vocab_size=67, d_model=20, d_kv=4, d_ff=24, num_layers=3, num_decoder_layers=4,
+      num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      relative_attention_num_buckets=10, relative_attention_max_distance=16))
+
+
+@pytest.fixture(scope="session")
+def t5_versions(t5_v10, t5_v11):
+  """The tiny T5 values by version name, "v1.0" and "v1.1" (for parametrized fixtures)."""
+  return {"v1.0": t5_v10, "v1.1": t5_v11}
+
+
+@pytest.fixture(scope="session")
+def random_hf_t5():
+  """Makes a random transformers T5ForConditionalGeneration in eval mode (dropout off):
+  random_hf_t5(seed=0, scale=1.0, **T5Config values). Weights are redrawn at larger scales
+  than transformers' initialisation (std scale / sqrt(fan_in); norms 1 + 0.2 N(0, 1);
+  embedding and head N(0, 1)) so that outputs depend on the input; generation tests use
+  scale 1.5 so that greedy outputs also vary from token to token."""
+  def make(seed: int = 0, scale: float = 1.0, **overrides):
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+    torch.manual_seed(seed)
+    values = dict(decoder_start_token_id=0, dropout_rate=0.0)
+    values.update(overrides)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**values)).eval()
+    with torch.no_grad():
+      for name, param in model.named_parameters():
+        if param.ndim == 1:
+          param.copy_(1.0 + 0.2 * torch.randn_like(param))
+        elif name.startswith("shared") or name.startswith("lm_head"):
+          param.normal_(0.0, 1.0)
+        else:
+          param.normal_(0.0, scale / param.shape[-1] ** 0.5)
+    return model
+  return make
+
+
+@pytest.fixture(scope="session")
+def save_random_hf_t5(random_hf_t5):
+  """Makes random_hf_t5(seed, scale, **overrides), saves it with `save_pretrained` to
+  `directory` and returns it: save_random_hf_t5(directory, seed=0, scale=1.0, **values)."""
+  def save(directory, seed: int = 0, scale: float = 1.0, **overrides):
+    model = random_hf_t5(seed, scale, **overrides)
+    model.save_pretrained(str(directory))
+    return model
+  return save
+
+
+@pytest.fixture(scope="module", params=["v1.0", "v1.1"])
+def imported_t5(request, tmp_path_factory, t5_versions, save_random_hf_t5):
+  """A random transformers T5 of each version (seed 5, weights x1.5, so that greedy outputs
+  vary from token to token), saved and imported with load_hf_t5: (transformers model,
+  T5Config, params)."""
+  from calm_jax.model.hf_import import load_hf_t5  # pylint: disable=import-outside-toplevel
+  directory = tmp_path_factory.mktemp(request.param)
+  model = save_random_hf_t5(directory, seed=5, scale=1.5, **t5_versions[request.param])
+  config, params = load_hf_t5(str(directory))
+  return model, config, params

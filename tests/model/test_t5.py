@@ -8,7 +8,6 @@ import torch
 
 import calm_jax
 from calm_jax.model.t5 import decode_teacher_forced, encode, shift_right
-from hf_models import V10, V11, random_hf_t5, save_random_hf_t5
 
 TOL = 1e-4
 
@@ -39,10 +38,10 @@ def _hf_head(model, hidden):
     return model.lm_head(normed).numpy()
 
 
-@pytest.fixture(scope="module", params=[("v1.0", V10), ("v1.1", V11)], ids=lambda p: p[0])
-def imported(request, tmp_path_factory):
-  directory = tmp_path_factory.mktemp(request.param[0])
-  model = save_random_hf_t5(directory, seed=3, **request.param[1])
+@pytest.fixture(scope="module", params=["v1.0", "v1.1"])
+def imported(request, tmp_path_factory, t5_versions, save_random_hf_t5):
+  directory = tmp_path_factory.mktemp(request.param)
+  model = save_random_hf_t5(directory, seed=3, **t5_versions[request.param])
   config, params = calm_jax.load_hf_t5(str(directory))
   return model, config, params
 
@@ -90,8 +89,8 @@ def test_padding_does_not_change_unpadded_positions(imported):
   np.testing.assert_allclose(full, trimmed, atol=TOL, rtol=0)
 
 
-def test_dropout_only_when_not_deterministic():
-  config = calm_jax.T5Config(**{k: v for k, v in V11.items()}, dropout_rate=0.3)
+def test_dropout_only_when_not_deterministic(t5_v11):
+  config = calm_jax.T5Config(**{k: v for k, v in t5_v11.items()}, dropout_rate=0.3)
   params = calm_jax.init_params(config, jax.random.PRNGKey(0))
   ids, mask, decoder_ids = _inputs(config.vocab_size)
   a = calm_jax.forward(config, params, ids, decoder_ids, mask).logits
@@ -121,8 +120,8 @@ def test_bfloat16_is_close_to_float32(imported):
   assert np.mean(logits.argmax(-1) == reference.argmax(-1)) > 0.8
 
 
-def test_init_params_shapes_are_stacked_by_layer():
-  config = calm_jax.T5Config(**V11)
+def test_init_params_shapes_are_stacked_by_layer(t5_v10, t5_v11):
+  config = calm_jax.T5Config(**t5_v11)
   params = calm_jax.init_params(config, jax.random.PRNGKey(0))
   layers = params["decoder"]["layers"]
   assert layers["self_attn"]["q"]["kernel"].shape == (4, 20, 16)
@@ -131,12 +130,12 @@ def test_init_params_shapes_are_stacked_by_layer():
   assert params["lm_head"]["kernel"].shape == (20, 67)
   # Independent layers, not copies of one.
   assert not np.allclose(layers["self_attn"]["q"]["kernel"][0], layers["self_attn"]["q"]["kernel"][1])
-  tied = calm_jax.init_params(calm_jax.T5Config(**V10), jax.random.PRNGKey(0))
+  tied = calm_jax.init_params(calm_jax.T5Config(**t5_v10), jax.random.PRNGKey(0))
   assert "lm_head" not in tied
 
 
-def test_shift_right_prepends_start_token():
-  config = calm_jax.T5Config(**V10)
+def test_shift_right_prepends_start_token(t5_v10):
+  config = calm_jax.T5Config(**t5_v10)
   shifted = shift_right(config, jnp.array([[5, 6, 7, 1]]))
   np.testing.assert_array_equal(shifted, [[0, 5, 6, 7]])
 

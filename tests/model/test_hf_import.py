@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import save_file
 
 from calm_jax.model.hf_import import CheckpointError, load_hf_t5
-from hf_models import V10, V11, random_hf_t5, save_random_hf_t5
 
 UNUSED = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
 
@@ -54,16 +53,16 @@ def message(*parts: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def v10(tmp_path_factory):
+def v10(tmp_path_factory, save_random_hf_t5, t5_v10):
   directory = tmp_path_factory.mktemp("v10")
-  model = save_random_hf_t5(directory, seed=1, **V10)
+  model = save_random_hf_t5(directory, seed=1, **t5_v10)
   return model, str(directory)
 
 
 @pytest.fixture(scope="module")
-def v11(tmp_path_factory):
+def v11(tmp_path_factory, save_random_hf_t5, t5_v11):
   directory = tmp_path_factory.mktemp("v11")
-  model = save_random_hf_t5(directory, seed=2, **V11)
+  model = save_random_hf_t5(directory, seed=2, **t5_v11)
   return model, str(directory)
 
 
@@ -145,8 +144,8 @@ def test_safetensors_preferred_over_pytorch_bin(tmp_path, v11, v11_params):
   assert_trees_identical(load_hf_t5(str(tmp_path))[1], v11_params[1])
 
 
-def test_bfloat16_checkpoint(tmp_path):
-  model = random_hf_t5(3, **V10).to(torch.bfloat16)
+def test_bfloat16_checkpoint(tmp_path, random_hf_t5, t5_v10):
+  model = random_hf_t5(3, **t5_v10).to(torch.bfloat16)
   model.save_pretrained(str(tmp_path))
   config, params = load_hf_t5(str(tmp_path))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
@@ -162,8 +161,8 @@ def test_bfloat16_checkpoint(tmp_path):
   assert config.param_dtype == "float32"
 
 
-def test_bfloat16_pytorch_bin(tmp_path):
-  model = random_hf_t5(3, **V10).to(torch.bfloat16)
+def test_bfloat16_pytorch_bin(tmp_path, random_hf_t5, t5_v10):
+  model = random_hf_t5(3, **t5_v10).to(torch.bfloat16)
   model.save_pretrained(str(tmp_path / "safetensors"))
   os.makedirs(tmp_path / "bin")
   shutil.copy(tmp_path / "safetensors" / "config.json", tmp_path / "bin" / "config.json")
