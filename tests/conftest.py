@@ -6,8 +6,9 @@ import pytest
 # Tests never reach the network: Hub lookups fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The repository root, for `configs`; tests/ itself is not on the path: test modules import
+# no test module or helper, they share fixtures through conftest.py.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,5 +1,6 @@
 """Exit-classifier training: labels, balanced and geometric losses against NumPy, metrics,
-a frozen backbone, and the train/train_exit modes end to end."""
+a frozen backbone, resuming, and bad objectives (the train/train_exit modes end to end:
+tests/modes/test_train_exit.py)."""
 
 import os
 
@@ -8,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from calm_jax.decoding.classifiers import init_classifier, load_classifier
+from calm_jax.exit_classifiers.registry import init_classifier
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import init_params
 from calm_jax.training import exit_classifier as ec
 from calm_jax.training.loop import LoopSettings
 from calm_jax.training.objectives import Batch
 from calm_jax.training.optimizers import OptimizerConfig
-from test_training import TINY, tiny_data
 
 
 def test_labels_consistent_with_final_layer_or_gold():
@@ -96,8 +96,8 @@ def test_layer_metrics_accuracy_and_dont_exit_f1():
 
 @pytest.mark.parametrize("name", ["meta_linear", "meta_mlp", "three_state_mlp", "lstm",
                                   "attention"])
-def test_no_gradient_reaches_the_backbone(name):
-  config = T5Config(**{**TINY.__dict__, "num_decoder_layers": 4})  # three_state_mlp: 3 + L
+def test_no_gradient_reaches_the_backbone(name, tiny_config, tiny_data):
+  config = T5Config(**{**tiny_config.__dict__, "num_decoder_layers": 4})  # three_state_mlp: 3 + L
   backbone = init_params(config, jax.random.PRNGKey(0))
   params = init_classifier(name, config, jax.random.PRNGKey(1))
   data = tiny_data(4)
@@ -110,11 +110,13 @@ def test_no_gradient_reaches_the_backbone(name):
   assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(classifier_grads))
 
 
-def test_training_lowers_the_loss_resumes_and_leaves_the_backbone_bit_identical(tmp_path):
-  backbone = init_params(TINY, jax.random.PRNGKey(0))
+def test_training_lowers_the_loss_resumes_and_leaves_the_backbone_bit_identical(
+    tmp_path, tiny_config, tiny_data):
+  backbone = init_params(tiny_config, jax.random.PRNGKey(0))
   original = [np.asarray(a).copy() for a in jax.tree.leaves(backbone)]
   run = lambda stop_after=None: ec.train_classifier(
-      TINY, backbone, init_classifier("meta_mlp", TINY, jax.random.PRNGKey(1)), tiny_data(),
+      tiny_config, backbone, init_classifier("meta_mlp", tiny_config, jax.random.PRNGKey(1)),
+      tiny_data(),
       objective=ec.ClassifierObjective(), stop_after=stop_after,
       # weight decay would move any parameter that reached the optimizer, gradient or not
       optimizer=OptimizerConfig(optimizer="adamw", learning_rate=3e-2, weight_decay=0.1),
@@ -126,7 +128,8 @@ def test_training_lowers_the_loss_resumes_and_leaves_the_backbone_bit_identical(
   assert os.path.isdir(tmp_path / "checkpoints" / "exit_meta_mlp")
   for before, after in zip(original, jax.tree.leaves(second.frozen)):
     assert np.asarray(after).tobytes() == before.tobytes()
-  assert set(second.params) == set(init_classifier("meta_mlp", TINY, jax.random.PRNGKey(1)))
+  assert set(second.params) == set(init_classifier("meta_mlp", tiny_config,
+                                                   jax.random.PRNGKey(1)))
   # Layer L (where every token exits) is not scored.
   last = second.history[-1]
   assert last["layer_accuracy"][-1] is None and last["layer_accuracy"][0] is not None
@@ -147,29 +150,3 @@ def test_bad_objective_names_are_rejected():
     ec.ClassifierObjective(labels="oracle").validate()
   with pytest.raises(ValueError, match="unknown exit classifier 'mlp'"):
     ec.ClassifierObjective(classifier="mlp").validate()
-
-
-def test_train_then_train_exit_modes_end_to_end(tmp_path):
-  from calm_jax import run  # pylint: disable=import-outside-toplevel
-  from test_run import demo_config  # pylint: disable=import-outside-toplevel
-  config = demo_config()
-  with config.unlocked():
-    config.model.update(d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=3)
-    config.train.update(steps=4, batch_size=8, num_examples=32, log_every=2,
-                        checkpoint_every=2, warmup_steps=1)
-    config.train_exit.update(steps=3, batch_size=8, log_every=1, checkpoint_every=3,
-                             warmup_steps=0)
-    config.mode = "train"
-  export = run.run(config, str(tmp_path))
-  assert export == os.path.join(str(tmp_path), "model")
-  with config.unlocked():
-    config.mode = "train_exit"
-    config.model.checkpoint = export
-  saved = run.run(config, str(tmp_path))
-  assert load_classifier(saved, expected_name="meta_mlp").input_width == 16
-  with config.unlocked():
-    config.mode = "decode"
-    config.exit.measure = "meta_mlp"
-    config.exit.classifier_path = saved
-  decoded = run.run(config, str(tmp_path))
-  assert os.path.getsize(decoded) > 0
