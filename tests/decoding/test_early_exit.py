@@ -27,7 +27,6 @@ from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.incremental import (DecoderCache, decoder_layer_step, init_decoder_cache,
                                         step_self_bias, write_self_kv)
 from calm_jax.model.t5 import embed, encode, exit_logits, shift_right
-from hf_models import save_random_hf_t5
 
 # T5 v1.1 style (gated-GELU, untied head) with six decoder layers so that exits can vary.
 SPEC = dict(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=6,
@@ -87,7 +86,7 @@ def _replay_step(config, params, cache, token, position, exit_layer, copy_from):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tmp_path_factory, save_random_hf_t5):
   directory = tmp_path_factory.mktemp("calm")
   save_random_hf_t5(directory, seed=5, scale=1.5, **SPEC)
   config, params = calm_jax.load_hf_t5(str(directory))

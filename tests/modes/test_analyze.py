@@ -22,7 +22,6 @@ from calm_jax.modes import context
 from calm_jax.modes.context import run_context
 from calm_jax.model.t5 import exit_logits, forward, shift_right
 from calm_jax.training.checkpoints import export_params
-from hf_models import save_random_hf_t5
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDIES = ("stability", "confidence", "rank", "accuracy", "saturation", "oracle")
@@ -55,7 +54,7 @@ def analyzed(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compared(tmp_path_factory, save_random_hf_t5):
   """The layer-wise studies, teacher-forced, on the config's model, a transformers
   checkpoint and a params export of the config's model (as `train` writes)."""
   models = tmp_path_factory.mktemp("models")
@@ -224,7 +223,8 @@ def _no_collection(*args, **kwargs):
                                            r"vocabulary 'byte' with 259 ids"),
 ])
 def test_settings_that_depend_on_the_model_fail_before_it_runs(tmp_path, monkeypatch,
-                                                               overrides, message):
+                                                               overrides, message,
+                                                               save_random_hf_t5):
   for name in ("teacher_forced", "free_running", "full_decode", "oracle_decodes"):
     monkeypatch.setattr(collect, name, _no_collection)
   if overrides.get("compare_hf_paths") == "small_vocab":
