@@ -1,5 +1,6 @@
 """Decoding under a grid of thresholds: the packed, deduplicated decoder equals the vmapped
-`generate_grid` exactly, and per-example thresholds equal decoding each example alone."""
+`generate_grid` exactly, per-example thresholds equal decoding each example alone, and the
+grid decode reports its progress."""
 
 import dataclasses
 
@@ -259,3 +260,19 @@ def test_monotone_heuristic_rows_equal_decoding_alone_in_a_mixed_batch(model):
     np.testing.assert_array_equal(layers[b], np.asarray(alone.exit_layers)[0])
     np.testing.assert_allclose(np.asarray(both.confidences)[b],
                                np.asarray(alone.confidences)[0], atol=1e-5)
+
+
+def test_grid_decode_reports_every_pair_once_filled():
+  """decode_threshold_grid calls progress with a growing count that ends at K * B."""
+  config = T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=1,
+                    num_decoder_layers=4, num_heads=2, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False)
+  params = init_params(config, jax.random.PRNGKey(0))
+  ids = np.random.RandomState(0).randint(2, 40, (6, 5)).astype(np.int32)
+  calls = []
+  grid = decode_threshold_grid(config, params, ids, None, thresholds=[1.0, 0.9, 0.5, 0.1],
+                               exit=ExitConfig(measure="state_saturation"), max_decode_len=4,
+                               progress=lambda filled, decoded: calls.append((filled, decoded)))
+  filled = [c[0] for c in calls]
+  assert filled == sorted(filled) and filled[-1] == 4 * 6
+  assert calls[-1][1] == grid.decoded_pairs > 0

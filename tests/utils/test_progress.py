@@ -1,12 +1,6 @@
-"""Rate lines of long phases (calm_jax.utils.progress) and the grid decode's progress calls."""
+"""Rate lines of long phases (calm_jax.utils.progress). The grid decode's progress calls:
+tests/decoding/test_threshold_grid.py."""
 
-import jax
-import numpy as np
-
-from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.threshold_grid import decode_threshold_grid
-from calm_jax.model.config import T5Config
-from calm_jax.model.t5 import init_params
 from calm_jax.utils.progress import RateLine, duration
 
 
@@ -40,19 +34,3 @@ def test_rate_line_prints_every_interval_and_at_the_end():
   clock.now += 60
   line(100)  # ... but once
   assert len(lines) == 2
-
-
-def test_grid_decode_reports_every_pair_once_filled():
-  """decode_threshold_grid calls progress with a growing count that ends at K * B."""
-  config = T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=1,
-                    num_decoder_layers=4, num_heads=2, feed_forward_proj="gated-gelu",
-                    tie_word_embeddings=False)
-  params = init_params(config, jax.random.PRNGKey(0))
-  ids = np.random.RandomState(0).randint(2, 40, (6, 5)).astype(np.int32)
-  calls = []
-  grid = decode_threshold_grid(config, params, ids, None, thresholds=[1.0, 0.9, 0.5, 0.1],
-                               exit=ExitConfig(measure="state_saturation"), max_decode_len=4,
-                               progress=lambda filled, decoded: calls.append((filled, decoded)))
-  filled = [c[0] for c in calls]
-  assert filled == sorted(filled) and filled[-1] == 4 * 6
-  assert calls[-1][1] == grid.decoded_pairs > 0
