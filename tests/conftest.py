@@ -250,3 +250,21 @@ def imported_t5(request, tmp_path_factory, t5_versions, save_random_hf_t5):
   model = save_random_hf_t5(directory, seed=5, scale=1.5, **t5_versions[request.param])
   config, params = load_hf_t5(str(directory))
   return model, config, params
+
+
+@pytest.fixture(scope="session")
+def analyze_config():
+  """Makes the demo config in analyze mode, locked: 5 output positions, a 3-layer decoder,
+  6 examples (2 easy, 2 difficult), after-layers (0, 1), rank cutoffs (1, 10), `analysis`
+  fields replaced."""
+  def make(**analysis):
+    from configs import demo  # pylint: disable=import-outside-toplevel
+    config = demo.get_config()
+    config.mode = "analyze"
+    config.decode.max_decode_len = 5
+    config.model.num_decoder_layers = 3
+    config.analysis.update({**dict(num_examples=6, num_easy=2, num_difficult=2,
+                                   after_layers=(0, 1), rank_cutoffs=(1, 10)), **analysis})
+    config.lock()
+    return config
+  return make

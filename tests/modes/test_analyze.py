@@ -1,10 +1,10 @@
 """The analyze mode end to end on tiny models, checked against the forward pass and the
-decoder run independently; its settings checks; chunked collection."""
+decoder run independently; its settings checks. Chunked collection:
+tests/analysis/test_collect.py."""
 
 import dataclasses
 import json
 import os
-import sys
 
 import jax
 import ml_collections
@@ -31,21 +31,8 @@ TINY_HF = dict(vocab_size=259, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_de
                relative_attention_num_buckets=8, relative_attention_max_distance=16)
 
 
-def analyze_config(**analysis):
-  sys.path.insert(0, ROOT)
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  config = demo.get_config()
-  config.mode = "analyze"
-  config.decode.max_decode_len = 5
-  config.model.num_decoder_layers = 3
-  config.analysis.update({**dict(num_examples=6, num_easy=2, num_difficult=2,
-                                 after_layers=(0, 1), rank_cutoffs=(1, 10)), **analysis})
-  config.lock()
-  return config
-
-
 @pytest.fixture(scope="module")
-def analyzed(tmp_path_factory):
+def analyzed(tmp_path_factory, analyze_config):
   """Every study on the config's model, teacher-forced and free-running."""
   config = analyze_config()
   workdir = tmp_path_factory.mktemp("analyzed")
@@ -54,7 +41,7 @@ def analyzed(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, save_random_hf_t5):
+def compared(tmp_path_factory, save_random_hf_t5, analyze_config):
   """The layer-wise studies, teacher-forced, on the config's model, a transformers
   checkpoint and a params export of the config's model (as `train` writes)."""
   models = tmp_path_factory.mktemp("models")
@@ -197,7 +184,7 @@ def test_saturation_groups_are_disjoint_and_sized_as_configured(analyzed):
     ("similarity", "bleurt", r"analysis.similarity='bleurt'; allowed: rouge_l"),
 ])
 def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch, field, value,
-                                                  message):
+                                                  message, analyze_config):
   def no_model(*args):
     raise AssertionError("the model was loaded before the settings were checked")
   monkeypatch.setattr(context, "load_model", no_model)
@@ -206,7 +193,7 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch, field, 
   assert os.listdir(tmp_path) == []
 
 
-def test_a_string_where_a_tuple_belongs_is_rejected():
+def test_a_string_where_a_tuple_belongs_is_rejected(analyze_config):
   section = analyze_config().analysis.to_dict()
   section["studies"] = "stability"  # would otherwise read as the studies 's', 't', ...
   with pytest.raises(ValueError, match="analysis.studies must be a tuple, got 'stability'"):
@@ -224,7 +211,7 @@ def _no_collection(*args, **kwargs):
 ])
 def test_settings_that_depend_on_the_model_fail_before_it_runs(tmp_path, monkeypatch,
                                                                overrides, message,
-                                                               save_random_hf_t5):
+                                                               save_random_hf_t5, analyze_config):
   for name in ("teacher_forced", "free_running", "full_decode", "oracle_decodes"):
     monkeypatch.setattr(collect, name, _no_collection)
   if overrides.get("compare_hf_paths") == "small_vocab":
@@ -234,22 +221,6 @@ def test_settings_that_depend_on_the_model_fail_before_it_runs(tmp_path, monkeyp
   with pytest.raises(ValueError, match=message):
     modes.run(analyze_config(**overrides), str(workdir))
   assert os.listdir(workdir) == []
-
-
-def test_collection_in_chunks_equals_one_batch():
-  config = analyze_config()
-  model_config, params = load_model(config.model, config.seed)
-  inputs = analyze_mode.analysis_inputs(run_context(config, ""), 6)
-  whole = collect.teacher_forced(model_config, params, inputs, batch_size=0)
-  chunked = collect.teacher_forced(model_config, params, inputs, batch_size=3)
-  assert whole.top1.shape == chunked.top1.shape == (3, 6, 5)
-  for name in ("top1", "final_rank", "targets", "mask"):
-    np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
-  for name in ("top1_prob", "final_prob", "similarity"):
-    np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-5,
-                               err_msg=name)
-  assert list(collect._chunks(7, 3)) == [slice(0, 3), slice(3, 6), slice(6, 7)]
-  assert list(collect._chunks(7, 0)) == [slice(0, 7)]
 
 
 @pytest.mark.parametrize("measure, traced", [("softmax_diff", True), ("state_saturation", True),
