@@ -56,6 +56,10 @@ class ExitConfig:
     if not isinstance(self.exit_interval, numbers.Integral) or self.exit_interval < 1:
       raise ValueError(f"ExitConfig.exit_interval must be a positive integer, got "
                        f"{self.exit_interval!r}")
+    for field in dataclasses.fields(self):  # the switches (jsd_by_distance, contrastive_token)
+      value = getattr(self, field.name)
+      if isinstance(field.default, bool) and not isinstance(value, bool):
+        raise ValueError(f"ExitConfig.{field.name} must be true or false, got {value!r}")
 
   @classmethod
   def from_section(cls, section) -> "ExitConfig":

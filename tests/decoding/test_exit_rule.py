@@ -95,6 +95,10 @@ def test_is_exit_point(num_layers, min_exit, interval, expected):
     (dict(min_exit_layer=7), r"ExitConfig.min_exit_layer=7 must be in \[1, 6\]"),
     (dict(exit_interval=0), "ExitConfig.exit_interval must be a positive integer, got 0"),
     (dict(exit_interval=1.5), "ExitConfig.exit_interval must be a positive integer, got 1.5"),
+    # The switches are checked whichever measure runs.
+    (dict(jsd_by_distance=1), "ExitConfig.jsd_by_distance must be true or false, got 1"),
+    (dict(measure="softmax_max", contrastive_token="yes"),
+     "ExitConfig.contrastive_token must be true or false, got 'yes'"),
 ])
 def test_exit_config_validate_rejects(fields, message):
   with pytest.raises(ValueError, match=message):

@@ -112,12 +112,6 @@ class ContrastiveWeighted(Measure):
     alpha = self.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= 1:
       raise ValueError(f"ExitConfig.contrastive_alpha={alpha!r} must be in (0, 1]")
-    self._check_flags()
-
-  def _check_flags(self) -> None:
-    if not isinstance(self.emit_contrastive, bool):
-      raise ValueError(f"ExitConfig.contrastive_token must be true or false, got "
-                       f"{self.emit_contrastive!r}")
 
   def init(self, context: MeasureContext, embedded: Array) -> LayerHistory:
     config = context.model_config
@@ -155,12 +149,6 @@ class ContrastiveJSD(ContrastiveWeighted):
   @property
   def needs(self) -> Needs:
     return Needs(logits="full", every_exit_point=True)
-
-  def _check_flags(self) -> None:
-    super()._check_flags()
-    if not isinstance(self.by_distance, bool):
-      raise ValueError(f"ExitConfig.jsd_by_distance must be true or false, got "
-                       f"{self.by_distance!r}")
 
   def amateur(self, context: MeasureContext, history: LayerHistory, layer: Array,
               log_probs: Array) -> Array:

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from calm_jax.decoding import contrastive
 from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
-from calm_jax.decoding.measures import MeasureInputs, get_measure
+from calm_jax.decoding.measures import (LayerInputs, MeasureContext, Needs, build_measure,
+                                        checked_measure, contrastive)
+from calm_jax.decoding.measures.contrastive import ContrastiveJSD, ContrastiveWeighted
 from calm_jax.model.config import T5Config
-from measure_checks import assert_mixed_batch_equals_each_alone
 from calm_jax.model.t5 import (decode_teacher_forced, encode, exit_logits, init_params,
                               shift_right)
 
@@ -84,6 +84,19 @@ def _np_contrastive(exit_config, layer_logits, exit_points):
 
 # --- the formulas and the measure on its own ----------------------------------------------
 
+def test_built_measures_and_their_declarations():
+  assert build_measure(MEASURES["weighted"]) == ContrastiveWeighted(alpha=0.1,
+                                                                    emit_contrastive=False)
+  assert build_measure(MEASURES["jsd"]) == ContrastiveJSD(
+      alpha=0.05, emit_contrastive=False, exit_rule=MEASURES["jsd"].compiled_part(),
+      by_distance=True)
+  assert build_measure(MEASURES["jsd_token"]).emit_contrastive
+  # contrastive_weighted's amateur (layer floor(i / 2)) need not be an exit point.
+  assert build_measure(MEASURES["weighted"]).needs == Needs(logits="full", every_layer=True,
+                                                            every_exit_point=True)
+  assert build_measure(MEASURES["jsd"]).needs == Needs(logits="full", every_exit_point=True)
+
+
 def test_head_contrast_on_a_hand_made_distribution():
   p = np.array([0.5, 0.3, 0.04, 0.16])
   a = np.array([0.25, 0.25, 0.25, 0.25])
@@ -122,17 +135,16 @@ def params():
 def test_measure_over_layers_matches_the_numpy_reference(params, variant):
   """The measure stepped by hand through the layers the decoder runs it at."""
   exit_config = MEASURES[variant]
-  measure = get_measure(exit_config.measure)
+  measure = build_measure(exit_config)
+  context = MeasureContext(params=params, model_config=CONFIG)
   rng = np.random.RandomState(0)
   embedded = rng.randn(6, CONFIG.d_model).astype(np.float32)
   hidden = rng.randn(L, 6, CONFIG.d_model).astype(np.float32)
   points = exit_point_layers(exit_config, L)
-  run_at = range(1, L + 1) if measure.every_layer else points
-  state = measure.init_state(jnp.asarray(embedded), exit_config=exit_config,
-                             model_params=params, model_config=CONFIG)
-  step = jax.jit(lambda layer, h, s: measure.confidence(MeasureInputs(
-      layer=layer, hidden=h, logits=jnp.asarray(_logits_jax(params, h)), final_top1=None,
-      model_params=params, model_config=CONFIG, exit_config=exit_config), s))
+  run_at = range(1, L + 1) if measure.needs.every_layer else points
+  state = measure.init(context, jnp.asarray(embedded))
+  step = jax.jit(lambda layer, h, s: measure.confidence(context, LayerInputs(
+      layer=layer, hidden=h, logits=jnp.asarray(_logits_jax(params, h)), final_top1=None), s))
   got = {}
   for layer in run_at:
     confidence, state = step(jnp.int32(layer), jnp.asarray(hidden[layer - 1]), state)
@@ -235,7 +247,8 @@ def test_threshold_one_is_the_full_model(model):
 
 
 @pytest.mark.parametrize("variant", ["weighted", "jsd"])
-def test_batch_with_mixed_exits_equals_each_example_alone(model, variant):
+def test_batch_with_mixed_exits_equals_each_example_alone(model, variant,
+                                                          assert_mixed_batch_equals_each_alone):
   exit_config = MEASURES[variant]
   assert_mixed_batch_equals_each_alone(model, exit_config,
                                        _median_threshold(model, exit_config), T)
@@ -251,4 +264,4 @@ def test_batch_with_mixed_exits_equals_each_example_alone(model, variant):
 @pytest.mark.parametrize("measure", ["contrastive_weighted", "contrastive_jsd"])
 def test_bad_options_are_rejected(measure, fields, message):
   with pytest.raises(ValueError, match=message):
-    ExitConfig(measure=measure, **fields).validate(L, V)
+    checked_measure(ExitConfig(measure=measure, **fields), CONFIG)
