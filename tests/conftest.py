@@ -268,3 +268,23 @@ def analyze_config():
     config.lock()
     return config
   return make
+
+
+@pytest.fixture(scope="session")
+def eos_batch():
+  """Makes a decoding batch for a tiny model (config, params): `batch` rows of 7 random ids
+  (row 1 padded after 4), the config with an EOS that row 0's greedy output emits at
+  position 5 (so rows stop at different positions), and the full model's greedy output:
+  (config, params, ids, mask, greedy [batch, decode_len])."""
+  def make(config, params, decode_len=8, batch=4):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from calm_jax.decoding.greedy import greedy_decode  # pylint: disable=import-outside-toplevel
+    rng = np.random.RandomState(1)
+    ids = rng.randint(2, config.vocab_size, (batch, 7)).astype(np.int32)
+    mask = np.ones_like(ids)
+    ids[1, 4:], mask[1, 4:] = 0, 0
+    free = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=decode_len))
+    config = config.replace(eos_token_id=int(free[0, 5]))
+    greedy = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=decode_len))
+    return config, params, ids, mask, greedy
+  return make

@@ -3,13 +3,12 @@ fallback, LTT's promise against the naive rule on simulated losses, the report's
 JSON form, seeding, the Markdown table, the atomic PNG, and input checks."""
 
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 
-from calm_jax.calibration import ltt, validity
+from calm_jax.calibration import ltt
 from calm_jax.calibration.validity import (RuleSummary, ValidityReport, format_table,
                                            plot_validity, validity_study)
 

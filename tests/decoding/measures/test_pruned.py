@@ -12,7 +12,6 @@ import pytest
 
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
-from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.measures import (LayerInputs, MeasureContext, Needs, build_measure,
                                         checked_measure)
 from calm_jax.decoding.measures import pruned
@@ -212,15 +211,8 @@ def test_softmax_pruned_fixed_is_softmax_topk(params):
 # --- in the decoder ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model(params):
-  rng = np.random.RandomState(1)
-  ids = rng.randint(2, V, (B, 7)).astype(np.int32)
-  mask = np.ones_like(ids)
-  ids[1, 4:], mask[1, 4:] = 0, 0
-  free = np.asarray(greedy_decode(CONFIG, params, ids, mask, max_decode_len=T))
-  config = CONFIG.replace(eos_token_id=int(free[0, 5]))
-  greedy = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=T))
-  return config, params, ids, mask, greedy
+def model(params, eos_batch):
+  return eos_batch(CONFIG, params, decode_len=T, batch=B)
 
 
 def _decode(model, exit_config, **kwargs):
