@@ -288,3 +288,18 @@ def eos_batch():
     greedy = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=decode_len))
     return config, params, ids, mask, greedy
   return make
+
+
+@pytest.fixture(scope="session")
+def padded_inputs():
+  """Makes 4 random input rows of 13 ids in [2, vocab), row 2 padded after 7:
+  (ids, mask), both [4, 13]."""
+  def make(vocab, seed=0):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(2, vocab, (4, 13))
+    mask = np.ones_like(ids)
+    mask[2, 7:] = 0
+    ids[2, 7:] = 0
+    return ids, mask
+  return make

@@ -11,18 +11,9 @@ from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.t5 import shift_right
 
 
-def _inputs(vocab, seed=0):
-  rng = np.random.RandomState(seed)
-  ids = rng.randint(2, vocab, (4, 13))
-  mask = np.ones_like(ids)
-  mask[2, 7:] = 0
-  ids[2, 7:] = 0
-  return ids, mask
-
-
-def test_greedy_equals_transformers_generate(imported_t5):
+def test_greedy_equals_transformers_generate(imported_t5, padded_inputs):
   model, config, params = imported_t5
-  ids, mask = _inputs(config.vocab_size, seed=2)
+  ids, mask = padded_inputs(config.vocab_size, seed=2)
   ours = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=10))
   with torch.no_grad():
     # use_cache=False: transformers 5.23's cache breaks when decoder and encoder depths differ.
@@ -34,9 +25,9 @@ def test_greedy_equals_transformers_generate(imported_t5):
   np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
 
 
-def test_greedy_equals_argmax_of_teacher_forced_on_its_own_output(imported_t5):
+def test_greedy_equals_argmax_of_teacher_forced_on_its_own_output(imported_t5, padded_inputs):
   _, config, params = imported_t5
-  ids, mask = _inputs(config.vocab_size, seed=3)
+  ids, mask = padded_inputs(config.vocab_size, seed=3)
   tokens = greedy_decode(config, params, ids, mask, max_decode_len=8)
   logits = calm_jax.forward(config, params, ids, shift_right(config, tokens), mask).logits
   predicted = np.asarray(jnp.argmax(logits, -1))
@@ -45,9 +36,9 @@ def test_greedy_equals_argmax_of_teacher_forced_on_its_own_output(imported_t5):
   np.testing.assert_array_equal(predicted[before_eos], np.asarray(tokens)[before_eos])
 
 
-def test_greedy_stops_each_example_at_its_eos_and_pads_after(imported_t5):
+def test_greedy_stops_each_example_at_its_eos_and_pads_after(imported_t5, padded_inputs):
   _, config, params = imported_t5
-  ids, mask = _inputs(config.vocab_size, seed=2)
+  ids, mask = padded_inputs(config.vocab_size, seed=2)
   unused = sorted(set(range(2, config.vocab_size)) - set(np.asarray(
       greedy_decode(config, params, ids, mask, max_decode_len=10)).ravel().tolist()))[0]
   free = np.asarray(greedy_decode(config.replace(eos_token_id=unused), params, ids, mask,

@@ -11,18 +11,9 @@ from calm_jax.model.incremental import decoder_step, init_decoder_cache, write_s
 from calm_jax.model.t5 import encode, shift_right
 
 
-def _inputs(vocab, seed=0):
-  rng = np.random.RandomState(seed)
-  ids = rng.randint(2, vocab, (4, 13))
-  mask = np.ones_like(ids)
-  mask[2, 7:] = 0
-  ids[2, 7:] = 0
-  return ids, mask
-
-
-def test_incremental_states_equal_teacher_forced(imported_t5):
+def test_incremental_states_equal_teacher_forced(imported_t5, padded_inputs):
   _, config, params = imported_t5
-  ids, mask = _inputs(config.vocab_size)
+  ids, mask = padded_inputs(config.vocab_size)
   targets = np.random.RandomState(1).randint(2, config.vocab_size, (4, 9))
   decoder_inputs = shift_right(config, jnp.asarray(targets))
   teacher = calm_jax.forward(config, params, ids, decoder_inputs, mask).hidden_states
@@ -34,9 +25,9 @@ def test_incremental_states_equal_teacher_forced(imported_t5):
     np.testing.assert_allclose(states, teacher[:, :, position], atol=1e-4, rtol=0)
 
 
-def test_write_self_kv_fills_one_layer_and_position(imported_t5):
+def test_write_self_kv_fills_one_layer_and_position(imported_t5, padded_inputs):
   _, config, params = imported_t5
-  ids, mask = _inputs(config.vocab_size)
+  ids, mask = padded_inputs(config.vocab_size)
   cache = init_decoder_cache(config, params, encode(config, params, ids, mask), mask, 6)
   x = jnp.ones((4, 1, config.d_model))
   written = write_self_kv(config, params, cache, jnp.int32(2), x, jnp.int32(3))
