@@ -303,3 +303,36 @@ def padded_inputs():
     ids[2, 7:] = 0
     return ids, mask
   return make
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+  """Makes any model loading or initialisation fail for the test (the run context's loader,
+  the model source's loader, its HF import and its fresh init): settings checks must come
+  first."""
+  from calm_jax.model import source  # pylint: disable=import-outside-toplevel
+  from calm_jax.modes import context  # pylint: disable=import-outside-toplevel
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("model work started before the settings were checked")
+  for module in (context, source):
+    monkeypatch.setattr(module, "load_model", no_model)
+  for name in ("init_params", "load_hf_t5"):
+    monkeypatch.setattr(source, name, no_model)
+
+
+@pytest.fixture
+def task_config():
+  """Makes the demo config on data.task `task`, tiny and locked: 2 decoder layers, 3 output
+  positions, 8 train examples."""
+  def make(task):
+    from configs import demo  # pylint: disable=import-outside-toplevel
+    config = demo.get_config()
+    config.mode = "decode"
+    config.data.task = task
+    config.train.num_examples = 8
+    config.decode.max_decode_len = 3
+    config.model.num_decoder_layers = 2
+    config.lock()
+    return config
+  return make

@@ -18,7 +18,6 @@ from calm_jax.decoding.generate import generate
 from calm_jax.model.hf_import import load_hf_t5
 from calm_jax.model.source import load_model
 from calm_jax.modes import analyze as analyze_mode
-from calm_jax.modes import context
 from calm_jax.modes.context import run_context
 from calm_jax.model.t5 import exit_logits, forward, shift_right
 from calm_jax.training.checkpoints import export_params
@@ -183,11 +182,8 @@ def test_saturation_groups_are_disjoint_and_sized_as_configured(analyzed):
     ("calibration_bins", 0, r"analysis.calibration_bins must be an integer >= 1, got 0"),
     ("similarity", "bleurt", r"analysis.similarity='bleurt'; allowed: rouge_l"),
 ])
-def test_bad_settings_fail_before_the_model_loads(tmp_path, monkeypatch, field, value,
+def test_bad_settings_fail_before_the_model_loads(tmp_path, no_model_loading, field, value,
                                                   message, analyze_config):
-  def no_model(*args):
-    raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(context, "load_model", no_model)
   with pytest.raises(ValueError, match=message):
     modes.run(analyze_config(**{field: value}), str(tmp_path))
   assert os.listdir(tmp_path) == []

@@ -14,7 +14,6 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate_grid
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.source import load_model
-from calm_jax.modes import context
 from calm_jax.modes.context import split_examples
 
 
@@ -84,12 +83,9 @@ def test_calibrate_mode_chooses_what_ltt_chooses_on_the_decoded_grid(tmp_path, c
     ("epsilon", 0.0, r"calibration.epsilon must lie strictly between 0 and 1; got 0.0"),
     ("batch_size", -1, r"calibration.batch_size must be an integer >= 0"),
 ])
-def test_calibrate_mode_rejects_bad_settings_before_decoding(tmp_path, monkeypatch,
+def test_calibrate_mode_rejects_bad_settings_before_decoding(tmp_path, no_model_loading,
                                                              calibrate_config, field, value,
                                                              message):
-  def no_model(*args):
-    raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(context, "load_model", no_model)
   config = calibrate_config(**{field: value})
   with pytest.raises(ValueError, match=message):
     modes.run(config, str(tmp_path))

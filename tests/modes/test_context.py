@@ -20,20 +20,6 @@ SEQIO_MODULE = "calm_jax.data.seqio_tasks"
 JSONL_TASK = "scratch_run_jsonl"
 
 
-def task_config(task):
-  """The demo config on `task`, tiny: 2 decoder layers, 3 output positions, 8 train examples."""
-  sys.path.insert(0, ROOT)
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  config = demo.get_config()
-  config.mode = "decode"
-  config.data.task = task
-  config.train.num_examples = 8
-  config.decode.max_decode_len = 3
-  config.model.num_decoder_layers = 2
-  config.lock()
-  return config
-
-
 @pytest.fixture
 def seqio_tasks():
   pytest.importorskip("seqio")
@@ -56,7 +42,8 @@ def _triples(examples):
 # --- without seqio -------------------------------------------------------------------------
 
 
-def test_missing_seqio_is_named_before_any_model_work(without_seqio, monkeypatch, tmp_path):
+def test_missing_seqio_is_named_before_any_model_work(without_seqio, no_model_loading,
+                                                      task_config, tmp_path):
   del without_seqio
   expected = ("data.task='calm_generated' is a seqio task, but seqio / TensorFlow cannot be "
               "imported")
@@ -65,10 +52,6 @@ def test_missing_seqio_is_named_before_any_model_work(without_seqio, monkeypatch
   assert str(error.value).startswith(expected)
   assert str(error.value).endswith("install them with `pip install -r requirements-seqio.txt`")
 
-  def no_model(*args):
-    raise AssertionError(f"model work started: load_model{args}")
-
-  monkeypatch.setattr(context, "load_model", no_model)
   with pytest.raises(ImportError, match="pip install -r requirements-seqio.txt"):
     modes.run(task_config("calm_generated"), str(tmp_path))
   with pytest.raises(ImportError, match="data.task='calm_xsum' is a seqio task"):
@@ -171,7 +154,7 @@ def test_jsonl_seqio_task_keeps_prefix_and_references(jsonl_task):
                                     [("2", "dos", "deux"), ("3",), ("4", "vier")])
 
 
-def test_unknown_seqio_task_and_split_are_named(seqio_tasks):
+def test_unknown_seqio_task_and_split_are_named(seqio_tasks, task_config):
   with pytest.raises(ValueError) as error:
     context.check_data(task_config("calm_nope"))
   message = str(error.value)
@@ -200,7 +183,7 @@ def test_tfds_tasks_read_as_text(seqio_tasks):
   del seqio_tasks
 
 
-def test_check_data_accepts_a_seqio_task(seqio_tasks):
+def test_check_data_accepts_a_seqio_task(seqio_tasks, task_config):
   del seqio_tasks
   vocabulary = context.check_data(task_config("calm_generated"))
   assert vocabulary.name == "byte"

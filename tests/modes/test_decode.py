@@ -12,7 +12,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.source import load_model
-from calm_jax.modes import context, decode
+from calm_jax.modes import decode
 from calm_jax.modes.context import split_examples
 
 
@@ -54,11 +54,9 @@ def test_demo_with_threshold_one_is_the_full_greedy_model(tmp_path, demo_config)
     ("data", "max_input_len", 0, "data.max_input_len must be >= 1, got 0"),
     ("model", "checkpoint", "/nonexistent/export", "is not a calm_jax params export"),
 ])
-def test_check_names_a_bad_value_before_the_model_loads(tmp_path, monkeypatch, demo_config,
-                                                        section, field, value, message):
-  def no_model(*args):
-    raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(context, "load_model", no_model)
+def test_check_names_a_bad_value_before_the_model_loads(tmp_path, no_model_loading,
+                                                        demo_config, section, field, value,
+                                                        message):
   config = demo_config()
   with config.unlocked():
     config[section][field] = value

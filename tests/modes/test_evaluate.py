@@ -16,7 +16,6 @@ from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.source import load_model
-from calm_jax.modes import context
 from calm_jax.modes.context import encode_split
 
 
@@ -68,12 +67,9 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
     ("rule", "ltt", "evaluate.rule='ltt'; allowed: "),
     ("num_examples", 0, "evaluate.num_examples must be >= 1, got 0"),
 ])
-def test_evaluate_settings_are_checked_before_the_model_loads(tmp_path, monkeypatch,
+def test_evaluate_settings_are_checked_before_the_model_loads(tmp_path, no_model_loading,
                                                               evaluate_config, field, value,
                                                               message):
-  def no_model(*args):
-    raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(context, "load_model", no_model)
   with pytest.raises(ValueError, match=message):
     modes.run(evaluate_config(**{field: value}), str(tmp_path))
   assert os.listdir(tmp_path) == []

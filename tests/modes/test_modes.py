@@ -6,8 +6,6 @@ import os
 import pytest
 
 from calm_jax import modes
-from calm_jax.model import source
-from calm_jax.modes import context
 
 
 def test_the_registry_lists_the_eight_modes():
@@ -41,14 +39,8 @@ BAD_VALUES = {
 
 
 @pytest.mark.parametrize("mode", sorted(BAD_VALUES))
-def test_every_check_names_a_bad_value_before_any_model_work(tmp_path, monkeypatch,
+def test_every_check_names_a_bad_value_before_any_model_work(tmp_path, no_model_loading,
                                                              demo_config, mode):
-  def no_model(*args, **kwargs):
-    raise AssertionError("model work started before the settings were checked")
-  for module in (context, source):
-    monkeypatch.setattr(module, "load_model", no_model)
-  monkeypatch.setattr(source, "init_params", no_model)
-  monkeypatch.setattr(source, "load_hf_t5", no_model)
   section, field, value, message = BAD_VALUES[mode]
   config = demo_config()
   with config.unlocked():

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from calm_jax import modes
-from calm_jax.modes import context, train
+from calm_jax.modes import train
 
 
 @pytest.mark.parametrize("section, field, value, message", [
@@ -16,11 +16,9 @@ from calm_jax.modes import context, train
     ("mesh", "rules", (("embed", "tensor"),), "mesh.rules maps 'embed' to 'tensor'"),
     ("model", "checkpoint", "/nonexistent/export", "is not a calm_jax params export"),
 ])
-def test_check_names_a_bad_value_before_the_model_loads(tmp_path, monkeypatch, demo_config,
-                                                        section, field, value, message):
-  def no_model(*args):
-    raise AssertionError("the model was loaded before the settings were checked")
-  monkeypatch.setattr(context, "load_model", no_model)
+def test_check_names_a_bad_value_before_the_model_loads(tmp_path, no_model_loading,
+                                                        demo_config, section, field, value,
+                                                        message):
   config = demo_config()
   with config.unlocked():
     config.mode = "train"

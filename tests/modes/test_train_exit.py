@@ -7,7 +7,7 @@ import pytest
 
 from calm_jax import modes
 from calm_jax.exit_classifiers.storage import load_classifier
-from calm_jax.modes import context, train_exit
+from calm_jax.modes import train_exit
 
 
 def test_train_then_train_exit_modes_end_to_end(tmp_path, demo_config):
@@ -39,11 +39,8 @@ def test_train_then_train_exit_modes_end_to_end(tmp_path, demo_config):
     ("labels", "oracle", "train_exit.labels='oracle' is not known"),
     ("steps", 0, "steps"),
 ])
-def test_check_names_a_bad_value_before_the_backbone_loads(tmp_path, monkeypatch, demo_config,
-                                                           field, value, message):
-  def no_model(*args):
-    raise AssertionError("the backbone was loaded before the settings were checked")
-  monkeypatch.setattr(context, "load_model", no_model)
+def test_check_names_a_bad_value_before_the_backbone_loads(tmp_path, no_model_loading,
+                                                           demo_config, field, value, message):
   config = demo_config()
   with config.unlocked():
     config.mode = "train_exit"

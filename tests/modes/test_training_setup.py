@@ -8,19 +8,7 @@ from calm_jax.modes.context import run_context
 from calm_jax.modes.training_setup import training_data, training_setup
 
 
-def task_config(task):
-  """The demo config on `task`, tiny: 2 decoder layers, 3 output positions, 8 train examples."""
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  config = demo.get_config()
-  config.data.task = task
-  config.train.num_examples = 8
-  config.decode.max_decode_len = 3
-  config.model.num_decoder_layers = 2
-  config.lock()
-  return config
-
-
-def test_training_data_from_a_seqio_task():
+def test_training_data_from_a_seqio_task(task_config):
   pytest.importorskip("seqio")
   data = {name: training_data(run_context(task_config(name), ""), byte_vocab.VOCAB_SIZE)
           for name in ("generated", "calm_generated")}
@@ -34,7 +22,7 @@ def test_training_data_from_a_seqio_task():
     ("mesh", "rules", (("embed", "tensor"),), "mesh.rules maps 'embed' to 'tensor', which is "
                                                "no mesh axis"),
 ])
-def test_training_setup_names_a_bad_value(section, field, value, message):
+def test_training_setup_names_a_bad_value(section, field, value, message, task_config):
   config = task_config("generated")
   with config.unlocked():
     config[section][field] = value
