@@ -112,7 +112,7 @@ def assert_mixed_batch_equals_each_alone():
 
 
 @pytest.fixture(scope="module")
-def classifier_model():
+def classifier_model(eos_batch):
   """The learned exit classifiers' tiny model: a random 5-layer T5 (gated-GELU, untied head,
   d_model 16, weights x1.5; `base_config`), a batch of 4 inputs of 7 tokens (row 1 padded
   after 4), `config` with an EOS that row 0 emits at output position 4 of 8 (so that some
@@ -120,8 +120,6 @@ def classifier_model():
   so that their confidences spread over (0, 1)."""
   import types  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from calm_jax.decoding.greedy import greedy_decode  # pylint: disable=import-outside-toplevel
   from calm_jax.exit_classifiers.registry import (  # pylint: disable=import-outside-toplevel
       init_classifier)
   from calm_jax.model.config import T5Config  # pylint: disable=import-outside-toplevel
@@ -135,12 +133,7 @@ def classifier_model():
              "attention": {"width": 8, "num_heads": 2}}
   max_decode_len, batch = 8, 4
   params = jax.tree.map(lambda w: w * 1.5, init_params(base, jax.random.PRNGKey(3)))
-  rng = np.random.RandomState(1)
-  ids = rng.randint(2, base.vocab_size, (batch, 7)).astype(np.int32)
-  mask = np.ones_like(ids)
-  ids[1, 4:], mask[1, 4:] = 0, 0
-  free = np.asarray(greedy_decode(base, params, ids, mask, max_decode_len=max_decode_len))
-  config = base.replace(eos_token_id=int(free[0, 4]))
+  config, _, ids, mask, _ = eos_batch(base, params, max_decode_len, batch, eos_position=4)
   heads = {name: jax.tree.map(lambda w: 2.0 * w, init_classifier(
       name, base, jax.random.PRNGKey(7), **options[name])) for name in sorted(options)}
   return types.SimpleNamespace(base_config=base, config=config, params=params, ids=ids,
@@ -274,9 +267,9 @@ def analyze_config():
 def eos_batch():
   """Makes a decoding batch for a tiny model (config, params): `batch` rows of 7 random ids
   (row 1 padded after 4), the config with an EOS that row 0's greedy output emits at
-  position 5 (so rows stop at different positions), and the full model's greedy output:
-  (config, params, ids, mask, greedy [batch, decode_len])."""
-  def make(config, params, decode_len=8, batch=4):
+  `eos_position` (so rows stop at different positions), and the full model's greedy
+  output: (config, params, ids, mask, greedy [batch, decode_len])."""
+  def make(config, params, decode_len=8, batch=4, eos_position=5):
     import numpy as np  # pylint: disable=import-outside-toplevel
     from calm_jax.decoding.greedy import greedy_decode  # pylint: disable=import-outside-toplevel
     rng = np.random.RandomState(1)
@@ -284,7 +277,7 @@ def eos_batch():
     mask = np.ones_like(ids)
     ids[1, 4:], mask[1, 4:] = 0, 0
     free = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=decode_len))
-    config = config.replace(eos_token_id=int(free[0, 5]))
+    config = config.replace(eos_token_id=int(free[0, eos_position]))
     greedy = np.asarray(greedy_decode(config, params, ids, mask, max_decode_len=decode_len))
     return config, params, ids, mask, greedy
   return make
