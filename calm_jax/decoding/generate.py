@@ -6,6 +6,11 @@ arguments: a new value never recompiles, and `generate_grid` vmaps one compiled 
 grid of thresholds. Learned measures (`exit_classifiers.registry.is_learned`) take their
 parameters as `classifier_params`, also traced; the classifier's hyperparameters are read
 off the parameter shapes, so new parameters of the same shapes never recompile either.
+
+`layer_layout` ('auto', 'stacked', 'per_layer': model.layer_layout) chooses how the layer
+loop reads each layer's weights; outputs are the same in every layout. `generate_grid`
+always decodes stacked: under vmap a layer index differs per threshold, and a switch over
+layers would become a select computing every layer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.exit_classifiers.registry import check_classifier_params, is_learned
 from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import check_layout, decoding_params
 
 _generate_jit = jax.jit(generate_impl, static_argnames=("plan",))
 
@@ -66,7 +72,7 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
              max_decode_len: int, sampling: SamplingConfig = SamplingConfig(),
              rng: Optional[jax.Array] = None, return_trace: bool = False,
              max_input_len: Optional[int] = None,
-             classifier_params: Any = None) -> GenerateOutput:
+             classifier_params: Any = None, layer_layout: str = "auto") -> GenerateOutput:
   """Early-exit decoding of input ids [B, S] (attention_mask: 1 keep, 0 pad).
 
   Returns tokens, exit layers and exit confidences, each [B, max_decode_len], and with
@@ -74,9 +80,11 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   the parameters of a learned measure (required for those, refused for the others).
   """
   plan = DecodePlan.checked(config, exit, sampling, max_decode_len, return_trace)
-  constants = _constants(plan, params, exit, jnp.float32(exit.threshold), classifier_params)
+  check_layout(layer_layout)
   rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
+  params = decoding_params(params, layer_layout)
+  constants = _constants(plan, params, exit, jnp.float32(exit.threshold), classifier_params)
   return _generate_jit(plan, constants, input_ids, attention_mask, rng)
 
 
@@ -96,7 +104,8 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
                              thresholds: Sequence[float], exit: ExitConfig = ExitConfig(),  # pylint: disable=redefined-builtin
                              max_decode_len: int, return_trace: bool = False,
                              max_input_len: Optional[int] = None,
-                             skip_rows=None, classifier_params: Any = None) -> GenerateOutput:
+                             skip_rows=None, classifier_params: Any = None,
+                             layer_layout: str = "auto") -> GenerateOutput:
   """Greedy `generate` where example b uses its own threshold thresholds[b] ([B]).
 
   Each row equals decoding that example alone at its threshold (batch invariance), so
@@ -106,7 +115,7 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   """
   thresholds = check_threshold_grid(thresholds)
   plan = DecodePlan.checked(config, exit, SamplingConfig(), max_decode_len, return_trace)
-  constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
+  check_layout(layer_layout)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   if thresholds.size != input_ids.shape[0]:
     raise ValueError(f"thresholds has {thresholds.size} entries but the batch has "
@@ -115,6 +124,8 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   if skip.shape != (input_ids.shape[0],) or skip.dtype != bool:
     raise ValueError(f"skip_rows must be a bool array [{input_ids.shape[0]}], got "
                      f"{skip.dtype} {skip.shape}")
+  params = decoding_params(params, layer_layout)
+  constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
   return _generate_jit(plan, constants, input_ids, attention_mask, jax.random.PRNGKey(0),
                        skip_rows=jnp.asarray(skip))
 
@@ -128,7 +139,8 @@ def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None,
   """`generate` under K thresholds in one compiled call: every field gets a leading [K]."""
   thresholds = check_threshold_grid(thresholds)
   plan = DecodePlan.checked(config, exit, sampling, max_decode_len, return_trace)
-  constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
   rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
+  params = decoding_params(params, "stacked")
+  constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
   return _generate_grid_jit(plan, constants, input_ids, attention_mask, rng)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from calm_jax.decoding.inputs import check_max_decode_len, prepare_inputs
 from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import check_layout, decoding_params
 from calm_jax.model.incremental import DecoderCache, decoder_step, init_decoder_cache
 from calm_jax.model.t5 import encode, exit_logits
 
@@ -60,8 +61,12 @@ def _greedy_decode(config: T5Config, params: Any, input_ids: Array, attention_ma
 
 
 def greedy_decode(config: T5Config, params: Any, input_ids: Array,
-                  attention_mask: Optional[Array] = None, *, max_decode_len: int) -> Array:
-  """Greedy output ids [B, max_decode_len] (EOS included, pad after it)."""
+                  attention_mask: Optional[Array] = None, *, max_decode_len: int,
+                  layer_layout: str = "auto") -> Array:
+  """Greedy output ids [B, max_decode_len] (EOS included, pad after it); `layer_layout` as
+  in `generate` (per-layer weights unroll the layer loop)."""
   check_max_decode_len(max_decode_len)
+  check_layout(layer_layout)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, None)
+  params = decoding_params(params, layer_layout)
   return _greedy_decode(config, params, input_ids, attention_mask, max_decode_len)

@@ -3,8 +3,8 @@
 The self-attention cache holds every decoder layer's keys and values for every output
 position, [L, B, H, T, dh], written in place at (layer, position). Cross-attention keys and
 values are computed once per input for all layers. Layers are addressed by a (possibly
-traced) index into the stacked parameters, so a `lax.while_loop` over layers runs one
-traced body.
+traced) index, so a `lax.while_loop` over layers runs one traced body; the decoder's layer
+weights may be stacked or per layer (model.layer_layout decides how layer i is read).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import is_per_layer, on_layer
 from calm_jax.model.layers import NEG_INF, DecoderLayer
 from calm_jax.model.position import relative_position_bias
 from calm_jax.model.t5 import cross_kv_all_layers, embed, padding_bias
@@ -66,12 +67,6 @@ def step_self_bias(config: T5Config, params: Params, position: Array,
   return jnp.where(visible, bias.astype(jnp.float32), NEG_INF)[None]
 
 
-def layer_params(params: Params, layer: Array) -> Params:
-  """Parameters of decoder layer `layer` (0-based, may be traced) from the stacked tree."""
-  take = lambda stacked: jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
-  return jax.tree.map(take, params["decoder"]["layers"])
-
-
 def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: Array,
                   x: Array, position: Array) -> DecoderCache:
   """Writes layer `layer`'s self-attention K/V of inputs x [B, 1, d] at `position`.
@@ -79,8 +74,9 @@ def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: 
   This is the whole of what a skipped layer contributes to later positions, so state
   propagation calls it with the exit state in place of the layer's true input.
   """
-  keys, values = DecoderLayer(config).apply({"params": layer_params(params, layer)}, x,
-                                            method=DecoderLayer.self_kv)  # [B, H, 1, dh]
+  project = lambda weights, x: DecoderLayer(config).apply({"params": weights}, x,
+                                                          method=DecoderLayer.self_kv)
+  keys, values = on_layer(params, layer, project, x)  # [B, H, 1, dh]
   start = (layer, 0, 0, position, 0)
   return cache.replace(
       self_k=jax.lax.dynamic_update_slice(cache.self_k, keys[None].astype(cache.self_k.dtype), start),
@@ -106,9 +102,12 @@ def decoder_layer_rows(config: T5Config, params: Params, cache: DecoderCache, la
     one_layer = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
     return one_layer if rows is None else jnp.take(one_layer, rows, axis=0)
   cross_bias = cache.cross_bias if rows is None else jnp.take(cache.cross_bias, rows, axis=0)
-  return DecoderLayer(config).apply(
-      {"params": layer_params(params, layer)}, x, self_bias, pick(cache.cross_k),
-      pick(cache.cross_v), cross_bias, self_k=pick(cache.self_k), self_v=pick(cache.self_v))
+
+  def run(weights, x, cross_k, cross_v, self_k, self_v):
+    return DecoderLayer(config).apply({"params": weights}, x, self_bias, cross_k, cross_v,
+                                      cross_bias, self_k=self_k, self_v=self_v)
+  return on_layer(params, layer, run, x, pick(cache.cross_k), pick(cache.cross_v),
+                  pick(cache.self_k), pick(cache.self_v))
 
 
 def decoder_step(config: T5Config, params: Params, cache: DecoderCache, token: Array,
@@ -127,5 +126,11 @@ def decoder_step(config: T5Config, params: Params, cache: DecoderCache, token: A
     x, cache = decoder_layer_step(config, params, cache, layer, x, position, self_bias)
     return x, states.at[layer].set(x[:, 0]), cache
 
+  if is_per_layer(params):  # unrolled: each layer reads its own weights, no switch
+    carry = (x, states, cache)
+    for layer in range(num_layers):
+      carry = body(layer, carry)
+    _, states, cache = carry
+    return states, cache
   _, states, cache = jax.lax.fori_loop(0, num_layers, body, (x, states, cache))
   return states, cache

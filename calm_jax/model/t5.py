@@ -140,7 +140,11 @@ def cross_kv_all_layers(config: T5Config, params: Params, encoded: Array):
   """Cross-attention keys and values of every decoder layer, each [L, B, H, S, dh]."""
   layer = DecoderLayer(config)
   project = lambda p: layer.apply({"params": p}, encoded, method=DecoderLayer.cross_kv)
-  return jax.vmap(project)(params["decoder"]["layers"])
+  layers = params["decoder"]["layers"]
+  if isinstance(layers, (tuple, list)):  # per-layer weights (model.layer_layout)
+    keys, values = zip(*(project(one) for one in layers))
+    return jnp.stack(keys), jnp.stack(values)
+  return jax.vmap(project)(layers)
 
 
 def decode_teacher_forced(config: T5Config, params: Params, decoder_input_ids: Array,

@@ -73,7 +73,10 @@ def test_packed_grid_equals_vmapped_grid(model, exit_config):
                               exit=exit_config, max_decode_len=T, batch_size=4)
   np.testing.assert_array_equal(got.tokens, np.asarray(expected.tokens))
   np.testing.assert_array_equal(got.exit_layers, np.asarray(expected.exit_layers))
-  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), atol=1e-5)
+  # The walk decodes in the backend's layer layout, the vmapped grid stacked: the same
+  # products in other kernels, equal to float32 rounding (tokens and exits exactly).
+  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), rtol=1e-4,
+                             atol=1e-5)
   # Some pairs were copied from the never-exit pass, some decoded, some exit early.
   assert 0 < got.decoded_pairs < thresholds.size * B
   assert (got.exit_layers[0] == L * (got.exit_layers[0] > 0)).all()  # lambda = 1
@@ -95,7 +98,10 @@ def test_packed_grid_equals_vmapped_grid_for_the_attention_classifier(model):
                               exit=exit_config, max_decode_len=T, classifier_params=head)
   np.testing.assert_array_equal(got.tokens, np.asarray(expected.tokens))
   np.testing.assert_array_equal(got.exit_layers, np.asarray(expected.exit_layers))
-  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), atol=1e-5)
+  # The walk decodes in the backend's layer layout, the vmapped grid stacked: the same
+  # products in other kernels, equal to float32 rounding (tokens and exits exactly).
+  np.testing.assert_allclose(got.confidences, np.asarray(expected.confidences), rtol=1e-4,
+                             atol=1e-5)
   assert 0 < got.decoded_pairs < thresholds.size * B
   assert ((got.exit_layers > 0) & (got.exit_layers < L)).any()
 

@@ -105,8 +105,11 @@ def test_batch_with_mixed_exits_equals_each_example_alone(model, name):
     np.testing.assert_array_equal(alone.tokens[0], both.tokens[row], err_msg=f"row {row}")
     np.testing.assert_array_equal(alone.exit_layers[0], both.exit_layers[row],
                                   err_msg=f"row {row}")
-    np.testing.assert_allclose(alone.confidences[0], both.confidences[row], atol=1e-5)
-    np.testing.assert_allclose(alone.trace[0], both.trace[row], atol=1e-5)
+    # One row and four rows take differently blocked matrix-product kernels on per-layer
+    # weights: equal to float32 rounding, which the attention classifier's softmax widens.
+    np.testing.assert_allclose(alone.confidences[0], both.confidences[row], rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(alone.trace[0], both.trace[row], rtol=1e-4, atol=1e-5)
 
 
 def _replayed_states(model, tokens, exit_layers, propagate):

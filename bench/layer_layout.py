@@ -1,0 +1,112 @@
+"""Decoder weight layouts (model.layer_layout) at the studies' model sizes, in one run.
+
+For each shape and batch: full greedy decoding and the early-exit decoder at lambda = 1
+(softmax_diff, never exits), each with the layer weights 'stacked' (read by dynamic index)
+and 'per_layer' (a switch over per-layer buffers), timed in interleaved rounds. Prints ms
+per generated token, the weight bytes each token must read, the streaming bandwidth a
+matrix-vector product reaches here, and each configuration as a multiple of that bound.
+
+Shapes (random weights, untied head, vocabulary 32128, gated-GELU):
+  calm    8 + 8 layers, d 512, 6 heads x 64, d_ff 1024 (the CALM paper's model)
+  large   24 + 24 layers, d 1024, 16 heads x 64, d_ff 2816 (T5 v1.1-large)
+  xl      6 + 6 layers at T5 v1.1-XL widths: d 2048, 32 heads x 64, d_ff 5120 (the whole
+          24-layer XL, 11 GB in float32, does not fit twice in this machine's memory; per
+          layer, the bytes and the products are XL's)
+
+  .venv/bin/python bench/layer_layout.py --shapes=calm,large --batches=1,8
+"""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
+from bench.timing import interleaved, matvec_bandwidth, weight_bytes_per_token
+from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.generate import generate
+from calm_jax.decoding.greedy import greedy_decode
+from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import to_per_layer
+from calm_jax.model.t5 import init_params
+
+SHAPES = {
+    "calm": dict(d_model=512, num_heads=6, d_ff=1024, num_layers=8, num_decoder_layers=8),
+    "large": dict(d_model=1024, num_heads=16, d_ff=2816, num_layers=24, num_decoder_layers=24),
+    "xl": dict(d_model=2048, num_heads=32, d_ff=5120, num_layers=6, num_decoder_layers=6),
+}
+flags.DEFINE_list("shapes", ["calm", "large", "xl"], "Shapes to measure.")
+flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
+flags.DEFINE_integer("input_len", 128, "Input tokens.")
+flags.DEFINE_integer("decode_len", 16, "Generated tokens.")
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds (medians).")
+flags.DEFINE_string("dtype", "float32", "Parameter and activation dtype.")
+FLAGS = flags.FLAGS
+
+
+def model(shape: str):
+  config = T5Config(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False, scale_decoder_outputs=False, dropout_rate=0.0,
+                    dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, **SHAPES[shape])
+  params = init_params(config, jax.random.PRNGKey(0))
+  # A small head scale keeps EOS from being emitted (every position is generated).
+  params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 0.01
+  return config, params
+
+
+def decoders(config, stacked, per_layer, ids):
+  """name -> callable: greedy and lambda = 1 in both layouts, plus one-token greedy (the
+  fixed cost every per-token figure subtracts)."""
+  never = ExitConfig(threshold=1.0)
+  tokens = FLAGS.decode_len
+  fns = {}
+  for layout, params in (("stacked", stacked), ("per_layer", per_layer)):
+    fns[f"greedy {layout}"] = (lambda p=params, l=layout: greedy_decode(
+        config, p, ids, max_decode_len=tokens, layer_layout=l))
+    fns[f"greedy1 {layout}"] = (lambda p=params, l=layout: greedy_decode(
+        config, p, ids, max_decode_len=1, layer_layout=l))
+    fns[f"lambda=1 {layout}"] = (lambda p=params, l=layout: generate(
+        config, p, ids, exit=never, max_decode_len=tokens, layer_layout=l).tokens)
+  return fns
+
+
+def measure(shape: str, batch: int, bandwidth: float) -> None:
+  config, stacked = model(shape)
+  per_layer = to_per_layer(stacked)
+  ids = np.random.RandomState(0).randint(2, 32128, (batch, FLAGS.input_len)).astype(np.int32)
+  out = np.asarray(greedy_decode(config, stacked, ids, max_decode_len=FLAGS.decode_len,
+                                 layer_layout="stacked"))
+  assert not (out == config.eos_token_id).any(), "EOS was emitted: every token must be timed"
+  seconds, _ = interleaved(decoders(config, stacked, per_layer, ids), FLAGS.rounds)
+  weights = weight_bytes_per_token(stacked)
+  bound = weights / bandwidth
+  print(f"[{shape} batch {batch}] {weights / 2**20:.0f} MiB of weights per token; bound "
+        f"{bound * 1e3:.2f} ms/token at {bandwidth / 1e9:.1f} GB/s")
+  for layout in ("stacked", "per_layer"):
+    first = seconds[f"greedy1 {layout}"]
+    greedy = (seconds[f"greedy {layout}"] - first) / (FLAGS.decode_len - 1)
+    never = (seconds[f"lambda=1 {layout}"] - first) / (FLAGS.decode_len - 1)
+    print(f"  {layout:9s}: greedy {greedy * 1e3:7.2f} ms/token ({greedy / bound:.2f}x bound, "
+          f"{weights / greedy / 1e9:.1f} GB/s); lambda=1 {never * 1e3:7.2f} ms/token "
+          f"({never / greedy:.3f}x greedy)")
+  ratio = ((seconds["greedy stacked"] - seconds["greedy1 stacked"])
+           / (seconds["greedy per_layer"] - seconds["greedy1 per_layer"]))
+  print(f"  per_layer is {ratio:.2f}x faster than stacked (greedy)", flush=True)
+
+
+def main(_):
+  print(f"device: {jax.devices()[0].device_kind}; {FLAGS.input_len} input tokens, "
+        f"{FLAGS.decode_len} generated, {FLAGS.dtype}; medians of {FLAGS.rounds} interleaved "
+        "rounds")
+  bandwidth = matvec_bandwidth(jnp.dtype(FLAGS.dtype))
+  for shape in FLAGS.shapes:
+    for batch in FLAGS.batches:
+      measure(shape, int(batch), bandwidth)
+
+
+if __name__ == "__main__":
+  app.run(main)
