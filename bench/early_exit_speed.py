@@ -31,6 +31,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 import calm_jax
+from bench.timing import interleaved, matvec_bandwidth, weight_bytes_per_token
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
@@ -47,34 +48,6 @@ FLAGS = flags.FLAGS
 STATIC_LAYERS = (1, 2, 4)
 
 
-def interleaved(fns, rounds):
-  """Median seconds of each of `fns` (name -> callable), timed in `rounds` rounds that call
-  every one once, so that the machine's drift (this shared CPU's speed varies by tens of
-  percent over minutes) hits all of them alike; plus each one's first-call seconds."""
-  first = {}
-  for name, fn in fns.items():
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first[name] = time.perf_counter() - start
-  times = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}, first
-
-
-def weight_bytes_per_token(config, params):
-  """Decoder layer weights read per token (cross-attention K/V projections excluded: they
-  run once per input) plus the LM head."""
-  layers = params["decoder"]["layers"]
-  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(layers))
-  cross_kv = sum(layers["cross_attn"][p]["kernel"].size * 4 for p in ("k", "v"))
-  head = params["lm_head"]["kernel"] if "lm_head" in params else params["shared"]["embedding"]
-  return total - cross_kv + head.size * head.dtype.itemsize
-
-
 def build():
   torch.manual_seed(0)
   hf_config = transformers.T5Config(decoder_start_token_id=0, dropout_rate=0.0, **CALM_SHAPE)
@@ -84,15 +57,6 @@ def build():
     config, params = calm_jax.load_hf_t5(directory)
   # transformers 5 ties the head even for v1.1 shapes (same bytes per token as untied).
   return model, config, jax.device_put(params)
-
-
-def matvec_timer():
-  """(bytes, callable): a float32 matrix-vector product over a 256 MiB matrix, whose time
-  gives the streaming bandwidth."""
-  matrix = jax.random.normal(jax.random.PRNGKey(0), (8192, 8192), jnp.float32)
-  vector = jnp.ones((8192,), jnp.float32)
-  matvec = jax.jit(lambda m, v: m @ v)
-  return matrix.size * 4, lambda: matvec(matrix, vector)
 
 
 def static_timers(config, params, ids):
@@ -153,11 +117,11 @@ def section_batch1(model, config, params, ids):
       return model.generate(input_ids=ids_t, max_new_tokens=n, min_new_tokens=n,
                             do_sample=False, num_beams=1)
   never = ExitConfig(threshold=1.0)
-  matrix_bytes, matvec = matvec_timer()
+  bandwidth = matvec_bandwidth()
   fns = {"ours 1": lambda: greedy_decode(config, params, ids, max_decode_len=1),
          "never": lambda: generate(config, params, ids, exit=never,
                                    max_decode_len=tokens).tokens,
-         "matvec": matvec, **static_timers(config, params, ids)}
+         **static_timers(config, params, ids)}
   if FLAGS.compare_transformers:
     fns.update({"theirs": lambda: theirs(tokens), "theirs 1": lambda: theirs(1)})
   seconds, first = interleaved(fns, FLAGS.rounds)
@@ -171,8 +135,7 @@ def section_batch1(model, config, params, ids):
     theirs_per_token = (seconds["theirs"] - seconds["theirs 1"]) / (tokens - 1)
     print(f"   transformers generate: {theirs_per_token * 1e3:.2f} ms/token; ratio "
           f"{theirs_per_token / per_token:.2f}x (target >= 3x)")
-  bandwidth = matrix_bytes / seconds["matvec"]
-  weights = weight_bytes_per_token(config, params)
+  weights = weight_bytes_per_token(params)
   bound = weights / bandwidth
   print(f"2. bandwidth bound: {weights / 2**20:.0f} MiB of weights per token at "
         f"{bandwidth / 1e9:.1f} GB/s = {bound * 1e3:.2f} ms/token; ours "
