@@ -1,6 +1,7 @@
 """What the speed benchmarks share: interleaved medians, the streaming bandwidth of this
 machine, and the weight bytes a decoder reads per generated token."""
 
+import time
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
@@ -14,9 +15,9 @@ def interleaved(fns: Mapping[str, Callable[[], Any]],
   """(median seconds, first-call seconds) of each of `fns`, timed in interleaved rounds."""
   first = {}
   for name, fn in fns.items():
-    start = timing.time.perf_counter()
+    start = time.perf_counter()
     jax.block_until_ready(fn())
-    first[name] = timing.time.perf_counter() - start
+    first[name] = time.perf_counter() - start
   return timing.medians(timing.interleaved(fns, rounds, warm=False)), first
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import is_per_layer
 from calm_jax.model.layers import NEG_INF, DecoderLayer, EncoderLayer, RMSNorm
 from calm_jax.model.position import relative_position_bias
 
@@ -141,7 +142,7 @@ def cross_kv_all_layers(config: T5Config, params: Params, encoded: Array):
   layer = DecoderLayer(config)
   project = lambda p: layer.apply({"params": p}, encoded, method=DecoderLayer.cross_kv)
   layers = params["decoder"]["layers"]
-  if isinstance(layers, (tuple, list)):  # per-layer weights (model.layer_layout)
+  if is_per_layer(params):
     keys, values = zip(*(project(one) for one in layers))
     return jnp.stack(keys), jnp.stack(values)
   return jax.vmap(project)(layers)
