@@ -262,11 +262,17 @@ def load_hf_t5(path: str, *, dtype: str = "float32", param_dtype: str = "float32
     if value not in DTYPES:
       raise ValueError(f"load_hf_t5 {name}={value!r} is not supported; allowed: {', '.join(DTYPES)}")
   directory = resolve_checkpoint_dir(path)
-  hf = _read_hf_config(directory)
-  try:
-    config = config_from_hf(hf)
-  except (TypeError, ValueError, IndexError) as error:
-    raise CheckpointError(f"{os.path.join(directory, 'config.json')}: {error}") from error
-  config = config.replace(dtype=dtype, param_dtype=param_dtype)
+  config = hf_t5_config(directory).replace(dtype=dtype, param_dtype=param_dtype)
   params = params_from_hf_tensors(config, read_hf_tensors(directory))
   return config, params
+
+
+def hf_t5_config(path: str) -> T5Config:
+  """The T5Config of a checkpoint's config.json alone (its weights are not read): what a
+  run's checks compare the vocabulary and exit settings with before anything loads."""
+  directory = resolve_checkpoint_dir(path)
+  hf = _read_hf_config(directory)
+  try:
+    return config_from_hf(hf)
+  except (TypeError, ValueError, IndexError) as error:
+    raise CheckpointError(f"{os.path.join(directory, 'config.json')}: {error}") from error

@@ -19,8 +19,8 @@ from typing import Any, Dict, Protocol
 
 import ml_collections
 
-from calm_jax.modes import (all as all_steps, analyze, calibrate, decode, evaluate, generate,
-                            train, train_exit)
+from calm_jax.modes import (all as all_steps, analyze, calibrate, decode, evaluate,
+                            export_hf, generate, train, train_exit)
 
 
 class Mode(Protocol):
@@ -40,6 +40,7 @@ MODES: Dict[str, Mode] = {
     "evaluate": evaluate,
     "all": all_steps,
     "generate": generate,
+    "export_hf": export_hf,
 }
 
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Iterable
 
 
-def _new_file_mode() -> int:
-  """The mode a plain `open(path, 'w')` would give: 0o666 less the umask."""
+def _umask() -> int:
   umask = os.umask(0)
   os.umask(umask)
-  return 0o666 & ~umask
+  return umask
+
+
+def _new_file_mode() -> int:
+  """The mode a plain `open(path, 'w')` would give: 0o666 less the umask."""
+  return 0o666 & ~_umask()
 
 
 def temporary_beside(path: str) -> str:
@@ -56,3 +61,26 @@ def write_jsonl_atomically(path: str, records: Iterable[Any]) -> None:
 def write_json_atomically(path: str, value: Any) -> None:
   """Indented strict JSON (NaN or infinity is an error, not a non-standard token)."""
   write_text_atomically(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
+
+
+def write_directory_atomically(path: str, write: Callable[[str], None]) -> None:
+  """Calls write(temporary_directory) on a new directory beside `path`, then renames it onto
+  `path` (an older `path` is moved aside first and removed after); on any failure the
+  temporary directory is removed and `path` is left as it was."""
+  path = os.path.abspath(path)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  temporary = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+  os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp's own mode is 0700
+  try:
+    write(temporary)
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    raise
+  old = None
+  if os.path.exists(path):
+    old = tempfile.mkdtemp(dir=parent, prefix=".old-")
+    os.replace(path, os.path.join(old, "previous"))
+  os.replace(temporary, path)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)

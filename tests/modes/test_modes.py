@@ -1,4 +1,4 @@
-"""The registry of run modes (calm_jax.modes): the eight modes, the errors for an unknown
+"""The registry of run modes (calm_jax.modes): the nine modes, the errors for an unknown
 mode and an empty workdir, and every mode's check failing before any model work."""
 
 import os
@@ -8,9 +8,10 @@ import pytest
 from calm_jax import modes
 
 
-def test_the_registry_lists_the_eight_modes():
+def test_the_registry_lists_the_nine_modes():
   assert sorted(modes.MODES) == sorted(["decode", "generate", "train", "train_exit",
-                                        "calibrate", "evaluate", "analyze", "all"])
+                                        "calibrate", "evaluate", "analyze", "all",
+                                        "export_hf"])
   for mode in modes.MODES.values():
     assert callable(mode.check) and callable(mode.run)
 
@@ -35,6 +36,8 @@ BAD_VALUES = {
     "evaluate": ("evaluate", "rule", "ltt", "evaluate.rule='ltt'; allowed: "),
     "analyze": ("analysis", "num_examples", 0, "analysis.num_examples must be an integer"),
     "all": ("train", "num_examples", 0, "train.num_examples must be >= 1, got 0"),
+    "export_hf": ("exit", "classifier_path", "/no/such/classifier",
+                  "exit.classifier_path='/no/such/classifier' is not a saved exit classifier"),
 }
 
 
