@@ -6,6 +6,9 @@ One `T5Config` describes every checkpoint family calm_jax supports:
   scaled by d_model**-0.5 before the head.
 - T5 v1.1 / Flan-T5 / the CALM paper's model: gated-GELU feed-forward, untied LM head,
   no output scaling.
+- LongT5: a T5 v1.1 whose encoder attends locally ('local': within `local_radius` tokens
+  on each side) or locally plus to one global token per `global_block_size` inputs
+  ('transient-global'); the decoder is T5's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import jax.numpy as jnp
 
 FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gelu", "gated-relu", "gated-silu", "silu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Encoder self-attention: T5's full attention, or LongT5's two kinds (calm_jax/model/longt5.py).
+ENCODER_ATTENTION_TYPES = ("full", "local", "transient-global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +47,14 @@ class T5Config:
   decoder_start_token_id: int = 0  # first decoder input id
   dtype: str = "float32"  # activation dtype: 'float32' or 'bfloat16'
   param_dtype: str = "float32"  # parameter dtype: 'float32' or 'bfloat16'
+  encoder_attention_type: str = "full"  # 'full' (T5), 'local' or 'transient-global' (LongT5)
+  local_radius: int = 127  # LongT5: tokens attended on each side (blocks of radius + 1)
+  global_block_size: int = 16  # LongT5 transient-global: input tokens per global token
 
   def __post_init__(self):
     positive = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
                 "num_decoder_layers", "num_heads", "relative_attention_num_buckets",
-                "relative_attention_max_distance")
+                "relative_attention_max_distance", "local_radius", "global_block_size")
     for name in positive:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -65,6 +73,9 @@ class T5Config:
     if self.feed_forward_proj not in FEED_FORWARD_KINDS:
       raise ValueError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not supported; "
                        f"allowed: {', '.join(FEED_FORWARD_KINDS)}")
+    if self.encoder_attention_type not in ENCODER_ATTENTION_TYPES:
+      raise ValueError(f"T5Config.encoder_attention_type={self.encoder_attention_type!r} is not "
+                       f"supported; allowed: {', '.join(ENCODER_ATTENTION_TYPES)}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"T5Config.{name}={getattr(self, name)!r} is not supported; "
@@ -82,6 +93,15 @@ class T5Config:
   @property
   def activation(self) -> str:
     return self.feed_forward_proj.split("-")[-1]
+
+  @property
+  def is_long(self) -> bool:
+    """True for a LongT5 encoder (local or transient-global attention)."""
+    return self.encoder_attention_type != "full"
+
+  @property
+  def has_global_tokens(self) -> bool:
+    return self.encoder_attention_type == "transient-global"
 
   @property
   def inner_dim(self) -> int:
@@ -139,8 +159,22 @@ def _hf_float(hf: Mapping[str, Any], name: str, default: float) -> float:
   return float(value)
 
 
+def _hf_long_fields(hf: Mapping[str, Any]) -> dict:
+  """LongT5's encoder fields of a `model_type: longt5` config.json (transformers' defaults
+  where absent); none for a T5."""
+  if hf.get("model_type") != "longt5":
+    return {}
+  attention = hf.get("encoder_attention_type", "local")
+  if attention not in ENCODER_ATTENTION_TYPES[1:]:
+    raise ValueError(f"field encoder_attention_type={attention!r} is not supported; allowed: "
+                     f"{', '.join(ENCODER_ATTENTION_TYPES[1:])}")
+  return dict(encoder_attention_type=attention,
+              local_radius=_hf_int(hf, "local_radius", 127),
+              global_block_size=_hf_int(hf, "global_block_size", 16))
+
+
 def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
-  """Translates a Hugging Face `config.json` dictionary of a T5 model.
+  """Translates a Hugging Face `config.json` dictionary of a T5 or LongT5 model.
 
   Older configs mark v1.1 models with `tie_word_embeddings: false`; transformers 5 writes
   `tie_word_embeddings: true` with `scale_decoder_outputs: false` instead. Both are read.
@@ -170,4 +204,5 @@ def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
       pad_token_id=pad,
       eos_token_id=_hf_int(hf, "eos_token_id", 1),
       decoder_start_token_id=_hf_int(hf, "decoder_start_token_id", pad),
+      **_hf_long_fields(hf),
   )

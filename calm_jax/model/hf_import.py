@@ -1,4 +1,7 @@
-"""Import of Hugging Face T5 checkpoints (local directories, or Hub names when online).
+"""Import of Hugging Face T5 and LongT5 checkpoints (local directories, or Hub names when
+online). A LongT5 checkpoint (`model_type` 'longt5') differs only in its encoder's attention
+blocks (`LocalSelfAttention` or `TransientGlobalSelfAttention`, the latter with a global
+layer norm per layer and a second relative bias table in block 0).
 
 Every tensor of the checkpoint is accounted for: a tensor the mapping does not know, one it
 expects but cannot find, or one whose shape differs is an error naming the tensor.
@@ -24,6 +27,10 @@ EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight
 # has no position bias); accepted and dropped.
 UNUSED_TENSORS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+MODEL_TYPES = ("t5", "longt5")
+# The encoder self-attention module's name in the checkpoint, by encoder_attention_type.
+ENCODER_ATTENTION_NAMES = {"full": "SelfAttention", "local": "LocalSelfAttention",
+                           "transient-global": "TransientGlobalSelfAttention"}
 
 
 class CheckpointError(ValueError):
@@ -70,9 +77,9 @@ def _read_hf_config(directory: str) -> dict:
   if not isinstance(hf, dict):
     raise CheckpointError(f"{config_path}: expected a JSON object, got {type(hf).__name__}")
   model_type = hf.get("model_type")
-  if model_type != "t5":
+  if model_type not in MODEL_TYPES:
     raise CheckpointError(f"{config_path}: model_type is {model_type!r}; only 't5' "
-                          "(T5 v1.0, v1.1, Flan-T5) can be imported")
+                          "(T5 v1.0, v1.1, Flan-T5) and 'longt5' can be imported")
   return hf
 
 
@@ -156,6 +163,10 @@ def _identity(x: np.ndarray) -> np.ndarray:
   return x
 
 
+def _self_attention_name(cfg: T5Config, stack: str) -> str:
+  return ENCODER_ATTENTION_NAMES[cfg.encoder_attention_type] if stack == "encoder" else "SelfAttention"
+
+
 def _ffn_names(cfg: T5Config) -> Tuple[str, ...]:
   return ("wi_0", "wi_1", "wo") if cfg.is_gated else ("wi", "wo")
 
@@ -164,7 +175,8 @@ def _layer_mapping(cfg: T5Config, stack: str, index: int) -> Dict[str, Tuple[tup
   """HF name -> (our path inside the layer, expected HF shape, converter), for one layer."""
   d, inner, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff
   prefix = f"{stack}.block.{index}.layer"
-  attention_blocks = [("0", "SelfAttention", "self_attn")]
+  self_attention = _self_attention_name(cfg, stack)
+  attention_blocks = [("0", self_attention, "self_attn")]
   if stack == "decoder":
     attention_blocks.append(("1", "EncDecAttention", "cross_attn"))
   mapping = {}
@@ -172,6 +184,9 @@ def _layer_mapping(cfg: T5Config, stack: str, index: int) -> Dict[str, Tuple[tup
     for proj, shape in (("q", (inner, d)), ("k", (inner, d)), ("v", (inner, d)), ("o", (d, inner))):
       mapping[f"{prefix}.{sub}.{hf_name}.{proj}.weight"] = ((ours, proj, "kernel"), shape, _linear)
     mapping[f"{prefix}.{sub}.layer_norm.weight"] = ((f"{ours}_norm", "scale"), (d,), _identity)
+  if stack == "encoder" and cfg.has_global_tokens:
+    mapping[f"{prefix}.0.{self_attention}.global_input_layer_norm.weight"] = (
+        ("global_norm", "scale"), (d,), _identity)
   ffn_sub = "2" if stack == "decoder" else "1"
   for proj in _ffn_names(cfg):
     shape = (d, ff) if proj == "wo" else (ff, d)
@@ -234,11 +249,14 @@ def params_from_hf_tensors(cfg: T5Config, tensors: Dict[str, np.ndarray]) -> dic
   _pop_embedding_aliases(cfg, tensors, shared)
   params = {"shared": {"embedding": shared}}
   for stack, count in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+    attention = f"{stack}.block.0.layer.0.{_self_attention_name(cfg, stack)}"
     params[stack] = {
-        "relative_bias": _take(
-            tensors, f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", buckets),
+        "relative_bias": _take(tensors, f"{attention}.relative_attention_bias.weight", buckets),
         "final_norm": {"scale": _take(tensors, f"{stack}.final_layer_norm.weight", (cfg.d_model,))},
     }
+    if stack == "encoder" and cfg.has_global_tokens:
+      params[stack]["global_relative_bias"] = _take(
+          tensors, f"{attention}.global_relative_attention_bias.weight", buckets)
     params[stack]["layers"] = _stack_layers(cfg, tensors, stack, count)
   if not cfg.tie_word_embeddings:
     head = _take(tensors, "lm_head.weight", (cfg.vocab_size, cfg.d_model))
@@ -253,7 +271,7 @@ def params_from_hf_tensors(cfg: T5Config, tensors: Dict[str, np.ndarray]) -> dic
 
 
 def load_hf_t5(path: str, *, dtype: str = "float32", param_dtype: str = "float32"):
-  """Reads a Hugging Face T5 checkpoint -> (T5Config, params as host NumPy arrays).
+  """Reads a Hugging Face T5 or LongT5 checkpoint -> (T5Config, params as host NumPy arrays).
 
   `path` is a local directory with config.json and model.safetensors or
   pytorch_model.bin (sharded or not), or a Hub model name when the machine is online.

@@ -41,8 +41,8 @@ class RMSNorm(nn.Module):
 
 
 def split_heads(x: Array, num_heads: int) -> Array:
-  batch, length, _ = x.shape
-  return x.reshape(batch, length, num_heads, -1).transpose(0, 2, 1, 3)  # [B, H, T, dh]
+  batch, length, width = x.shape  # no -1 in the shape: length may be 0 (LongT5's globals)
+  return x.reshape(batch, length, num_heads, width // num_heads).transpose(0, 2, 1, 3)  # [B, H, T, dh]
 
 
 def merge_heads(x: Array) -> Array:
@@ -71,18 +71,29 @@ class MultiHeadAttention(nn.Module):
     heads = self.config.num_heads
     return split_heads(self.key(x), heads), split_heads(self.value(x), heads)
 
+  def queries(self, x: Array) -> Array:
+    """[B, T, d] -> queries [B, H, T, dh]."""
+    return split_heads(self.query(x), self.config.num_heads)
+
+  def output(self, context: Array) -> Array:
+    """Attended values [B, H, T, dh] -> the block's output [B, T, d]."""
+    return self.out(merge_heads(context))
+
+  def attention_dropout(self, weights: Array, deterministic: bool) -> Array:
+    return self.dropout(weights, deterministic=deterministic)
+
   def __call__(self, x: Array, keys: Array, values: Array, bias: Array,
                deterministic: bool = True) -> Array:
     """Attends queries from x [B, Tq, d] to keys/values [B, H, Tk, dh].
 
     `bias` broadcasts to [B, H, Tq, Tk] and holds position bias plus masks.
     """
-    query = split_heads(self.query(x), self.config.num_heads)  # [B, H, Tq, dh]
+    query = self.queries(x)  # [B, H, Tq, dh]
     scores = jnp.einsum("bhqd,bhkd->bhqk", query, keys).astype(jnp.float32) + bias
     weights = jax.nn.softmax(scores, axis=-1).astype(self.config.jnp_dtype)
-    weights = self.dropout(weights, deterministic=deterministic)
+    weights = self.attention_dropout(weights, deterministic)
     context = jnp.einsum("bhqk,bhkd->bhqd", weights, values)  # [B, H, Tq, dh]
-    return self.out(merge_heads(context))  # [B, Tq, d]
+    return self.output(context)  # [B, Tq, d]
 
 
 class FeedForward(nn.Module):
@@ -114,24 +125,34 @@ class FeedForward(nn.Module):
     return dense("wo", cfg.d_model, cfg.d_ff ** -0.5)(hidden)  # [B, T, d]
 
 
-def _norm(cfg: T5Config, name: str) -> RMSNorm:
+def layer_norm(cfg: T5Config, name: str) -> RMSNorm:
+  """The T5 layer norm (RMSNorm) of a layer's sub-block, named `name`."""
   return RMSNorm(cfg.layer_norm_epsilon, cfg.jnp_dtype, cfg.jnp_param_dtype, name=name)
 
 
 class EncoderLayer(nn.Module):
-  """Bidirectional self-attention then feed-forward, each pre-normed and residual."""
+  """Bidirectional self-attention then feed-forward, each pre-normed and residual.
+
+  `attend` is the self-attention step; LongT5's layer (model/longt5.py) replaces it with
+  block-local attention, its `context` then holding the blocks' masks instead of a bias.
+  """
 
   config: T5Config
 
+  def attend(self, attention: MultiHeadAttention, normed: Array, bias: Array,
+             deterministic: bool) -> Array:
+    """Full attention of the normed inputs [B, S, d] to themselves; bias [B, H, S, S]."""
+    keys, values = attention.keys_values(normed)
+    return attention(normed, keys, values, bias, deterministic)
+
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool = True) -> Array:
+  def __call__(self, x: Array, context, deterministic: bool = True) -> Array:
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate)
     attention = MultiHeadAttention(cfg, name="self_attn")
-    normed = _norm(cfg, "self_attn_norm")(x)
-    keys, values = attention.keys_values(normed)
-    x = x + drop(attention(normed, keys, values, bias, deterministic), deterministic)
-    ffn_out = FeedForward(cfg, name="ffn")(_norm(cfg, "ffn_norm")(x), deterministic)
+    normed = layer_norm(cfg, "self_attn_norm")(x)
+    x = x + drop(self.attend(attention, normed, context, deterministic), deterministic)
+    ffn_out = FeedForward(cfg, name="ffn")(layer_norm(cfg, "ffn_norm")(x), deterministic)
     return x + drop(ffn_out, deterministic)  # [B, S, d]
 
 
@@ -146,11 +167,11 @@ class DecoderLayer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.self_attn_norm = _norm(cfg, "self_attn_norm")
+    self.self_attn_norm = layer_norm(cfg, "self_attn_norm")
     self.self_attn = MultiHeadAttention(cfg, name="self_attn")
-    self.cross_attn_norm = _norm(cfg, "cross_attn_norm")
+    self.cross_attn_norm = layer_norm(cfg, "cross_attn_norm")
     self.cross_attn = MultiHeadAttention(cfg, name="cross_attn")
-    self.ffn_norm = _norm(cfg, "ffn_norm")
+    self.ffn_norm = layer_norm(cfg, "ffn_norm")
     self.ffn = FeedForward(cfg, name="ffn")
     self.dropout = nn.Dropout(cfg.dropout_rate)
 

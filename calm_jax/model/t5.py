@@ -4,7 +4,9 @@ Parameter tree (leading axis L on every leaf under `layers`):
 
     shared/embedding            [V, d]
     encoder/relative_bias       [num_buckets, H]
-    encoder/layers/...          [L_enc, ...]   EncoderLayer parameters, stacked
+    encoder/global_relative_bias [num_buckets, H] LongT5 transient-global only
+    encoder/layers/...          [L_enc, ...]   EncoderLayer parameters, stacked (LongT5
+                                               transient-global: plus global_norm/scale)
     encoder/final_norm/scale    [d]
     decoder/relative_bias       [num_buckets, H]
     decoder/layers/...          [L, ...]       DecoderLayer parameters, stacked
@@ -13,6 +15,9 @@ Parameter tree (leading axis L on every leaf under `layers`):
 
 Stacking lets one traced layer body run any layer by a dynamic index (the early-exit
 decoder's layer loop) and lets the teacher-forced forward scan over layers.
+
+A LongT5 config (`encoder_attention_type` 'local' or 'transient-global') swaps the
+encoder's self-attention for model/longt5.py's; everything else is shared.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from calm_jax.model import longt5
 from calm_jax.model.config import T5Config
 from calm_jax.model.layer_layout import is_per_layer
 from calm_jax.model.layers import NEG_INF, DecoderLayer, EncoderLayer, RMSNorm
@@ -63,11 +69,16 @@ def init_params(config: T5Config, rng: Array) -> Params:
   bias_init = lambda key: (jax.random.normal(key, (cfg.relative_attention_num_buckets,
                                                    cfg.num_heads)) * cfg.d_model ** -0.5)
   norm_params = _final_norm(cfg).init(keys[0], x)["params"]
+  if cfg.is_long:
+    encoder_layers = _stacked_init(longt5.LongT5EncoderLayer(cfg), keys[2], cfg.num_layers,
+                                   *longt5.init_layer_inputs(cfg))
+  else:
+    encoder_layers = _stacked_init(EncoderLayer(cfg), keys[2], cfg.num_layers, x, bias)
   params = {
       "shared": {"embedding": jax.random.normal(keys[0], (cfg.vocab_size, cfg.d_model)).astype(pdt)},
       "encoder": {
           "relative_bias": bias_init(keys[1]).astype(pdt),
-          "layers": _stacked_init(EncoderLayer(cfg), keys[2], cfg.num_layers, x, bias),
+          "layers": encoder_layers,
           "final_norm": norm_params,
       },
       "decoder": {
@@ -77,6 +88,8 @@ def init_params(config: T5Config, rng: Array) -> Params:
           "final_norm": norm_params,
       },
   }
+  if cfg.has_global_tokens:
+    params["encoder"]["global_relative_bias"] = bias_init(jax.random.fold_in(keys[1], 1)).astype(pdt)
   if not cfg.tie_word_embeddings:
     params["lm_head"] = {"kernel": jax.random.normal(keys[5], (cfg.d_model, cfg.vocab_size)).astype(pdt)}
   return params
@@ -102,6 +115,26 @@ def _layer_rngs(rng: Optional[Array], count: int) -> Array:
   return jax.random.split(rng if rng is not None else jax.random.PRNGKey(0), count)
 
 
+def _encoder_attention(config: T5Config, params: Params, attention_mask: Array):
+  """(layer module, what its attention reads, padded input length) of the encoder.
+
+  T5: the full bias [B, H, S, S] (position + padding). LongT5: longt5.BlockContext over
+  the inputs padded to whole local blocks.
+  """
+  cfg = config
+  length = attention_mask.shape[1]
+  if cfg.is_long:
+    padded = longt5.padded_length(cfg, length)
+    mask = jnp.pad(attention_mask, ((0, 0), (0, padded - length)))  # [B, S_pad]
+    context = longt5.block_context(cfg, params["encoder"], mask, length)
+    return longt5.LongT5EncoderLayer(cfg), context, padded
+  bias = relative_position_bias(params["encoder"]["relative_bias"], length, length,
+                                bidirectional=True,
+                                max_distance=cfg.relative_attention_max_distance)
+  bias = bias[None].astype(jnp.float32) + padding_bias(attention_mask)  # [B, H, S, S]
+  return EncoderLayer(cfg), bias, length
+
+
 def encode(config: T5Config, params: Params, input_ids: Array,
            attention_mask: Optional[Array] = None, *, deterministic: bool = True,
            rng: Optional[Array] = None) -> Array:
@@ -111,20 +144,18 @@ def encode(config: T5Config, params: Params, input_ids: Array,
     attention_mask = jnp.ones_like(input_ids)
   rngs = _layer_rngs(rng, cfg.num_layers + 2)
   length = input_ids.shape[1]
-  bias = relative_position_bias(params["encoder"]["relative_bias"], length, length,
-                                bidirectional=True,
-                                max_distance=cfg.relative_attention_max_distance)
-  bias = bias[None].astype(jnp.float32) + padding_bias(attention_mask)  # [B, H, S, S]
+  layer, attention_context, padded = _encoder_attention(cfg, params, attention_mask)
   x = _dropout(cfg, embed(cfg, params, input_ids), deterministic, rngs[-2])
-  layer = EncoderLayer(cfg)
+  x = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))  # [B, S_pad, d]
 
   def body(x, layer_inputs):
     layer_params, key = layer_inputs
-    x = layer.apply({"params": layer_params}, x, bias, deterministic, rngs={"dropout": key})
+    x = layer.apply({"params": layer_params}, x, attention_context, deterministic,
+                    rngs={"dropout": key})
     return x, None
 
   x, _ = jax.lax.scan(body, x, (params["encoder"]["layers"], rngs[:cfg.num_layers]))
-  x = _final_norm(cfg).apply({"params": params["encoder"]["final_norm"]}, x)
+  x = _final_norm(cfg).apply({"params": params["encoder"]["final_norm"]}, x[:, :length])
   return _dropout(cfg, x, deterministic, rngs[-1])
 
 
