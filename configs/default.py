@@ -119,7 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.evaluate.num_examples = 200  # test examples decoded per configuration
   config.evaluate.static_layers = (1, 2)  # static exits measured beside the measures
   config.evaluate.oracle = True  # also measure the local oracle (an upper bound)
-  config.evaluate.timing_repeats = 3  # timed decodes per configuration (median)
+  # Every configuration is timed in this many interleaved rounds (medians; at least 5).
+  config.evaluate.timing_rounds = 7
+  config.evaluate.latency_examples = 8  # test examples also timed one at a time (batch 1)
   config.evaluate.classifier_dir = ""  # "" = <workdir>/exit_classifiers
 
   config.analysis = ml_collections.ConfigDict()

@@ -54,7 +54,8 @@ def evaluate_config(demo_config):
     config.calibration.update(num_examples=8, thresholds=(1.0, 0.5, 0.2), deltas=(0.1, 0.5),
                               num_splits=2, similarity="token_agreement")
     config.evaluate.update({**dict(measures=("softmax_diff",), num_examples=6,
-                                   static_layers=(1,), oracle=True, timing_repeats=1),
+                                   static_layers=(1,), oracle=True, timing_rounds=5,
+                                   latency_examples=2),
                             **evaluate})
     config.lock()
     return config
@@ -209,7 +210,9 @@ def random_hf_t5():
     torch.manual_seed(seed)
     values = dict(decoder_start_token_id=0, dropout_rate=0.0)
     values.update(overrides)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**values)).eval()
+    family = "LongT5" if "encoder_attention_type" in values else "T5"
+    config = getattr(transformers, f"{family}Config")(**values)
+    model = getattr(transformers, f"{family}ForConditionalGeneration")(config).eval()
     with torch.no_grad():
       for name, param in model.named_parameters():
         if param.ndim == 1:

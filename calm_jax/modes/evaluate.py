@@ -1,14 +1,22 @@
 """The `evaluate` mode: every requested measure at its calibrated threshold, against the full
 model, static exits and the local oracle, on the test split.
 
-For each measure of `evaluate.measures`: decode the calibration split under the threshold
-grid of `calibration`, compute the consistency losses, choose a threshold per delta with
-`evaluate.rule` (Learn-then-Test), then decode the test split at that threshold and
-measure the average exit layer, the wall-clock speedup over full greedy decoding (median
-of `evaluate.timing_repeats` timed runs after a warm-up), the task metric against the
-references, the consistency loss against the full model's output, and whether that loss
-exceeds delta on the test split (a violation). Static exits at `evaluate.static_layers` and
-the oracle are measured the same way without calibration.
+For each measure of `evaluate.measures`: decode the test split at lambda = 1 (the measure's
+reference: the same decoder, never exiting), decode the calibration split under the
+threshold grid of `calibration`, compute the consistency losses, choose a threshold per
+delta with `evaluate.rule` (Learn-then-Test), then decode the test split at that threshold:
+the average exit layer, the task metric against the references, the consistency loss
+against the full model's output, and whether that loss exceeds delta on the test split (a
+violation). Static exits at `evaluate.static_layers` and the oracle are decoded the same
+way without calibration, against the static decoder exiting at layer L; plain greedy
+decoding is its own row, against the first measure's reference.
+
+Only then is anything timed: every configuration in `evaluate.timing_rounds` interleaved
+rounds (`modes.evaluate_timing`), on two clocks: throughput (the whole test split as one
+batch) and latency (`evaluate.latency_examples` test examples one at a time). A speedup is
+the median per-round ratio against the row's reference, with its spread over rounds, beside
+the ideal speedup that the work of the decoded tokens implies (`decoding.cost_model`:
+layers run, the measure's checks, the exit head, propagated K/V) and realized / ideal.
 
 Writes report.json, report.md (printed at the end) and three plots: quality vs speedup,
 exit-layer histograms, delta vs achieved loss.
@@ -18,14 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
-import jax
 import ml_collections
 import numpy as np
 
 from calm_jax.calibration import consistency, ltt
+from calm_jax.decoding import cost_model
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
@@ -35,7 +42,12 @@ from calm_jax.exit_classifiers.storage import load_classifier
 from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, run_context,
                                     run_task)
 from calm_jax.modes.evaluate_report import plot_report, report_table
+from calm_jax.modes.evaluate_timing import Configuration, time_configurations
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
+
+
+# Fewer rounds leave the median at the mercy of one noisy round.
+MIN_TIMING_ROUNDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +59,8 @@ class EvaluateSettings:
   num_examples: int  # test examples
   static_layers: List[int]  # static exit layers measured (no calibration)
   oracle: bool  # also measure the local oracle
-  timing_repeats: int  # timed runs per configuration (median)
+  timing_rounds: int  # interleaved timing rounds of every configuration (medians)
+  latency_examples: int  # test examples decoded one at a time for the latency clock
   classifier_dir: str  # where learned classifiers are found (<dir>/<name>)
 
 
@@ -62,9 +75,10 @@ def evaluate_settings(section: ml_collections.ConfigDict, workdir: str) -> Evalu
   if section.rule not in ltt.rule_names():
     raise ValueError(f"evaluate.rule={section.rule!r}; allowed: "
                      f"{', '.join(ltt.rule_names())}")
-  for name in ("num_examples", "timing_repeats"):
-    if section[name] < 1:
-      raise ValueError(f"evaluate.{name} must be >= 1, got {section[name]!r}")
+  for name, least in (("num_examples", 1), ("timing_rounds", MIN_TIMING_ROUNDS),
+                      ("latency_examples", 1)):
+    if section[name] < least:
+      raise ValueError(f"evaluate.{name} must be >= {least}, got {section[name]!r}")
   directory = section.classifier_dir or os.path.join(workdir, CLASSIFIER_DIR)
   for name in measures:
     if is_learned(name) and not os.path.isdir(os.path.join(directory, name)):
@@ -73,7 +87,7 @@ def evaluate_settings(section: ml_collections.ConfigDict, workdir: str) -> Evalu
                        f"mode with train_exit.classifier={name!r} first")
   return EvaluateSettings(measures, section.rule, section.num_examples,
                           [int(layer) for layer in section.static_layers], bool(section.oracle),
-                          section.timing_repeats, directory)
+                          section.timing_rounds, section.latency_examples, directory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +114,7 @@ class Decoded:
   """One decode of the test split."""
 
   tokens: np.ndarray  # [N, T] int32
-  exit_layers: Optional[np.ndarray]  # [N, T] int32, 0 after EOS (None for greedy)
-  seconds: float  # median wall-clock time of one decode of the split
-
-
-def _timed(decode: Callable[[], Any], repeats: int):
-  """(result, median seconds) after one untimed warm-up call (compilation)."""
-  result = jax.block_until_ready(decode())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = jax.block_until_ready(decode())
-    times.append(time.perf_counter() - start)
-  return result, float(np.median(times))
+  exit_layers: np.ndarray  # [N, T] int32 layers run per token, 0 after EOS
 
 
 def _generated_ids(tokens: np.ndarray, eos_id: int) -> List[List[int]]:
@@ -124,8 +126,14 @@ def _generated_ids(tokens: np.ndarray, eos_id: int) -> List[List[int]]:
   return rows
 
 
+def _reference_name(measure: str) -> str:
+  """The row a configuration's speedups divide: the same decoder at lambda = 1."""
+  return f"{measure} lambda=1"
+
+
 class Evaluator:
-  """Decodes and scores the test split for one model."""
+  """Decodes and scores the test split for one model, and keeps every configuration it
+  decoded so that all can be timed together (`time_all`)."""
 
   def __init__(self, settings: Settings, model_config, params, test: EncodedSplit):
     context = settings.context
@@ -135,24 +143,84 @@ class Evaluator:
     self.grid_losses = GridLosses(context, model_config, params, settings.calibration)
     self.task = run_task(context.config.data.task)
     self.max_decode_len = context.config.decode.max_decode_len
-    tokens, seconds = _timed(lambda: greedy_decode(
-        model_config, params, test.input_ids, test.attention_mask,
-        max_decode_len=self.max_decode_len), self.settings.timing_repeats)
-    self.full = Decoded(np.asarray(tokens), None, seconds)
-    print(f"[evaluate] full model: {seconds:.2f} s per decode of {test.input_ids.shape[0]} "
-          "test examples", flush=True)
+    self.configurations: List[Configuration] = []
+    self.work: Dict[str, Dict[str, float]] = {}  # name -> {'batch': .., 'sample': ..}
+    tokens = np.asarray(greedy_decode(model_config, params, test.input_ids,
+                                      test.attention_mask, max_decode_len=self.max_decode_len))
+    layers = np.where(_generated_mask(tokens, self.vocabulary.eos_id),
+                      model_config.num_decoder_layers, 0)
+    self.full = Decoded(tokens, layers)
     self.full_ids = _generated_ids(self.full.tokens, self.vocabulary.eos_id)
     self.full_texts = [self.vocabulary.decode(ids) for ids in self.full_ids]
 
-  def decode(self, exit_config: ExitConfig, classifier_params=None) -> Decoded:
-    out, seconds = _timed(lambda: generate(
-        self.model_config, self.params, self.test.input_ids, self.test.attention_mask,
-        exit=exit_config, max_decode_len=self.max_decode_len,
-        classifier_params=classifier_params), self.settings.timing_repeats)
-    return Decoded(np.asarray(out.tokens), np.asarray(out.exit_layers), seconds)
+  @property
+  def num_layers(self) -> int:
+    return self.model_config.num_decoder_layers
+
+  @property
+  def sample_size(self) -> int:
+    return min(self.settings.latency_examples, self.test.input_ids.shape[0])
+
+  def _run_sample(self, decode_rows: Callable[[Any, Any], Any]) -> Callable[[], Any]:
+    """A call decoding the latency sample one example at a time (batch 1)."""
+    rows = [(self.test.input_ids[i:i + 1], self.test.attention_mask[i:i + 1])
+            for i in range(self.sample_size)]
+    return lambda: [decode_rows(ids, mask) for ids, mask in rows]
+
+  def add_greedy(self, reference: str) -> None:
+    """Plain greedy decoding (its own code path) as a timed configuration."""
+    decode_rows = lambda ids, mask: greedy_decode(self.model_config, self.params, ids, mask,
+                                                  max_decode_len=self.max_decode_len)
+    greedy = ExitConfig(measure="static", static_exit_layer=self.num_layers)
+    self._add("greedy", reference, decode_rows, greedy, self.full)
+
+  def decode(self, name: str, reference: str, exit_config: ExitConfig,
+             classifier_params=None) -> Decoded:
+    """Decodes the test split under `exit_config` and registers it for timing."""
+    decode_rows = lambda ids, mask: generate(
+        self.model_config, self.params, ids, mask, exit=exit_config,
+        max_decode_len=self.max_decode_len, classifier_params=classifier_params).exit_layers
+    out = generate(self.model_config, self.params, self.test.input_ids,
+                   self.test.attention_mask, exit=exit_config,
+                   max_decode_len=self.max_decode_len, classifier_params=classifier_params)
+    decoded = Decoded(np.asarray(out.tokens), np.asarray(out.exit_layers))
+    self._add(name, reference, decode_rows, exit_config, decoded, classifier_params)
+    return decoded
+
+  def _add(self, name: str, reference: str, decode_rows, exit_config: ExitConfig,
+           decoded: Decoded, classifier_params=None) -> None:
+    batch = lambda: decode_rows(self.test.input_ids, self.test.attention_mask)
+    self.configurations.append(Configuration(name, reference, batch,
+                                             self._run_sample(decode_rows)))
+    prices = cost_model.work_prices(self.model_config, exit_config,
+                                    self.test.input_ids.shape[1], classifier_params)
+    work = lambda layers: cost_model.decode_work(
+        layers, prices, exit_config, self.num_layers,
+        early_allowed=exit_config.threshold < 1.0, oracle=exit_config.measure == "oracle")
+    self.work[name] = {"batch": work(decoded.exit_layers),
+                       "sample": work(decoded.exit_layers[:self.sample_size])}
+
+  def time_all(self) -> Dict[str, Dict[str, Any]]:
+    """Every registered configuration timed in the same interleaved rounds: per name, the
+    throughput and latency figures with their ideal speedups and realized / ideal."""
+    progress = lambda line: print(f"[evaluate] timing {line}", flush=True)
+    clocks = time_configurations(self.configurations, self.settings.timing_rounds, progress)
+    figures = {}
+    for config in self.configurations:
+      row = {}
+      for clock, work_key, prefix in (("throughput", "batch", "wall_clock"),
+                                      ("latency", "sample", "latency")):
+        timing = clocks[clock][config.name]
+        ideal = cost_model.ideal_speedup(self.work[config.reference][work_key],
+                                         self.work[config.name][work_key])
+        row.update({f"{prefix}_seconds": timing.seconds, f"{prefix}_speedup": timing.speedup,
+                    f"{prefix}_spread": timing.spread, f"{prefix}_ideal_speedup": ideal,
+                    f"{prefix}_realized": None if not ideal else timing.speedup / ideal})
+      figures[config.name] = {"reference": config.reference, **row}
+    return figures
 
   def score(self, decoded: Decoded) -> Dict[str, Any]:
-    """Exit layer, speedups, quality and consistency of one test decode."""
+    """Exit layers, quality and consistency of one test decode."""
     ids = [row[layers > 0].tolist() for row, layers in zip(decoded.tokens, decoded.exit_layers)]
     texts = [self.vocabulary.decode(row) for row in ids]
     layers = decoded.exit_layers[decoded.exit_layers > 0]
@@ -164,21 +232,18 @@ class Evaluator:
     mean_layer = float(layers.mean()) if layers.size else float("nan")
     return {
         "mean_exit_layer": mean_layer,
-        "layer_speedup": self.model_config.num_decoder_layers / mean_layer,
-        "wall_clock_speedup": self.full.seconds / decoded.seconds,
-        "seconds": decoded.seconds,
+        "layer_speedup": self.num_layers / mean_layer,
         "quality": self.task.evaluate(texts, self.test.examples),
         "test_loss": float(losses.mean()),
-        "exit_layer_counts": np.bincount(
-            layers, minlength=self.model_config.num_decoder_layers + 1)[1:].tolist(),
+        "exit_layer_counts": np.bincount(layers, minlength=self.num_layers + 1)[1:].tolist(),
     }
 
-  def full_row(self) -> Dict[str, Any]:
-    texts = self.full_texts
-    return {"kind": "full", "measure": "full model", "seconds": self.full.seconds,
-            "mean_exit_layer": float(self.model_config.num_decoder_layers),
-            "wall_clock_speedup": 1.0, "layer_speedup": 1.0, "test_loss": 0.0,
-            "quality": self.task.evaluate(texts, self.test.examples)}
+
+def _generated_mask(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+  """[N, T] True at every generated position up to and including the first EOS."""
+  tokens = np.asarray(tokens)
+  after_eos = np.cumsum(tokens == eos_id, axis=1) - (tokens == eos_id)  # EOS seen before
+  return after_eos == 0
 
 
 def _calibrated_thresholds(evaluator: Evaluator, exit_config: ExitConfig, calib: EncodedSplit,
@@ -194,46 +259,79 @@ def _calibrated_thresholds(evaluator: Evaluator, exit_config: ExitConfig, calib:
 
 def _measure_rows(evaluator: Evaluator, base_exit: ExitConfig, measure: str,
                   calib: EncodedSplit) -> List[Dict[str, Any]]:
+  """The measure at lambda = 1 (its reference row), then at each delta's threshold."""
   exit_config = dataclasses.replace(base_exit, measure=measure, classifier_path="")
   classifier_params = None
   if is_learned(measure):
     classifier_params = load_classifier(
         os.path.join(evaluator.settings.classifier_dir, measure), evaluator.model_config,
         expected_name=measure).params
-  rows = []
+  reference = _reference_name(measure)
+  decoded = evaluator.decode(reference, reference,
+                             dataclasses.replace(exit_config, threshold=1.0), classifier_params)
+  rows = [{"kind": "reference", "measure": reference, "timing": reference, "threshold": 1.0,
+           **evaluator.score(decoded)}]
   for delta, result in _calibrated_thresholds(evaluator, exit_config, calib,
                                               classifier_params).items():
-    decoded = evaluator.decode(dataclasses.replace(exit_config, threshold=result.threshold),
+    name = f"{measure} delta={delta:g}"
+    decoded = evaluator.decode(name, reference,
+                               dataclasses.replace(exit_config, threshold=result.threshold),
                                classifier_params)
-    row = {"kind": "calibrated", "measure": measure, "delta": delta,
+    row = {"kind": "calibrated", "measure": measure, "timing": name, "delta": delta,
            "threshold": result.threshold, **evaluator.score(decoded)}
     row["violation"] = row["test_loss"] > delta
     rows.append(row)
     print(f"[evaluate] {measure} delta={delta:g}: threshold {result.threshold:.3f}, "
-          f"mean exit layer {row['mean_exit_layer']:.2f}, speedup "
-          f"{row['wall_clock_speedup']:.2f}x, test loss {row['test_loss']:.4f}", flush=True)
+          f"mean exit layer {row['mean_exit_layer']:.2f}, test loss {row['test_loss']:.4f}",
+          flush=True)
   return rows
 
 
 def _reference_rows(evaluator: Evaluator, base_exit: ExitConfig) -> List[Dict[str, Any]]:
+  """Static exits and the oracle, against the static decoder that exits at layer L."""
   rows = []
+  if not (evaluator.settings.static_layers or evaluator.settings.oracle):
+    return rows
+  static = lambda layer: dataclasses.replace(base_exit, measure="static",
+                                             static_exit_layer=layer, classifier_path="")
+  reference = f"static layer {evaluator.num_layers} (never exits)"
+  rows.append({"kind": "reference", "measure": reference, "timing": reference,
+               **evaluator.score(evaluator.decode(reference, reference,
+                                                  static(evaluator.num_layers)))})
   for layer in evaluator.settings.static_layers:
-    exit_config = dataclasses.replace(base_exit, measure="static", static_exit_layer=layer,
-                                      classifier_path="")
-    rows.append({"kind": "static", "measure": f"static layer {layer}",
-                 **evaluator.score(evaluator.decode(exit_config))})
-    _print_reference(rows[-1])
+    name = f"static layer {layer}"
+    rows.append({"kind": "static", "measure": name, "timing": name,
+                 **evaluator.score(evaluator.decode(name, reference, static(layer)))})
   if evaluator.settings.oracle:
     exit_config = dataclasses.replace(base_exit, measure="oracle", classifier_path="")
-    rows.append({"kind": "oracle", "measure": "oracle",
-                 **evaluator.score(evaluator.decode(exit_config))})
-    _print_reference(rows[-1])
+    rows.append({"kind": "oracle", "measure": "oracle", "timing": "oracle",
+                 **evaluator.score(evaluator.decode("oracle", reference, exit_config))})
   return rows
 
 
-def _print_reference(row: Dict[str, Any]) -> None:
-  print(f"[evaluate] {row['measure']}: mean exit layer {row['mean_exit_layer']:.2f}, speedup "
-        f"{row['wall_clock_speedup']:.2f}x, test loss {row['test_loss']:.4f}", flush=True)
+def _greedy_row(evaluator: Evaluator, reference: str) -> Dict[str, Any]:
+  evaluator.add_greedy(reference)
+  return {"kind": "greedy", "measure": "greedy (full model)", "timing": "greedy",
+          "test_loss": 0.0, **{k: v for k, v in evaluator.score(evaluator.full).items()
+                               if k != "test_loss"}}
+
+
+def _timed_rows(evaluator: Evaluator, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """The rows with their clocks' figures (every configuration timed together)."""
+  figures = evaluator.time_all()
+  timed = []
+  for row in rows:
+    row = {**row, **figures[row.pop("timing")]}
+    timed.append(row)
+    print(f"[evaluate] {row['measure']}{_delta_text(row)}: speedup "
+          f"{row['wall_clock_speedup']:.2f}x (rounds {row['wall_clock_spread'][0]:.2f}-"
+          f"{row['wall_clock_spread'][1]:.2f}) vs {row['reference']}, ideal "
+          f"{row['wall_clock_ideal_speedup']:.2f}x", flush=True)
+  return timed
+
+
+def _delta_text(row: Dict[str, Any]) -> str:
+  return f" delta={row['delta']:g}" if "delta" in row else ""
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -247,10 +345,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   test = context.split(config.data.test_split, settings.evaluate.num_examples)
   calib = context.split(config.data.calibration_split, settings.calibration.num_examples)
   evaluator = Evaluator(settings, model_config, params, test)
-  rows = [evaluator.full_row()]
+  rows = []
   for measure in settings.evaluate.measures:
     rows.extend(_measure_rows(evaluator, base_exit, measure, calib))
   rows.extend(_reference_rows(evaluator, base_exit))
+  rows.insert(0, _greedy_row(evaluator, rows[0]["timing"] if rows else "greedy"))
+  rows = _timed_rows(evaluator, rows)
   report = _report(settings, model_config.num_decoder_layers, (test, calib), rows)
   path = context.path("report.json")
   if context.writes:
@@ -270,4 +370,7 @@ def _report(settings: Settings, num_layers: int, splits, rows: List[Dict[str, An
           "num_calibration_examples": len(calib.examples),
           "num_layers": num_layers, "rule": settings.evaluate.rule,
           "epsilon": settings.calibration.epsilon, "objective": settings.calibration.objective,
-          "similarity": settings.calibration.similarity, "rows": rows}
+          "similarity": settings.calibration.similarity,
+          "timing_rounds": settings.evaluate.timing_rounds,
+          "latency_examples": min(settings.evaluate.latency_examples, len(test.examples)),
+          "rows": rows}

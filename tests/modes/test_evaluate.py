@@ -28,7 +28,22 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
                "report_delta_loss.png"):
     assert os.path.getsize(tmp_path / name) > 0
   assert [r["measure"] for r in report["rows"]] == [
-      "full model", "softmax_diff", "softmax_diff", "static layer 1", "oracle"]
+      "greedy (full model)", "softmax_diff lambda=1", "softmax_diff", "softmax_diff",
+      "static layer 3 (never exits)", "static layer 1", "oracle"]
+  assert [r["reference"] for r in report["rows"]] == (
+      ["softmax_diff lambda=1"] * 4 + ["static layer 3 (never exits)"] * 3)
+  for row in report["rows"]:
+    for clock in ("wall_clock", "latency"):
+      low, high = row[f"{clock}_spread"]
+      assert low <= row[f"{clock}_speedup"] <= high
+      assert row[f"{clock}_realized"] == pytest.approx(
+          row[f"{clock}_speedup"] / row[f"{clock}_ideal_speedup"])
+    if row["kind"] == "reference":  # timed against itself: exactly 1 in every round
+      assert row["wall_clock_spread"] == [1.0, 1.0] and row["wall_clock_ideal_speedup"] == 1.0
+  assert report["timing_rounds"] == 5 and report["latency_examples"] == 2
+  static_1, oracle = report["rows"][5], report["rows"][6]
+  assert static_1["wall_clock_ideal_speedup"] > 1.5  # 1 of 3 layers, plus propagated K/V
+  assert oracle["wall_clock_ideal_speedup"] < 1.0  # a full pass first, then the exit
   model_config, params = load_model(config.model, config.seed)
   calib = encode_split(config, "validation", 8, BYTE)
   test = encode_split(config, "test", 6, BYTE)
@@ -39,7 +54,7 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
   full = np.asarray(greedy_decode(model_config, params, test.input_ids, test.attention_mask,
                                   max_decode_len=6))
   task = get_task("generated")
-  for row in report["rows"][1:3]:
+  for row in report["rows"][2:4]:
     chosen = ltt.calibrate(losses, (1.0, 0.5, 0.2), row["delta"], 0.1,
                                    "ltt_hoeffding_bentkus")
     assert row["threshold"] == chosen.threshold
@@ -56,7 +71,9 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
     assert row["quality"] == task.evaluate([BYTE.decode(i) for i in ids], test.examples)
   assert report["rows"][0]["quality"] == task.evaluate([BYTE.decode(r) for r in full],
                                                        test.examples)
-  assert report["rows"][3]["mean_exit_layer"] == 1.0
+  assert report["rows"][1]["quality"] == report["rows"][0]["quality"]  # lambda = 1 is greedy
+  assert report["rows"][1]["test_loss"] == 0.0
+  assert static_1["mean_exit_layer"] == 1.0
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -66,6 +83,8 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
                                 "the train_exit mode"),
     ("rule", "ltt", "evaluate.rule='ltt'; allowed: "),
     ("num_examples", 0, "evaluate.num_examples must be >= 1, got 0"),
+    ("timing_rounds", 3, "evaluate.timing_rounds must be >= 5, got 3"),
+    ("latency_examples", 0, "evaluate.latency_examples must be >= 1, got 0"),
 ])
 def test_evaluate_settings_are_checked_before_the_model_loads(tmp_path, no_model_loading,
                                                               evaluate_config, field, value,

@@ -1,0 +1,136 @@
+"""What a decode's tokens cost in arithmetic: the ideal speedup early exit can give.
+
+A token that leaves at layer e of L ran e decoder layers, the measure's checks at the exit
+points up to e, the exit head (unless a check already computed its logits) and, with
+state propagation, the K/V projections of the L - e layers it skipped. Pricing each piece
+in multiply-adds per example (equal to the weight elements read per token at batch 1, where
+decoding is bound by memory bandwidth, and proportional to FLOPs at large batch) and summing
+over a decode's generated tokens gives its work; the ideal speedup of a configuration is the
+work of the same decoder at lambda = 1 on the same inputs over its own work. A measured
+wall-clock speedup is judged against that ideal (realized / ideal): what is lost between
+the two is the decoder's machinery (loops, branches, row compaction), not the exit rule.
+
+It works on the host, on exit layers [N, T] (0 after EOS) from any decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import numpy as np
+
+from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
+from calm_jax.decoding.measures import Needs, build_measure
+from calm_jax.model.config import T5Config
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkPrices:
+  """Multiply-adds per example of each piece of one token's work."""
+
+  layer_weights: int  # one decoder layer's weight products and norms
+  attention_position: int  # one layer's attention to one cached position (q.k and p.v)
+  input_len: int  # encoder positions every layer's cross-attention reads
+  head: int  # the exit head: final norm and the d x V product
+  kv_write: int  # one skipped layer's propagated K/V: its norm and d x 2*inner
+  first_check: int  # the measure at the first exit point a token reaches
+  later_check: int  # the measure at each later exit point
+  checks_at_lambda_one: bool  # the measure still runs where no exit is allowed
+
+
+def _layer_weights(config: T5Config) -> int:
+  d, inner = config.d_model, config.inner_dim
+  attention = 4 * d * inner + 2 * d * inner  # self q, k, v, o; cross q, o (cross K/V cached)
+  feed_forward = (3 if config.is_gated else 2) * d * config.d_ff
+  return attention + feed_forward + 3 * d  # three RMS norms
+
+
+def _check_prices(config: T5Config, needs: Needs, classifier_size: int):
+  """(first check, later checks) of a measure with these needs."""
+  head = config.d_model * config.vocab_size + config.vocab_size  # product and softmax
+  if needs.logits == "full":
+    return head, head
+  if needs.logits == "subset":  # the full softmax once, then K head rows per check
+    return head, (config.d_model + 1) * needs.subset_width
+  # Hidden-state measures: a learned classifier's parameters, or a few d-wide products.
+  cheap = max(classifier_size, 3 * config.d_model)
+  return cheap, cheap
+
+
+def work_prices(config: T5Config, exit_config: ExitConfig, input_len: int,
+                classifier_params=None) -> WorkPrices:
+  """The prices of one token's pieces for this model, measure and input length."""
+  needs = build_measure(exit_config).needs
+  classifier_size = 0
+  if classifier_params is not None:
+    classifier_size = int(sum(np.size(leaf) for leaf in jax.tree.leaves(classifier_params)))
+  first, later = _check_prices(config, needs, classifier_size)
+  d, inner = config.d_model, config.inner_dim
+  return WorkPrices(
+      layer_weights=_layer_weights(config), attention_position=2 * inner,
+      input_len=int(input_len), head=d * config.vocab_size + d, kv_write=2 * d * inner + d,
+      first_check=first, later_check=later,
+      checks_at_lambda_one=needs.every_exit_point or needs.logits != "full")
+
+
+def decode_work(exit_layers: np.ndarray, prices: WorkPrices, exit_config: ExitConfig,
+                num_layers: int, early_allowed: bool = True,
+                oracle: bool = False) -> float:
+  """Multiply-adds of a decode whose tokens left at `exit_layers` [N, T] (0 = no token).
+
+  `early_allowed` is False for lambda >= 1 (a full-logits measure then checks only at
+  layer L, whose logits give the token); `oracle` adds the full pass the oracle runs first.
+  """
+  exit_layers = np.asarray(exit_layers)
+  positions = np.broadcast_to(np.arange(exit_layers.shape[1]), exit_layers.shape)
+  ran = exit_layers > 0
+  e, t = exit_layers[ran].astype(np.float64), positions[ran].astype(np.float64)
+  per_layer = (prices.layer_weights
+               + prices.attention_position * (t + 1 + prices.input_len))  # [tokens]
+  layers = e * per_layer
+  checks = _checks(e, prices, exit_config, num_layers, early_allowed)
+  emitted_by_check = exit_config.measure != "static" and _needs(exit_config).logits == "full"
+  head = 0.0 if emitted_by_check else prices.head * _token_heads(e, exit_config, num_layers)
+  propagated = 0.0
+  if exit_config.propagation == "copy_state":
+    propagated = (num_layers - e) * prices.kv_write
+  else:  # full_compute: every layer runs on true states whatever the exit
+    layers = num_layers * per_layer
+  total = layers + checks + head + propagated
+  if oracle:
+    total = total + num_layers * per_layer + prices.head
+  return float(np.sum(total))
+
+
+def _needs(exit_config: ExitConfig) -> Needs:
+  return build_measure(exit_config).needs
+
+
+def _token_heads(e: np.ndarray, exit_config: ExitConfig, num_layers: int):
+  """[tokens] 1 where the emitted token needed the full head outside the checks."""
+  if _needs(exit_config).logits == "subset":
+    return (e == num_layers).astype(np.float64)  # early exits emit from the kept subset
+  return np.ones_like(e)
+
+
+def _checks(e: np.ndarray, prices: WorkPrices, exit_config: ExitConfig, num_layers: int,
+            early_allowed: bool) -> np.ndarray:
+  """[tokens] multiply-adds of the measure's checks of each token."""
+  if exit_config.measure == "static":
+    return np.zeros_like(e)
+  needs = _needs(exit_config)
+  if needs.every_layer:
+    points = np.arange(1, num_layers + 1)
+  else:
+    points = np.asarray(exit_point_layers(exit_config, num_layers))
+  if not early_allowed and not prices.checks_at_lambda_one:
+    points = np.asarray([num_layers])
+  count = np.sum(points[None, :] <= e[:, None], axis=1).astype(np.float64)  # [tokens]
+  return np.where(count > 0, prices.first_check + (count - 1) * prices.later_check, 0.0)
+
+
+def ideal_speedup(reference_work: float, work: float) -> Optional[float]:
+  """Work of the lambda = 1 decoder over this configuration's work (None without work)."""
+  return reference_work / work if work > 0 else None
