@@ -200,7 +200,8 @@ def t5_versions(t5_v10, t5_v11):
 @pytest.fixture(scope="session")
 def random_hf_t5():
   """Makes a random transformers T5ForConditionalGeneration in eval mode (dropout off):
-  random_hf_t5(seed=0, scale=1.0, **T5Config values). Weights are redrawn at larger scales
+  random_hf_t5(seed=0, scale=1.0, **T5Config values); a LongT5ForConditionalGeneration when
+  the values name an `encoder_attention_type`. Weights are redrawn at larger scales
   than transformers' initialisation (std scale / sqrt(fan_in); norms 1 + 0.2 N(0, 1);
   embedding and head N(0, 1)) so that outputs depend on the input; generation tests use
   scale 1.5 so that greedy outputs also vary from token to token."""
