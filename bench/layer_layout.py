@@ -26,7 +26,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from bench.timing import interleaved, matvec_bandwidth, weight_bytes_per_token
+from bench.timing import SHAPES, interleaved, matvec_bandwidth, weight_bytes_per_token
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
@@ -34,11 +34,6 @@ from calm_jax.model.config import T5Config
 from calm_jax.model.layer_layout import to_per_layer
 from calm_jax.model.t5 import init_params
 
-SHAPES = {
-    "calm": dict(d_model=512, num_heads=6, d_ff=1024, num_layers=8, num_decoder_layers=8),
-    "large": dict(d_model=1024, num_heads=16, d_ff=2816, num_layers=24, num_decoder_layers=24),
-    "xl": dict(d_model=2048, num_heads=32, d_ff=5120, num_layers=6, num_decoder_layers=6),
-}
 flags.DEFINE_list("shapes", ["calm", "large", "xl"], "Shapes to measure.")
 flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
 flags.DEFINE_integer("input_len", 128, "Input tokens.")
@@ -49,9 +44,7 @@ FLAGS = flags.FLAGS
 
 
 def model(shape: str):
-  config = T5Config(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu",
-                    tie_word_embeddings=False, scale_decoder_outputs=False, dropout_rate=0.0,
-                    dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, **SHAPES[shape])
+  config = T5Config(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, **SHAPES[shape])
   params = init_params(config, jax.random.PRNGKey(0))
   # A small head scale keeps EOS from being emitted (every position is generated).
   params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 0.01

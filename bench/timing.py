@@ -9,16 +9,33 @@ import jax.numpy as jnp
 
 from calm_jax.utils import timing
 
+_T5_V11 = dict(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu",
+               tie_word_embeddings=False, scale_decoder_outputs=False, dropout_rate=0.0)
+# T5Config values of the shapes the benchmarks run: the demo's model, the CALM paper's
+# (8 + 8 layers at T5 v1.1-small widths), T5 v1.1-large, and 6 + 6 layers at v1.1-XL widths.
+SHAPES = {
+    "demo": dict(vocab_size=259, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
+                 num_decoder_layers=4, feed_forward_proj="gated-gelu",
+                 tie_word_embeddings=False, dropout_rate=0.0),
+    "calm": dict(_T5_V11, d_model=512, num_heads=6, d_ff=1024, num_layers=8,
+                 num_decoder_layers=8),
+    "large": dict(_T5_V11, d_model=1024, num_heads=16, d_ff=2816, num_layers=24,
+                  num_decoder_layers=24),
+    "xl": dict(_T5_V11, d_model=2048, num_heads=32, d_ff=5120, num_layers=6,
+               num_decoder_layers=6),
+}
 
-def interleaved(fns: Mapping[str, Callable[[], Any]],
-                rounds: int) -> Tuple[Dict[str, float], Dict[str, float]]:
-  """(median seconds, first-call seconds) of each of `fns`, timed in interleaved rounds."""
+
+def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int,
+                clock: str = "wall") -> Tuple[Dict[str, float], Dict[str, float]]:
+  """(median seconds, first-call seconds) of each of `fns`, timed in interleaved rounds on
+  `clock` ('wall' or 'cpu': calm_jax.utils.timing.CLOCKS)."""
   first = {}
   for name, fn in fns.items():
     start = time.perf_counter()
     jax.block_until_ready(fn())
     first[name] = time.perf_counter() - start
-  return timing.medians(timing.interleaved(fns, rounds, warm=False)), first
+  return timing.medians(timing.interleaved(fns, rounds, warm=False, clock=clock)), first
 
 
 def matvec_bandwidth(dtype=jnp.float32, rounds: int = 5) -> float:

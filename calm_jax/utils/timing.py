@@ -15,21 +15,31 @@ import jax
 import numpy as np
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int,
-                warm: bool = True) -> Dict[str, List[float]]:
+                warm: bool = True, clock: str = "wall") -> Dict[str, List[float]]:
   """Seconds of each call of `fns` (name -> callable) in each of `rounds` rounds; every
-  callable is first called once untimed (compilation) when `warm`."""
+  callable is first called once untimed (compilation) when `warm`.
+
+  `clock` 'wall' is elapsed time (what a user waits); 'cpu' is the CPU time this process
+  spent (all its threads), which other processes' load on the machine disturbs far less:
+  benchmarks run beside other work compare configurations by it."""
   if rounds < 1:
     raise ValueError(f"rounds must be >= 1, got {rounds!r}")
+  if clock not in CLOCKS:
+    raise ValueError(f"clock={clock!r}; allowed: {', '.join(CLOCKS)}")
+  now = CLOCKS[clock]
   if warm:
     for fn in fns.values():
       jax.block_until_ready(fn())
   times: Dict[str, List[float]] = {name: [] for name in fns}
   for _ in range(rounds):
     for name, fn in fns.items():
-      start = time.perf_counter()
+      start = now()
       jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
+      times[name].append(now() - start)
   return times
 
 

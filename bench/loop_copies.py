@@ -1,0 +1,161 @@
+"""Copies XLA put inside the compiled decoder's token loop, for a given shape and measure.
+
+Per-token work that grows with a cache, the parameters or a measure's store shows up in the
+optimized HLO as an instruction that only moves data (a copy, transpose, slice, gather,
+concatenation, ... outside any fusion, so it writes a buffer of its own) inside the token
+loop's body or anything it calls (the layer loop, the switch branches). This compiles the early-exit
+decoder (and plain greedy decoding, for comparison) from abstract shapes, so the large and
+XL shapes cost no memory, and lists every such instruction at or above --min_bytes, with
+the computation it sits in.
+
+  .venv/bin/python bench/loop_copies.py --shape=calm --batch=8 --input_len=1024 \\
+      --measures=softmax_diff,state_saturation,softmax_topk,attention,meta_mlp
+"""
+
+import dataclasses
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
+from bench.timing import SHAPES  # noqa: E402
+from calm_jax.decoding import generate as generate_module  # noqa: E402
+from calm_jax.decoding.exit_rule import ExitConfig  # noqa: E402
+from calm_jax.decoding.greedy import _greedy_decode  # noqa: E402
+from calm_jax.decoding.measures import MeasureContext  # noqa: E402
+from calm_jax.decoding.plan import DecodeConstants, DecodePlan  # noqa: E402
+from calm_jax.decoding.sampling import SamplingConfig  # noqa: E402
+from calm_jax.exit_classifiers.registry import init_classifier, is_learned  # noqa: E402
+from calm_jax.model.config import T5Config  # noqa: E402
+from calm_jax.model.layer_layout import check_layout, in_layout  # noqa: E402
+from calm_jax.model.t5 import init_params  # noqa: E402
+
+flags.DEFINE_enum("shape", "calm", list(SHAPES), "Model shape.")
+flags.DEFINE_integer("batch", 1, "Batch size.")
+flags.DEFINE_integer("input_len", 256, "Input tokens.")
+flags.DEFINE_integer("decode_len", 64, "Output positions.")
+flags.DEFINE_list("measures", ["softmax_diff", "state_saturation", "softmax_topk",
+                               "attention", "meta_mlp"], "Measures to compile.")
+flags.DEFINE_integer("min_bytes", 1 << 20, "List copies of at least this many bytes.")
+flags.DEFINE_string("layer_layout", "auto", "Decoder layer layout.")
+flags.DEFINE_integer("top_k", 2000, "K of softmax_topk / softmax_pruned.")
+FLAGS = flags.FLAGS
+
+BYTES = {"f32": 4, "s32": 4, "u32": 4, "pred": 1, "bf16": 2, "f16": 2, "s64": 8, "u8": 1}
+# Instructions that only move data: outside a fusion each one writes a new buffer.
+MOVES = ("copy", "transpose", "dynamic-slice", "slice", "gather", "concatenate", "pad",
+         "broadcast", "reverse")
+INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* "
+                         r"(" + "|".join(MOVES) + r")\(")
+COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+CALLS = re.compile(r"(?:body|condition|to_apply|calls)=%?([\w.\-]+)"
+                   r"|branch_computations=\{([^}]*)\}")
+
+
+def computations(hlo: str):
+  """{name: [lines]} of every computation in an HLO module's text."""
+  out, name = {}, None
+  for line in hlo.splitlines():
+    found = COMPUTATION.match(line)
+    if found and not line.startswith(" "):
+      name = found.group(1)
+      out[name] = []
+    elif name is not None:
+      out[name].append(line)
+  return out
+
+
+def callees(lines):
+  for line in lines:
+    for single, branches in CALLS.findall(line):
+      names = [single] if single else [b.strip().lstrip("%") for b in branches.split(",")]
+      yield from (n for n in names if n)
+
+
+def token_loop_computations(comps):
+  """Names of the computations the outermost loop holding another loop runs (its body
+  and everything that body calls), fused computations left out."""
+  def reachable(start):
+    seen, todo = set(), [start]
+    while todo:
+      name = todo.pop()
+      if name in seen or name not in comps:
+        continue
+      seen.add(name)
+      todo.extend(callees(comps[name]))
+    return seen
+
+  bodies = [m.group(1) for lines in comps.values() for line in lines
+            for m in [re.search(r" while\(.*body=%?([\w.\-]+)", line)] if m]
+  nested = [b for b in bodies if any(" while(" in line for name in reachable(b) - {b}
+                                     for line in comps.get(name, []))
+            or any(" while(" in line for line in comps.get(b, []))]
+  outer = nested[0] if nested else (bodies[0] if bodies else None)
+  if outer is None:
+    return set()
+  return {name for name in reachable(outer) if not name.startswith("fused")}
+
+
+def loop_copies(hlo: str, min_bytes: int):
+  """[(bytes, kind, dtype[shape], computation)] of data moves in the token loop."""
+  comps = computations(hlo)
+  found = []
+  for name in sorted(token_loop_computations(comps)):
+    for line in comps[name]:
+      match = INSTRUCTION.match(line)
+      if match:
+        dims = [int(x) for x in match.group(3).split(",") if x]
+        size = int(np.prod(dims or [1])) * BYTES.get(match.group(2), 4)
+        if size >= min_bytes:
+          found.append((size, match.group(4), f"{match.group(2)}[{match.group(3)}]", name))
+  return sorted(found, reverse=True)
+
+
+def abstract(tree):
+  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)
+
+
+def decoder_hlo(config: T5Config, params, measure: str) -> str:
+  exit_config = ExitConfig(measure=measure, threshold=0.5, top_k=FLAGS.top_k)
+  plan = DecodePlan.checked(config, exit_config, SamplingConfig(), FLAGS.decode_len, False)
+  classifier = None
+  if is_learned(measure):
+    classifier = jax.eval_shape(lambda: init_classifier(measure, config, jax.random.PRNGKey(1)))
+  context = MeasureContext(params=params, classifier_params=classifier, model_config=config)
+  constants = DecodeConstants(context=context, threshold=jax.ShapeDtypeStruct((), jnp.float32),
+                              tau=jax.ShapeDtypeStruct((), jnp.float32))
+  ids = jax.ShapeDtypeStruct((FLAGS.batch, FLAGS.input_len), jnp.int32)
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  return generate_module._generate_jit.lower(  # pylint: disable=protected-access
+      plan, constants, ids, ids, rng).compile().as_text()
+
+
+def greedy_hlo(config: T5Config, params) -> str:
+  ids = jax.ShapeDtypeStruct((FLAGS.batch, FLAGS.input_len), jnp.int32)
+  return _greedy_decode.lower(config, params, ids, ids, FLAGS.decode_len).compile().as_text()
+
+
+def main(_):
+  config = T5Config(**SHAPES[FLAGS.shape])
+  layout = check_layout(FLAGS.layer_layout)
+  params = jax.eval_shape(lambda: in_layout(init_params(config, jax.random.PRNGKey(0)), layout))
+  print(f"shape {FLAGS.shape}, batch {FLAGS.batch}, {FLAGS.input_len} inputs, "
+        f"{FLAGS.decode_len} positions, layout {layout}; data moves (copy, slice, gather, ...) >= "
+        f"{FLAGS.min_bytes:,} bytes inside the token loop:")
+  programs = [("greedy", lambda: greedy_hlo(config, params))] + [
+      (m, lambda m=m: decoder_hlo(config, params, m)) for m in FLAGS.measures]
+  for name, compile_text in programs:
+    copies = loop_copies(compile_text(), FLAGS.min_bytes)
+    print(f"  {name}: {len(copies)}" + ("" if copies else " (none)"))
+    for size, kind, shape, where in copies:
+      print(f"    {size:>14,} B  {kind} {shape}  in {where}")
+
+
+if __name__ == "__main__":
+  app.run(main)
