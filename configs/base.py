@@ -36,6 +36,7 @@ class ModelPreset:
   num_heads: int  # attention heads
   gated: bool  # True: T5 1.1 (gated-GELU, untied head); False: T5 1.0 (ReLU, tied, scaled)
   hub_name: str  # the public Hugging Face checkpoint with these sizes ("" = none)
+  encoder_attention_type: str = "full"  # 'full' (T5) or LongT5's 'local' / 'transient-global'
 
 
 MODEL_PRESETS = {
@@ -51,6 +52,16 @@ MODEL_PRESETS = {
     "flan_t5_small": ModelPreset(512, 64, 1024, 8, 8, 6, True, "google/flan-t5-small"),
     "flan_t5_base": ModelPreset(768, 64, 2048, 12, 12, 12, True, "google/flan-t5-base"),
     "flan_t5_large": ModelPreset(1024, 64, 2816, 24, 24, 16, True, "google/flan-t5-large"),
+    # LongT5 (Guo et al. 2022): T5 1.1 sizes whose encoder attends within 127 tokens on each
+    # side ('local'), plus one global token per 16 inputs ('transient-global').
+    "long_t5_local_base": ModelPreset(768, 64, 2048, 12, 12, 12, True,
+                                      "google/long-t5-local-base", "local"),
+    "long_t5_tglobal_base": ModelPreset(768, 64, 2048, 12, 12, 12, True,
+                                        "google/long-t5-tglobal-base", "transient-global"),
+    "long_t5_local_large": ModelPreset(1024, 64, 2816, 24, 24, 16, True,
+                                       "google/long-t5-local-large", "local"),
+    "long_t5_tglobal_large": ModelPreset(1024, 64, 2816, 24, 24, 16, True,
+                                         "google/long-t5-tglobal-large", "transient-global"),
 }
 
 
@@ -90,6 +101,10 @@ def model_section(preset: str, *, dtype: str = "float32",
   model.dropout_rate = dropout_rate  # dropout used only in training (T5 fine-tunes with 0.1)
   model.dtype = dtype  # activations: 'float32' or 'bfloat16' (TPU/GPU throughput)
   model.param_dtype = "float32"  # parameters: 'float32' or 'bfloat16'
+  # Encoder self-attention: 'full' (T5), or LongT5's 'local' / 'transient-global'
+  model.encoder_attention_type = sizes.encoder_attention_type
+  model.local_radius = 127  # LongT5: tokens attended on each side of a token
+  model.global_block_size = 16  # LongT5 transient-global: input tokens per global token
   return model
 
 

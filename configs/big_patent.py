@@ -1,4 +1,4 @@
-"""BIGPATENT summarisation (patent description -> abstract) with CALM's 8+8-layer T5.
+"""BIGPATENT summarisation (patent description -> abstract) with LongT5 (tglobal base).
 
 Data: `calm_big_patent`, the seqio task of calm_jax/data/seqio_tasks.py over TFDS
 big_patent/all:2.1.2 (`pip install -r requirements-seqio.txt`; TFDS downloads it once

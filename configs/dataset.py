@@ -3,6 +3,13 @@
   python -m calm_jax.main --config=configs/dataset.py:cnndm --workdir=DIR --config.mode=calibrate \
       --config.model.hf_path=/models/t5-cnndm --config.data.vocabulary=/models/t5-cnndm
 
+It needs a checkpoint (model.hf_path: a local Hugging Face T5 directory; or model.checkpoint:
+a calm_jax export) and its tokenizer (data.vocabulary, usually the same directory), and the
+data (../shared/data or $CALM_JAX_DATA_DIR for the `*_local` tasks; seqio/TFDS for `calm_*`).
+Run bare, it stops within seconds with one line naming the first of these it lacks. Modes
+that read the train split (train, train_exit, all) need a task that has one (the local sets
+have none: --config.data.task=calm_<dataset>, or --config.train.split=validation).
+
 The name after ':' is a row of DATASETS; configs/<name>.py is the same config under its
 own file name (each file's docstring says where its data comes from). Every dataset config
 starts from configs/default.py, so it has the same keys, then takes the settings that all
@@ -30,6 +37,7 @@ class Dataset:
   num_calibration_examples: int  # [calibration.num_examples] calibration examples decoded
   calibration_batch_size: int  # [calibration.batch_size] rows per packed grid decode call
   input_prefix: str  # [generate.input_prefix] T5's task prefix of the generate mode's inputs
+  model: str = "calm_t5_8l"  # [model] a preset of configs/base.py (MODEL_PRESETS)
   calibration_split: str = "validation"  # [data.calibration_split] split calibrate decodes
   test_split: str = "test"  # [data.test_split] split decode, evaluate and analyze read
 
@@ -44,10 +52,14 @@ DATASETS = {
     "xsum": Dataset("calm_xsum", 1024, 64, 4.0, "rouge_l", 500, 64, SUMMARIZE),
     # Dialogues (summaries ~25 pieces).
     "samsum": Dataset("samsum_local", 512, 64, 4.0, "rouge_l", 500, 64, SUMMARIZE),
-    # Concatenated news sources (summaries ~260 words); seqio over TFDS.
-    "multi_news": Dataset("calm_multi_news", 2048, 256, 4.0, "rouge_l", 500, 32, SUMMARIZE),
+    # Long inputs on LongT5 (transient-global): 4096 input ids, the studies' default;
+    # --config.data.max_input_len=16384 for the long setting (the encoder's cost grows
+    # about linearly with it). Concatenated news sources (summaries ~260 words); seqio over TFDS.
+    "multi_news": Dataset("calm_multi_news", 4096, 256, 4.0, "rouge_l", 500, 32, SUMMARIZE,
+                          model="long_t5_tglobal_base"),
     # Patent description -> abstract (~120 words); seqio over TFDS.
-    "big_patent": Dataset("calm_big_patent", 2048, 256, 4.0, "rouge_l", 500, 32, SUMMARIZE),
+    "big_patent": Dataset("calm_big_patent", 4096, 256, 4.0, "rouge_l", 500, 32, SUMMARIZE,
+                          model="long_t5_tglobal_base"),
     # Question answering: answers are a few tokens, so the threshold stays constant; token
     # F1 (SQuAD's metric). Inputs already read "question: <q> context: <c>", so no prefix.
     # The validation set is the only local split: calibration and evaluation both read it.
@@ -75,11 +87,8 @@ def get_dataset(name: str) -> Dataset:
 
 
 def real_data_defaults(config: ml_collections.ConfigDict) -> None:
-  """Settings every dataset config shares: CALM's model, T5's fine-tuning recipe, the mesh,
-  and batch and sample sizes of the other modes."""
-  # T5 1.1 with 8+8 layers; real weights: --config.model.hf_path (a local HF directory) or
-  # --config.model.checkpoint (a calm_jax export), with --config.data.vocabulary=DIR.
-  config.model = base.model_section("calm_t5_8l")
+  """Settings every dataset config shares: T5's fine-tuning recipe, the mesh, and batch
+  and sample sizes of the other modes."""
   config.mesh = base.mesh_section(data=-1, model=1)  # all devices data-parallel
   base.override(config.data,
                 num_examples=16)  # test examples the decode mode decodes
@@ -112,6 +121,10 @@ def get_config(name: str = "") -> ml_collections.ConfigDict:
   dataset = get_dataset(name)
   config = default.get_config()
   real_data_defaults(config)
+  # The row's preset (CALM's T5 1.1 with 8+8 layers unless named); real weights:
+  # --config.model.hf_path (a local HF directory) or --config.model.checkpoint (a calm_jax
+  # export), with --config.data.vocabulary=DIR.
+  config.model = base.model_section(dataset.model)
   base.override(config.data,
                 task=dataset.task,
                 # 'byte', or the checkpoint's tokenizer directory (usually model.hf_path)

@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.0  # dropout used only in training
   config.model.dtype = "float32"  # activations: 'float32' or 'bfloat16'
   config.model.param_dtype = "float32"  # parameters: 'float32' or 'bfloat16'
+  # Encoder self-attention: 'full' (T5), or LongT5's 'local' / 'transient-global'
+  config.model.encoder_attention_type = "full"
+  config.model.local_radius = 127  # LongT5: tokens attended on each side of a token
+  config.model.global_block_size = 16  # LongT5 transient-global: input tokens per global token
 
   config.data = ml_collections.ConfigDict()
   config.data.task = "generated"  # data/tasks.py task, or seqio calm_* (every mode reads it)

@@ -1,4 +1,4 @@
-"""Multi-News multi-document summarisation with CALM's 8+8-layer T5.
+"""Multi-News multi-document summarisation with LongT5 (transient-global, base), 4096 inputs.
 
 Data: `calm_multi_news`, the seqio task of calm_jax/data/seqio_tasks.py over TFDS
 multi_news:2.1.0 (`pip install -r requirements-seqio.txt`; TFDS downloads it once where

@@ -33,16 +33,30 @@ VALUES = {
                    "test"),
     "iwslt2017": ("calm_iwslt2017_en_de", 128, 128, 4.0, 1000, 64, TO_GERMAN, "validation",
                   "test"),
-    "multi_news": ("calm_multi_news", 2048, 256, 4.0, 500, 32, SUMMARIZE, "validation", "test"),
-    "big_patent": ("calm_big_patent", 2048, 256, 4.0, 500, 32, SUMMARIZE, "validation", "test"),
+    # 2048 before LongT5 (issue 19): 4096 on long_t5_tglobal_base now.
+    "multi_news": ("calm_multi_news", 4096, 256, 4.0, 500, 32, SUMMARIZE, "validation", "test"),
+    "big_patent": ("calm_big_patent", 4096, 256, 4.0, 500, 32, SUMMARIZE, "validation", "test"),
+}
+# The model preset of each row: CALM's 8+8-layer T5, or LongT5 for the long-input datasets.
+PRESET = {name: "calm_t5_8l" for name in DATASETS}
+PRESET.update(multi_news="long_t5_tglobal_base", big_patent="long_t5_tglobal_base")
+# The model fields of each preset, written out (every row used CALM's before LongT5).
+MODEL = {
+    "calm_t5_8l": {
+        "model.d_model": 512, "model.d_kv": 64, "model.d_ff": 1024, "model.num_layers": 8,
+        "model.num_decoder_layers": 8, "model.num_heads": 6,
+        "model.encoder_attention_type": "full"},
+    "long_t5_tglobal_base": {
+        "model.d_model": 768, "model.d_kv": 64, "model.d_ff": 2048, "model.num_layers": 12,
+        "model.num_decoder_layers": 12, "model.num_heads": 12,
+        "model.encoder_attention_type": "transient-global"},
 }
 # What every dataset config held before the table, beside its row.
 SHARED = {
-    "mode": "all", "seed": 0,
-    "model.d_model": 512, "model.d_kv": 64, "model.d_ff": 1024, "model.num_layers": 8,
-    "model.num_decoder_layers": 8, "model.num_heads": 6, "model.vocab_size": 32128,
+    "mode": "all", "seed": 0, "model.vocab_size": 32128,
     "model.feed_forward_proj": "gated-gelu", "model.tie_word_embeddings": False,
     "model.dropout_rate": 0.1, "model.hf_path": "", "model.checkpoint": "",
+    "model.local_radius": 127, "model.global_block_size": 16,
     "data.vocabulary": "byte", "data.num_examples": 16,
     "exit.measure": "softmax_diff", "exit.threshold": 0.9, "exit.decay": "paper",
     "exit.min_exit_layer": 1, "exit.top_k": 2000, "exit.min_top_k": 10,
@@ -119,7 +133,7 @@ def test_dataset_values_are_the_ones_before_the_table(name, load_config):
   assert (config.data.calibration_split, config.data.test_split) == (
       calibration_split, test_split)
   assert config.calibration.thresholds == tuple(round(1.0 - 0.05 * i, 2) for i in range(20))
-  for path, value in SHARED.items():
+  for path, value in {**SHARED, **MODEL[PRESET[name]]}.items():
     assert field(config, path) == value, path
     assert type(field(config, path)) is type(value), path
 
@@ -138,7 +152,7 @@ def test_dataset_task_and_studies_defaults(name, load_config, repo_root):
   assert config.exit.measure == "softmax_diff"
   if name in ("cnndm", "wmt15_enfr", "wmt14_ende"):
     assert config.exit.tau == 4.0  # CALM's decaying threshold on CNN/DM and WMT
-  assert t5_config_from(config.model) == t5_config_from(base.model_section("calm_t5_8l"))
+  assert t5_config_from(config.model) == t5_config_from(base.model_section(PRESET[name]))
 
 
 @pytest.mark.parametrize("name", DATASETS)

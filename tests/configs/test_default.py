@@ -11,6 +11,8 @@ VALUES = {
     "model.num_layers": 2, "model.num_decoder_layers": 4, "model.num_heads": 4,
     "model.feed_forward_proj": "gated-gelu", "model.tie_word_embeddings": False,
     "model.scale_decoder_outputs": False, "model.dropout_rate": 0.0, "model.dtype": "float32",
+    "model.encoder_attention_type": "full", "model.local_radius": 127,
+    "model.global_block_size": 16,
     "data.task": "generated", "data.vocabulary": "byte", "data.calibration_split": "validation",
     "data.test_split": "test", "data.num_examples": 4, "data.max_input_len": 49,
     "decode.max_decode_len": 25,
