@@ -22,6 +22,7 @@ from calm_jax.model.config import T5Config, config_from_hf
 from calm_jax.model.hf_import import CheckpointError, load_hf_t5
 from calm_jax.model.t5 import exit_logits, forward, init_params
 from calm_jax.training.checkpoints import export_params, load_exported
+from calm_jax.training.objectives import AnytimeObjective, Batch, anytime_loss
 
 # A tiny LongT5 v1.1: blocks of 4 tokens (radius 3), a global token per 2 tokens,
 # num_heads * d_kv != d_model, the decoder deeper than the encoder.
@@ -140,6 +141,22 @@ def test_batch_with_mixed_exits_equals_each_example_alone(tglobal, eos_batch,
   generated = np.asarray(full.exit_layers) > 0
   lam = float(np.median(np.asarray(full.trace)[generated][:, :-1]))  # exits vary around it
   assert_mixed_batch_equals_each_alone(model, ExitConfig(threshold=lam), lam, 8)
+
+
+def test_training_reaches_the_global_parameters_through_dropout(tglobal):
+  """The anytime loss with dropout (attention weights included) has finite gradients that
+  reach the transient-global parts: the global bias table and every layer's global norm."""
+  _, config, params, _ = tglobal
+  ids, _ = padded_batch(13, config.vocab_size, seed=3)
+  targets = np.random.RandomState(4).randint(2, config.vocab_size, (3, 5))
+  loss = lambda p: anytime_loss(config.replace(dropout_rate=0.1), AnytimeObjective(), p,
+                                Batch(inputs=ids, targets=targets),
+                                rng=jax.random.PRNGKey(0))[0]
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  assert np.isfinite(value)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert np.abs(grads["encoder"]["global_relative_bias"]).max() > 0
+  assert (np.abs(grads["encoder"]["layers"]["global_norm"]["scale"]).max(-1) > 0).all()
 
 
 # ----------------------------------------------------------------------------- blocks
