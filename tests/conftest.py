@@ -333,3 +333,32 @@ def task_config():
     config.lock()
     return config
   return make
+
+
+@pytest.fixture(scope="session")
+def quick_random_params():
+  """Makes random parameters for a T5Config without running init_params (whose eager ops
+  take tens of seconds to compile on a busy CPU): the tree's shapes from jax.eval_shape,
+  kernels normal with std fan_in**-0.5, the embedding and LM head normal with std
+  `head_scale`, relative biases std d_model**-0.5, norm scales 1. Called as
+  make(config, seed=0, head_scale=1.0)."""
+  def make(config, seed=0, head_scale=1.0):
+    import jax  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from calm_jax.model.t5 import init_params  # pylint: disable=import-outside-toplevel
+    shapes = jax.eval_shape(lambda key: init_params(config, key), jax.random.PRNGKey(0))
+    rng = np.random.RandomState(seed)
+
+    def fill(path, leaf):
+      name = jax.tree_util.keystr(path)
+      if "scale" in name:
+        return np.ones(leaf.shape, np.float32)
+      if "relative_bias" in name:
+        std = config.d_model ** -0.5
+      elif "embedding" in name or "lm_head" in name:
+        std = head_scale
+      else:
+        std = leaf.shape[-2] ** -0.5
+      return (rng.standard_normal(leaf.shape) * std).astype(np.float32)
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+  return make

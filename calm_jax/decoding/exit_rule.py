@@ -15,6 +15,8 @@ import numpy as np
 
 DECAYS = ("paper", "code")
 PROPAGATIONS = ("copy_state", "full_compute")
+DECODINGS = ("per_token", "synchronized")
+ADAPTIVE_THRESHOLDS = ("none", "beta_mixture")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +38,29 @@ class ExitConfig:
   top_k: int = 2000  # softmax_topk / softmax_pruned: tokens kept at the first exit point (K, k1)
   pruning: str = "fixed"  # softmax_pruned: 'fixed', 'decaying' (k1 -> min_top_k) or 'adaptive'
   min_top_k: int = 10  # softmax_pruned: k*, the fewest tokens pruning keeps
+  # 'per_token': CALM's exits at every exit point, skipped layers propagated.
+  # 'synchronized': FREE's one shallow exit at layer s, deep layers run over pending tokens.
+  decoding: str = "per_token"
+  shallow_exit_layer: int = 1  # synchronized: s, the one exit point (1 <= s < L)
+  max_pending: int = 4  # synchronized: tokens an example may leave pending before a deep pass
+  # synchronized: at a deep pass, replace a pending token the deep layers disagree with at
+  # cross-entropy above this (later pending tokens regenerated); inf = never
+  rollback_threshold: float = float("inf")
+  verify: bool = False  # synchronized: replace every pending token the deep layers disagree with
+  adaptive_threshold: str = "none"  # synchronized: 'beta_mixture' refits lambda between calls
 
   def validate(self, num_layers: int) -> None:
     """Raises ValueError naming the bad field; call before compiling anything. Only the
     fields every measure shares: a measure checks its own options
     (`measures.checked_measure` does both)."""
-    if not isinstance(self.threshold, numbers.Real) or not self.threshold >= 0:
+    for name in ("threshold", "tau"):
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"ExitConfig.{name} must be a real number, got "
+                        f"{type(value).__name__} {value!r}")
+    if not self.threshold >= 0:
       raise ValueError(f"ExitConfig.threshold (lambda) must be >= 0, got {self.threshold!r}")
-    if not isinstance(self.tau, numbers.Real) or not self.tau >= 0:
+    if not self.tau >= 0:
       raise ValueError(f"ExitConfig.tau must be >= 0, got {self.tau!r}")
     if self.decay not in DECAYS:
       raise ValueError(f"ExitConfig.decay={self.decay!r}; allowed: {', '.join(DECAYS)}")
@@ -56,10 +73,42 @@ class ExitConfig:
     if not isinstance(self.exit_interval, numbers.Integral) or self.exit_interval < 1:
       raise ValueError(f"ExitConfig.exit_interval must be a positive integer, got "
                        f"{self.exit_interval!r}")
+    self._validate_synchronized(num_layers)
     for field in dataclasses.fields(self):  # the switches (jsd_by_distance, contrastive_token)
       value = getattr(self, field.name)
       if isinstance(field.default, bool) and not isinstance(value, bool):
         raise ValueError(f"ExitConfig.{field.name} must be true or false, got {value!r}")
+
+  def _validate_synchronized(self, num_layers: int) -> None:
+    """The synchronized-decoding fields (checked whatever `decoding` is, so a bad value
+    never waits for the day it is used)."""
+    if self.decoding not in DECODINGS:
+      raise ValueError(f"ExitConfig.decoding={self.decoding!r}; allowed: {', '.join(DECODINGS)}")
+    if self.adaptive_threshold not in ADAPTIVE_THRESHOLDS:
+      raise ValueError(f"ExitConfig.adaptive_threshold={self.adaptive_threshold!r}; allowed: "
+                       f"{', '.join(ADAPTIVE_THRESHOLDS)}")
+    layer = self.shallow_exit_layer
+    if self.decoding == "synchronized" and (
+        not isinstance(layer, numbers.Integral) or not 1 <= layer < num_layers):
+      raise ValueError(f"ExitConfig.shallow_exit_layer={layer!r} must be in [1, "
+                       f"{num_layers - 1}] (the decoder has {num_layers} layers; the deep "
+                       "part needs at least one)")
+    if not isinstance(self.max_pending, numbers.Integral) or self.max_pending < 1:
+      raise ValueError(f"ExitConfig.max_pending must be an integer >= 1, got "
+                       f"{self.max_pending!r}")
+    rollback = self.rollback_threshold
+    if not isinstance(rollback, numbers.Real) or not rollback >= 0:
+      raise ValueError(f"ExitConfig.rollback_threshold must be >= 0 (inf = never roll back), "
+                       f"got {rollback!r}")
+    if self.decoding == "per_token" and (self.verify is True or rollback != float("inf")
+                                         or self.adaptive_threshold != "none"):
+      raise ValueError("ExitConfig.verify, rollback_threshold and adaptive_threshold act on "
+                       "synchronized decoding only; set decoding='synchronized' (got "
+                       f"verify={self.verify!r}, rollback_threshold={rollback!r}, "
+                       f"adaptive_threshold={self.adaptive_threshold!r})")
+    if self.verify is True and rollback != float("inf"):
+      raise ValueError(f"ExitConfig.verify=True replaces every disagreement; leave "
+                       f"rollback_threshold at inf (got {rollback!r})")
 
   @classmethod
   def from_section(cls, section) -> "ExitConfig":

@@ -55,8 +55,10 @@ class DecodePlan:
               max_decode_len: int, return_trace: bool) -> "DecodePlan":
     """The plan, after checking every static choice (ValueError naming the bad one)."""
     check_max_decode_len(max_decode_len)
-    checked_measure(exit_config, model)
+    measure = checked_measure(exit_config, model)
     sampling.validate(model.vocab_size)
+    if exit_config.decoding == "synchronized":
+      check_synchronized(exit_config, measure, sampling, return_trace)
     return cls(model, exit_config.compiled_part(), sampling, max_decode_len, return_trace)
 
   @functools.cached_property
@@ -104,6 +106,27 @@ class DecodePlan:
     if self.return_trace or self.needs.logits != "full" or self.needs.every_exit_point:
       return where
     return where & (jnp.any(allow_early) | (layer_no == self.num_layers))
+
+
+def check_synchronized(exit_config: ExitConfig, measure: Measure, sampling: SamplingConfig,
+                       return_trace: bool) -> None:
+  """What synchronized decoding cannot do, as a ValueError naming it (ExitConfig.validate
+  has checked the fields themselves). The measure decides at layer s on its hidden state
+  or the full head's logits; the token is the head's."""
+  if exit_config.verify and not sampling.greedy:
+    raise ValueError("ExitConfig.verify=True reproduces greedy decoding; it cannot sample "
+                     f"(temperature={sampling.temperature!r}); use temperature 0")
+  if return_trace:
+    raise ValueError("return_trace: decoding='synchronized' has one exit point and no "
+                     "per-layer trace; use decoding='per_token'")
+  needs = measure.needs
+  if (needs.logits == "subset" or needs.final_top1 or not needs.thresholded
+      or measure.store is not None or exit_config.contrastive_token):
+    raise ValueError(f"ExitConfig.measure={exit_config.measure!r} cannot decide "
+                     "synchronized decoding's shallow exit (it needs a vocabulary subset, a "
+                     "store of earlier positions, the final layer, a fixed exit layer or "
+                     "emits its own token); use a measure on the state or the full head "
+                     "(e.g. softmax_diff, softmax_max, state_saturation, meta_mlp)")
 
 
 @flax.struct.dataclass
