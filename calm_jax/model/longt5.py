@@ -12,7 +12,8 @@ layer (S: the input length before padding to blocks). Global token g is the sum 
 layer's normed inputs over the real tokens of global block g, through the layer's own
 `global_norm`, then the layer's key and value projections. A real token's global block is
 position // global_block_size, except that the tokens after the last complete block of
-real tokens join that block, and every token when there is none; padding joins no block.
+real tokens join that block (and no token has a block when there is no complete one);
+padding joins no block.
 Every real token attends to its local window and to the global tokens of blocks that hold
 real tokens, in one softmax, with the bias `global_relative_bias`[bucket(g - its block)]
 (the encoder's second table, shared by the layers like the first).

@@ -22,6 +22,7 @@ MESH_AXES = ("data", "model")
 _LOGICAL_BY_KEY = {
     ("embedding", 2): ("vocab", "embed"),
     ("relative_bias", 2): ("relpos_buckets", "heads"),
+    ("global_relative_bias", 2): ("relpos_buckets", "heads"),  # LongT5 transient-global
     ("scale", 1): ("embed",),
 }
 # Kernels by their module name: attention projections split heads, feed-forward splits mlp.

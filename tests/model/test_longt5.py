@@ -23,6 +23,7 @@ from calm_jax.model.hf_import import CheckpointError, load_hf_t5
 from calm_jax.model.t5 import exit_logits, forward, init_params
 from calm_jax.training.checkpoints import export_params, load_exported
 from calm_jax.training.objectives import AnytimeObjective, Batch, anytime_loss
+from calm_jax.training.sharding import logical_axes
 
 # A tiny LongT5 v1.1: blocks of 4 tokens (radius 3), a global token per 2 tokens,
 # num_heads * d_kv != d_model, the decoder deeper than the encoder.
@@ -157,6 +158,12 @@ def test_training_reaches_the_global_parameters_through_dropout(tglobal):
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   assert np.abs(grads["encoder"]["global_relative_bias"]).max() > 0
   assert (np.abs(grads["encoder"]["layers"]["global_norm"]["scale"]).max(-1) > 0).all()
+
+
+def test_global_parameters_have_logical_axis_names(tglobal):
+  axes = logical_axes(tglobal[2])["encoder"]
+  assert axes["global_relative_bias"] == axes["relative_bias"] == ("relpos_buckets", "heads")
+  assert axes["layers"]["global_norm"]["scale"] == ("layers", "embed")
 
 
 # ----------------------------------------------------------------------------- blocks
