@@ -6,6 +6,9 @@ exit head, and the losses are summed with per-layer weights.
                              w_i = 2^i / sum_j 2^j        ('geometric')
                              w_L = 1, others 0            ('last': ordinary training)
 
+`ShallowDeepObjective` / `shallow_deep_loss` are FREE's alternative: two exits (the
+shallow layer s and layer L) plus layer-wise distillation (training.distillation).
+
 Optional label smoothing (the target keeps 1 - s, the rest spread uniformly) and T5X's
 z-loss (z * log(Z)^2, which keeps the softmax normaliser near 1).
 
@@ -19,6 +22,7 @@ a rematerialised `lax.map`, so memory holds one layer's [B, T, V] logits, not L 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -27,6 +31,7 @@ import numpy as np
 
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import decode_teacher_forced, encode, exit_logits, shift_right
+from calm_jax.training import distillation
 
 Array = jnp.ndarray
 LAYER_WEIGHTINGS = ("calm", "uniform", "geometric", "last")
@@ -122,6 +127,19 @@ def _layer_sums(config: T5Config, objective: AnytimeObjective, params: Any, stat
   return jax.lax.map(jax.checkpoint(one_layer), (states, keys))
 
 
+def _decoder_states(config: T5Config, params: Any, batch: Batch,
+                    rng: Optional[Array]) -> Tuple[Array, Optional[Array]]:
+  """Every decoder layer's teacher-forced state [L, B, T, d] (dropout when `rng` is given)
+  and the key left for the heads' dropout."""
+  deterministic = rng is None
+  enc_rng, dec_rng, head_rng = jax.random.split(rng, 3) if rng is not None else (None,) * 3
+  mask = (batch.inputs != config.pad_token_id).astype(jnp.int32)  # [B, S]
+  encoded = encode(config, params, batch.inputs, mask, deterministic=deterministic, rng=enc_rng)
+  states = decode_teacher_forced(config, params, shift_right(config, batch.targets), encoded,
+                                 mask, deterministic=deterministic, rng=dec_rng)
+  return states, head_rng
+
+
 def anytime_loss(config: T5Config, objective: AnytimeObjective, params: Any, batch: Batch, *,
                  rng: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
   """The weighted anytime loss and its metrics.
@@ -131,13 +149,16 @@ def anytime_loss(config: T5Config, objective: AnytimeObjective, params: Any, bat
   (without smoothing or z-loss), 'layer_accuracy' [L] top-1 accuracy per layer, 'tokens'
   (non-padding targets); layers with zero weight are never computed and report NaN.
   """
-  deterministic = rng is None
-  enc_rng, dec_rng, head_rng = jax.random.split(rng, 3) if rng is not None else (None,) * 3
-  mask = (batch.inputs != config.pad_token_id).astype(jnp.int32)  # [B, S]
-  encoded = encode(config, params, batch.inputs, mask, deterministic=deterministic, rng=enc_rng)
-  states = decode_teacher_forced(config, params, shift_right(config, batch.targets), encoded,
-                                 mask, deterministic=deterministic, rng=dec_rng)  # [L, B, T, d]
+  states, head_rng = _decoder_states(config, params, batch, rng)  # [L, B, T, d]
   weights = layer_weights(objective.layer_weighting, config.num_decoder_layers)
+  return _weighted_layers(config, objective, params, states, batch, weights, head_rng)
+
+
+def _weighted_layers(config: T5Config, objective: AnytimeObjective, params: Any, states: Array,
+                     batch: Batch, weights: np.ndarray,
+                     head_rng: Optional[Array]) -> Tuple[Array, Dict[str, Array]]:
+  """sum_i weights[i] * NLL_i over states [L, B, T, d] (layers of weight 0 never reach the
+  head) and the metrics of anytime_loss."""
   used = np.flatnonzero(weights > 0)  # layers that enter the loss (static)
   token_mask = (batch.targets != config.pad_token_id).astype(jnp.float32)  # [B, T]
   tokens = jnp.maximum(token_mask.sum(), 1.0)
@@ -147,3 +168,51 @@ def anytime_loss(config: T5Config, objective: AnytimeObjective, params: Any, bat
   scatter = lambda values: jnp.full((config.num_decoder_layers,), jnp.nan).at[used].set(values)
   return loss, {"loss": loss, "layer_loss": scatter(nll_sums / tokens),
                 "layer_accuracy": scatter(hit_sums / tokens), "tokens": token_mask.sum()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShallowDeepObjective:
+  """FREE's shallow-deep objective with a shallow exit at layer s of L:
+
+      (s * NLL_s + L * NLL_L) / (s + L) + kd_weight * KD
+
+  both NLLs through the shared exit head, KD the layer-wise distillation of
+  training.distillation (deep states behind stop_gradient) under `kd_mapping`."""
+
+  shallow_exit_layer: int = 1  # s (1 <= s < L)
+  kd_weight: float = 1.0  # >= 0; 0 trains the two exits without distillation
+  kd_mapping: str = "last"  # one of distillation.KD_MAPPINGS
+  label_smoothing: float = 0.0  # in [0, 1), as in AnytimeObjective
+  z_loss: float = 0.0  # >= 0, as in AnytimeObjective
+
+  def validate(self, num_layers: Optional[int] = None) -> None:
+    """ValueError naming the bad field; the layer count, once known, bounds s."""
+    AnytimeObjective(label_smoothing=self.label_smoothing, z_loss=self.z_loss).validate()
+    distillation.check_mapping(self.kd_mapping)
+    layer = self.shallow_exit_layer
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 1 or (
+        num_layers is not None and layer >= num_layers):
+      bound = f"[1, {num_layers - 1}]" if num_layers is not None else ">= 1"
+      raise ValueError(f"shallow_exit_layer={layer!r} must be in {bound} (the shallow exit "
+                       "needs at least one deep layer after it)")
+    if not isinstance(self.kd_weight, numbers.Real) or not self.kd_weight >= 0:
+      raise ValueError(f"kd_weight must be >= 0, got {self.kd_weight!r}")
+
+
+def shallow_deep_loss(config: T5Config, objective: ShallowDeepObjective, params: Any,
+                      batch: Batch, *, rng: Optional[Array] = None,
+                      kd_map: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
+  """The shallow-deep loss and its metrics: 'loss', 'layer_loss' and 'layer_accuracy' [L]
+  (NaN except at s and L), 'kd' (the distillation term), 'tokens'. `kd_map` [d, d]: an
+  optional learned linear map applied to the shallow states before the KD."""
+  states, head_rng = _decoder_states(config, params, batch, rng)  # [L, B, T, d]
+  shallow, num_layers = objective.shallow_exit_layer, config.num_decoder_layers
+  weights = np.zeros(num_layers)
+  weights[[shallow - 1, num_layers - 1]] = [shallow, num_layers]
+  anytime = AnytimeObjective(label_smoothing=objective.label_smoothing, z_loss=objective.z_loss)
+  loss, metrics = _weighted_layers(config, anytime, params, states, batch,
+                                   weights / (shallow + num_layers), head_rng)
+  token_mask = (batch.targets != config.pad_token_id).astype(jnp.float32)  # [B, T]
+  kd = distillation.distillation_loss(states, token_mask, shallow, objective.kd_mapping, kd_map)
+  loss = loss + objective.kd_weight * kd
+  return loss, dict(metrics, loss=loss, kd=kd)

@@ -1,6 +1,6 @@
 """CALM fine-tuning as a library call (calm_jax.training.calm): an interrupted and resumed
 run equals an uninterrupted one, and resuming with another model or objective says what
-differs."""
+differs; a bad shallow-deep objective fails before any work."""
 
 import os
 
@@ -60,3 +60,13 @@ def test_resuming_with_a_different_model_says_what_differs(tmp_path, tiny_config
     train(tmp_path, steps=4, config=wider)
   with pytest.raises(CheckpointMismatchError, match="layer_weighting: checkpoint 'calm', this run 'uniform'"):
     train(tmp_path, steps=4, layer_weighting="uniform")
+
+
+def test_shallow_deep_objective_with_a_bad_shallow_layer_fails_before_any_work(tmp_path,
+                                                                              tiny_config):
+  with pytest.raises(ValueError, match=r"shallow_exit_layer=3 must be in \[1, 2\]"):
+    train_calm(tiny_config, None, None,  # never read: the check comes first
+               objective=objectives.ShallowDeepObjective(shallow_exit_layer=3),
+               optimizer=OptimizerConfig(), settings=LoopSettings(steps=1, batch_size=4),
+               workdir=str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()
