@@ -44,7 +44,7 @@ flags.DEFINE_list("measures", ["softmax_diff", "state_saturation", "softmax_topk
                                "attention", "meta_mlp"], "Measures to compile.")
 flags.DEFINE_integer("min_bytes", 1 << 20, "List copies of at least this many bytes.")
 flags.DEFINE_string("layer_layout", "auto", "Decoder layer layout.")
-flags.DEFINE_integer("top_k", 2000, "K of softmax_topk / softmax_pruned.")
+flags.DEFINE_integer("top_k", 2000, "K of softmax_topk / softmax_pruned (at most V / 2).")
 FLAGS = flags.FLAGS
 
 BYTES = {"f32": 4, "s32": 4, "u32": 4, "pred": 1, "bf16": 2, "f16": 2, "s64": 8, "u8": 1}
@@ -122,7 +122,8 @@ def abstract(tree):
 
 
 def decoder_hlo(config: T5Config, params, measure: str) -> str:
-  exit_config = ExitConfig(measure=measure, threshold=0.5, top_k=FLAGS.top_k)
+  exit_config = ExitConfig(measure=measure, threshold=0.5,
+                           top_k=min(FLAGS.top_k, config.vocab_size // 2))
   plan = DecodePlan.checked(config, exit_config, SamplingConfig(), FLAGS.decode_len, False)
   classifier = None
   if is_learned(measure):

@@ -22,8 +22,11 @@ the measure goes much under it.
 Prints, per measure: ms per check, its ratio to softmax_diff and to one decoder layer, the
 in-situ ratio, the FLOPs formula and its value per row (and as a fraction of the layer's),
 and the extra memory the measure holds per row.
-Targets (issue 4): softmax_topk with K <= 2000 at most 10% of a decoder layer per check,
-learned classifiers at most 5%.
+Each check is also judged against its own floor: the bytes it must read (the head for
+measures on the full logits, each row's K head rows for the pruned ones' later checks, a
+classifier's weights and store) at the matrix-vector streaming bandwidth measured here, or
+its FLOPs at the rate of an in-cache matrix product, whichever is longer. Target: every
+check within 1.5x of its floor.
 
   .venv/bin/python bench/measure_cost.py --batch=1
 """
@@ -41,6 +44,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
+from bench.timing import matmul_flop_rate, matvec_bandwidth
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.measures import LayerInputs, Measure, MeasureContext, build_measure
 from calm_jax.decoding.measures.pruned import head_table
@@ -146,6 +150,24 @@ def flops_value(label: str, d: int, V: int, K: int, L: int, T: int) -> float:
       "attention (64, 4 heads)": 2 * (d * w + 4 * w * w) + 4 * T * w + 2 * (d * w + 2 * w * w),
   }
   return values[label]
+
+
+def check_bytes(case: Case, config: T5Config, batch: int, K: int, T: int,
+                classifier_params) -> float:
+  """Bytes one check must read at least, float32: the head for measures on the full
+  logits, each row's K head rows for the later checks of the pruned ones, a classifier's
+  parameters (and the attention classifier's store at one layer), two states otherwise."""
+  d, V, w = config.d_model, config.vocab_size, 64
+  label = case.label
+  if case.exit_config.measure in ("softmax_topk", "softmax_pruned") and not case.first_exit_point:
+    return 4.0 * batch * K * d
+  if is_learned(case.exit_config.measure):
+    size = sum(np.size(leaf) for leaf in jax.tree.leaves(classifier_params))
+    store = 2 * batch * T * w if label.startswith("attention") else 0
+    return 4.0 * (size + store)
+  if label == "state_saturation":
+    return 4.0 * 2 * batch * d
+  return 4.0 * V * d
 
 
 def layer_flops(config: T5Config, T: int, S: int) -> float:
@@ -286,9 +308,15 @@ def main(_):
   checks = per_token * -(-FLAGS.checks // per_token)
   step = layer_step(config, params, batch)
   timers = {"decoder layer": token_timer(config, params, batch, checks, layer=step)}
+  floors = {}
+  bandwidth, flop_rate = matvec_bandwidth(), matmul_flop_rate()
   for case in all_cases:
     name = case.exit_config.measure
     head = init_classifier(name, config, jax.random.PRNGKey(4)) if is_learned(name) else None
+    reads = check_bytes(case, config, batch, FLAGS.top_k, FLAGS.positions, head)
+    flops = batch * flops_value(case.label, config.d_model, config.vocab_size, FLAGS.top_k,
+                                config.num_decoder_layers, FLAGS.positions)
+    floors[case.label] = max(reads / bandwidth, flops / flop_rate)
     check = MeasureCheck.build(config, params, case, head)
     timers[case.label] = token_timer(config, params, batch, checks, check)
     if FLAGS.in_situ:
@@ -311,16 +339,22 @@ def main(_):
   print(f"T5 v1.1 {FLAGS.shape} shape (d={d}, V={V}, L={L}, heads {config.num_heads}x"
         f"{config.d_kv}, d_ff {config.d_ff}), batch {batch}, {T} positions, K={FLAGS.top_k}, "
         f"{jax.devices()[0]}")
-  print(f"one decoder layer: {layer * 1e3:.3f} ms per step ({layer_mflop:.1f} MFLOP per row)\n")
-  print("| measure | ms / check | vs softmax_diff | vs decoder layer | in a layer step, vs "
-        "layer | FLOPs / row (formula) | MFLOP | FLOPs vs layer | extra memory / row |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print(f"one decoder layer: {layer * 1e3:.3f} ms per step ({layer_mflop:.1f} MFLOP per row)")
+  print(f"floors: bytes a check must read at {bandwidth / 1e9:.1f} GB/s (matrix-vector "
+        f"streaming) or its FLOPs at {flop_rate / 1e9:.1f} GFLOP/s (an in-cache matrix "
+        "product), whichever is longer; target: every check within 1.5x of its floor\n")
+  print("| measure | ms / check | floor ms | vs floor | vs softmax_diff | vs decoder layer | "
+        "in a layer step, vs layer | FLOPs / row (formula) | MFLOP | FLOPs vs layer | "
+        "extra memory / row |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for case in all_cases:
     t = per_check[case.label]
     in_situ = (f"{per_check[case.label, 'in situ'] / layer - 1:.3f}" if FLAGS.in_situ
                else "-")
     value = flops_value(case.label, d, V, FLAGS.top_k, L, T) / 1e6
-    print(f"| {case.label} | {t * 1e3:.3f} | {t / reference:.3f} | {t / layer:.3f} | "
+    floor = floors[case.label]
+    print(f"| {case.label} | {t * 1e3:.3f} | {floor * 1e3:.3f} | {t / floor:.2f} | "
+          f"{t / reference:.3f} | {t / layer:.3f} | "
           f"{in_situ} | {case.flops} | {value:.3f} | {value / layer_mflop:.3f} | "
           f"{case.memory} |")
   print("\ncompile seconds: " + ", ".join(

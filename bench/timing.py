@@ -47,6 +47,17 @@ def matvec_bandwidth(dtype=jnp.float32, rounds: int = 5) -> float:
   return matrix.size * matrix.dtype.itemsize / seconds["matvec"]
 
 
+def matmul_flop_rate(rounds: int = 5) -> float:
+  """FLOPs per second of a float32 matrix product whose operands stay in cache ([256, 512]
+  x [512, 512], 1 MiB of weights): the arithmetic ceiling of this machine's cores."""
+  a = jax.random.normal(jax.random.PRNGKey(1), (256, 512), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(2), (512, 512), jnp.float32)
+  repeat = 64
+  chain = jax.jit(lambda a, b: jax.lax.fori_loop(0, repeat, lambda _, x: jnp.tanh(x @ b), a))
+  seconds, _ = interleaved({"matmul": lambda: chain(a, b)}, rounds)
+  return repeat * 2 * 256 * 512 * 512 / seconds["matmul"]
+
+
 def weight_bytes_per_token(params) -> int:
   """Decoder layer weights read per token (cross-attention K/V projections excluded: they
   run once per input) plus the LM head, for stacked params."""
