@@ -87,6 +87,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.layer_weighting = "calm"
   config.train.label_smoothing = 0.0  # in [0, 1)
   config.train.z_loss = 0.0  # weight of log(Z)^2 (T5X uses 1e-4)
+  # 'anytime' (CALM: every layer, weighted by layer_weighting) or 'shallow_deep' (FREE: exits
+  # at exit.shallow_exit_layer and at L, plus layer-wise distillation).
+  config.train.objective = "anytime"
+  config.train.kd_weight = 1.0  # shallow_deep: weight of the distillation term (>= 0)
+  config.train.kd_mapping = "last"  # shallow_deep: 'last', 'uniform' or 'dynamic' pairs
 
   # The exit classifier's optimizer and loop (batch_size counts examples, all their tokens;
   # checkpoints in <workdir>/checkpoints/exit_<classifier>), then the classifier.

@@ -1,4 +1,5 @@
-"""The `train` mode: CALM fine-tuning with the anytime objective.
+"""The `train` mode: CALM fine-tuning with the anytime objective, or FREE's shallow-deep
+objective (train.objective).
 
 Every setting of the `train` and `mesh` sections is checked before the model loads. The
 run checkpoints under <workdir>/checkpoints/train, resumes from there when restarted in the
@@ -10,6 +11,7 @@ ends by writing a params-only export to <workdir>/model, which later modes load 
 from __future__ import annotations
 
 import dataclasses
+from typing import Union
 
 import jax
 import ml_collections
@@ -22,10 +24,11 @@ from calm_jax.training.calm import train_calm
 from calm_jax.training.checkpoints import export_params
 from calm_jax.training.data import EncodedExamples
 from calm_jax.training.loop import LoopSettings
-from calm_jax.training.objectives import AnytimeObjective
+from calm_jax.training.objectives import AnytimeObjective, ShallowDeepObjective
 from calm_jax.training.sharding import make_mesh
 
 EXPORT_DIR = "model"
+Objective = Union[AnytimeObjective, ShallowDeepObjective]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,17 +37,40 @@ class Settings:
 
   context: RunContext
   setup: TrainingSetup  # the `train` section's loop and optimizer, and the mesh
-  objective: AnytimeObjective
+  objective: Objective
+
+
+def objective_from(config: ml_collections.ConfigDict) -> Objective:
+  """train.objective's objective, checked: 'anytime' (CALM) or 'shallow_deep' (FREE, the
+  shallow exit at exit.shallow_exit_layer; bounded by the layer count here when the model is
+  initialised fresh, else by train_calm once it is loaded)."""
+  section = config.train
+  if section.objective == "anytime":
+    objective = AnytimeObjective(layer_weighting=section.layer_weighting,
+                                 label_smoothing=section.label_smoothing, z_loss=section.z_loss)
+    objective.validate()
+    return objective
+  if section.objective != "shallow_deep":
+    raise ValueError(f"train.objective={section.objective!r}; allowed: anytime, shallow_deep")
+  objective = ShallowDeepObjective(shallow_exit_layer=config.exit.shallow_exit_layer,
+                                   kd_weight=section.kd_weight, kd_mapping=section.kd_mapping,
+                                   label_smoothing=section.label_smoothing,
+                                   z_loss=section.z_loss)
+  fresh = not (config.model.hf_path or config.model.checkpoint)
+  try:
+    objective.validate(config.model.num_decoder_layers if fresh else None)
+  except ValueError as error:
+    raise ValueError(f"train.objective='shallow_deep': {error} (exit.shallow_exit_layer, "
+                     "train.kd_weight, train.kd_mapping)") from None
+  return objective
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   """Every training setting, the task and the model source, checked before any model or
   data work."""
   section = config.train
-  objective = AnytimeObjective(layer_weighting=section.layer_weighting,
-                               label_smoothing=section.label_smoothing, z_loss=section.z_loss)
+  objective = objective_from(config)
   setup = training_setup(section, config)
-  objective.validate()
   if section.num_examples < 1:
     raise ValueError(f"train.num_examples must be >= 1, got {section.num_examples!r}")
   return Settings(run_context(config, workdir), setup, objective)

@@ -30,6 +30,7 @@ VALUES = {
     "train.schedule": "cosine", "train.warmup_steps": 100, "train.weight_decay": 0.0,
     "train.clip_norm": 1.0, "train.layer_weighting": "calm", "train.label_smoothing": 0.0,
     "train.z_loss": 0.0, "train.log_every": 100, "train.checkpoint_every": 500,
+    "train.objective": "anytime", "train.kd_weight": 1.0, "train.kd_mapping": "last",
     "train.keep_checkpoints": 2, "train.async_checkpoints": True,
     "train_exit.classifier": "meta_mlp", "train_exit.hidden_width": 0,
     "train_exit.lstm_layers": 2, "train_exit.width": 64, "train_exit.num_heads": 4,

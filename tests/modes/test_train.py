@@ -7,10 +7,12 @@ import pytest
 
 from calm_jax import modes
 from calm_jax.modes import train
+from calm_jax.training.objectives import ShallowDeepObjective
 
 
 @pytest.mark.parametrize("section, field, value, message", [
     ("train", "layer_weighting", "squared", "squared"),
+    ("train", "objective", "free", "train.objective='free'; allowed: anytime, shallow_deep"),
     ("train", "optimizer", "sgdd", "optimizer='sgdd' is not known"),
     ("train", "num_examples", 0, "train.num_examples must be >= 1, got 0"),
     ("mesh", "rules", (("embed", "tensor"),), "mesh.rules maps 'embed' to 'tensor'"),
@@ -37,3 +39,32 @@ def test_check_returns_the_checked_training_settings(tmp_path, demo_config):
   assert settings.setup.optimizer.optimizer == config.train.optimizer
   assert settings.objective.layer_weighting == config.train.layer_weighting
   assert settings.context.vocabulary.name == config.data.vocabulary
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("exit.shallow_exit_layer", 3, r"shallow_exit_layer=3 must be in \[1, 2\]"),
+    ("train.kd_mapping", "nearest", "kd_mapping='nearest'; allowed: last, uniform, dynamic"),
+    ("train.kd_weight", -0.5, "kd_weight must be >= 0"),
+])
+def test_shallow_deep_settings_are_checked_before_the_model_loads(
+    tmp_path, no_model_loading, demo_config, field, value, message):
+  config = demo_config()  # three decoder layers, initialised fresh
+  with config.unlocked():
+    config.mode = "train"
+    config.train.objective = "shallow_deep"
+    section, name = field.split(".")
+    config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    train.check(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+def test_shallow_deep_objective_takes_the_exit_sections_shallow_layer(tmp_path, demo_config):
+  config = demo_config()
+  with config.unlocked():
+    config.train.objective = "shallow_deep"
+    config.train.kd_mapping = "dynamic"
+    config.exit.shallow_exit_layer = 2
+  objective = train.check(config, str(tmp_path)).objective
+  assert objective == ShallowDeepObjective(shallow_exit_layer=2, kd_weight=1.0,
+                                           kd_mapping="dynamic")
