@@ -175,6 +175,9 @@ def calibration_section(*, num_examples: int, similarity: str, objective: str = 
   section.num_splits = 100  # random calibration/test splits of the validity study
   section.calibration_fraction = 0.8  # share of examples calibrating each split
   section.batch_size = batch_size  # rows per packed grid decode call; 0 = num_examples
+  # Examples per saved part of the grid decode: a killed calibrate / evaluate restarted with
+  # the same workdir and config continues after the last saved part; 0 = the whole split
+  section.save_every = 64
   return section
 
 

@@ -29,6 +29,7 @@ from calm_jax.decoding.inputs import prepare_inputs
 from calm_jax.decoding.measures import MeasureContext
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import SamplingConfig
+from calm_jax.decoding.sharded import DecodeMesh, decode_on_mesh, place_params
 from calm_jax.decoding.synchronized import synchronized_impl
 from calm_jax.exit_classifiers.registry import check_classifier_params, is_learned
 from calm_jax.model.config import T5Config
@@ -70,6 +71,27 @@ def _constants(plan: DecodePlan, params: Any, exit_config: ExitConfig, threshold
                          tau=jnp.float32(exit_config.tau))
 
 
+def _spans_devices(mesh: Optional[DecodeMesh]) -> bool:
+  return mesh is not None and mesh.mesh.size > 1
+
+
+def _layout_params(params: Any, layer_layout: str, mesh: Optional[DecodeMesh]) -> Any:
+  """Params in `layer_layout`, placed on `mesh` first when it spans several devices."""
+  if _spans_devices(mesh):
+    params = place_params(params, mesh)
+  return decoding_params(params, layer_layout)
+
+
+def _decode(plan: DecodePlan, constants: DecodeConstants, input_ids, attention_mask, rng,
+            skip_rows, mesh: Optional[DecodeMesh]):
+  """The compiled decode: on one device, or each data shard of `mesh` running its own loops
+  (sharded.decode_on_mesh; host arrays gathered to every process)."""
+  if not _spans_devices(mesh):
+    return _generate_jit(plan, constants, input_ids, attention_mask, rng, skip_rows=skip_rows)
+  return decode_on_mesh(decode_impl, plan, constants, input_ids, attention_mask, rng, skip_rows,
+                        mesh)
+
+
 def _check_rng(sampling: SamplingConfig, rng) -> jax.Array:
   if not sampling.greedy and rng is None:
     raise ValueError("sampling (temperature > 0) needs an explicit rng key")
@@ -81,12 +103,15 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
              max_decode_len: int, sampling: SamplingConfig = SamplingConfig(),
              rng: Optional[jax.Array] = None, return_trace: bool = False,
              max_input_len: Optional[int] = None,
-             classifier_params: Any = None, layer_layout: str = "auto") -> GenerateOutput:
+             classifier_params: Any = None, layer_layout: str = "auto",
+             mesh: Optional[DecodeMesh] = None) -> GenerateOutput:
   """Early-exit decoding of input ids [B, S] (attention_mask: 1 keep, 0 pad).
 
   Returns tokens, exit layers and exit confidences, each [B, max_decode_len], and with
   `return_trace` the per-layer confidences [B, max_decode_len, L]. `classifier_params`:
   the parameters of a learned measure (required for those, refused for the others).
+  `mesh` (sharded.DecodeMesh): the rows split over its 'data' axis, each shard running its
+  own loops, the parameters over 'model'; the outputs then come back as host arrays.
   With `exit.decoding='synchronized'` the result is a `SynchronizedOutput` (FREE: the
   same three fields, plus deep passes per example and the deep layers' verdicts).
   """
@@ -94,9 +119,9 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   check_layout(layer_layout)
   rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
-  params = decoding_params(params, layer_layout)
+  params = _layout_params(params, layer_layout, mesh)
   constants = _constants(plan, params, exit, jnp.float32(exit.threshold), classifier_params)
-  return _generate_jit(plan, constants, input_ids, attention_mask, rng)
+  return _decode(plan, constants, input_ids, attention_mask, rng, None, mesh)
 
 
 def check_threshold_grid(thresholds) -> np.ndarray:
@@ -116,13 +141,14 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
                              max_decode_len: int, return_trace: bool = False,
                              max_input_len: Optional[int] = None,
                              skip_rows=None, classifier_params: Any = None,
-                             layer_layout: str = "auto") -> GenerateOutput:
+                             layer_layout: str = "auto",
+                             mesh: Optional[DecodeMesh] = None) -> GenerateOutput:
   """Greedy `generate` where example b uses its own threshold thresholds[b] ([B]).
 
   Each row equals decoding that example alone at its threshold (batch invariance), so
   (example, threshold) pairs from a grid can be packed into one batch. Rows where
   `skip_rows` [B] is True are padding: they are not decoded and return pad tokens with exit
-  layer 0.
+  layer 0. `mesh`: as for `generate`.
   """
   thresholds = check_threshold_grid(thresholds)
   plan = DecodePlan.checked(config, exit, SamplingConfig(), max_decode_len, return_trace)
@@ -135,10 +161,10 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
   if skip.shape != (input_ids.shape[0],) or skip.dtype != bool:
     raise ValueError(f"skip_rows must be a bool array [{input_ids.shape[0]}], got "
                      f"{skip.dtype} {skip.shape}")
-  params = decoding_params(params, layer_layout)
+  params = _layout_params(params, layer_layout, mesh)
   constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
-  return _generate_jit(plan, constants, input_ids, attention_mask, jax.random.PRNGKey(0),
-                       skip_rows=jnp.asarray(skip))
+  return _decode(plan, constants, input_ids, attention_mask, jax.random.PRNGKey(0),
+                 jnp.asarray(skip), mesh)
 
 
 def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from calm_jax.decoding.generate import (check_threshold_grid, generate,
 from calm_jax.decoding.inputs import prepare_inputs
 from calm_jax.decoding.measures import build_measure
 from calm_jax.decoding.plan import row_buckets
+from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.model.config import T5Config
 
 
@@ -73,6 +74,26 @@ class GridDecode:
     return ([cut(t, l) for t, l in zip(self.tokens, self.exit_layers)],
             cut(self.full_tokens, self.full_exit_layers))
 
+  def to_arrays(self) -> Dict[str, np.ndarray]:
+    """Every field as a NumPy array (for np.savez); `from_arrays` reads them back."""
+    return {field.name: np.asarray(getattr(self, field.name))
+            for field in dataclasses.fields(self)}
+
+  @classmethod
+  def from_arrays(cls, arrays: Dict[str, np.ndarray]) -> "GridDecode":
+    counts = {"num_layers": int(arrays["num_layers"]),
+              "decoded_pairs": int(arrays["decoded_pairs"])}
+    return cls(**{**arrays, **counts})
+
+  @classmethod
+  def concatenate(cls, parts: Sequence["GridDecode"]) -> "GridDecode":
+    """The grid decode of the parts' examples one after another (same thresholds)."""
+    first = parts[0]
+    join = lambda name, axis: np.concatenate([getattr(p, name) for p in parts], axis=axis)
+    return cls(first.thresholds, join("tokens", 1), join("exit_layers", 1),
+               join("confidences", 1), join("full_tokens", 0), join("full_exit_layers", 0),
+               first.num_layers, sum(p.decoded_pairs for p in parts))
+
 
 @dataclasses.dataclass(frozen=True)
 class _GridJob:
@@ -88,6 +109,7 @@ class _GridJob:
   batch_size: int  # most rows per decode call
   margin: float  # near ties around lambda_t that are decoded rather than copied
   classifier_params: Any
+  mesh: Optional[DecodeMesh]  # every decode call's rows split over its data shards
 
   def decode_rows(self, rows: np.ndarray, thresholds: np.ndarray):
     """generate_with_thresholds on examples `rows` [R] at `thresholds` [R], padded to the
@@ -100,7 +122,8 @@ class _GridJob:
         self.config, self.params, self.input_ids[padded], self.attention_mask[padded],
         thresholds=np.concatenate([thresholds, np.ones(extra, thresholds.dtype)]),
         exit=self.exit_config, max_decode_len=self.max_decode_len, return_trace=True,
-        skip_rows=np.arange(size) >= rows.size, classifier_params=self.classifier_params)
+        skip_rows=np.arange(size) >= rows.size, classifier_params=self.classifier_params,
+        mesh=self.mesh)
 
 
 @dataclasses.dataclass
@@ -160,7 +183,8 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                           margin: float = 1e-4,
                           max_input_len: Optional[int] = None,
                           classifier_params: Any = None,
-                          progress: Optional[Callable[[int, int], None]] = None) -> GridDecode:
+                          progress: Optional[Callable[[int, int], None]] = None,
+                          mesh: Optional[DecodeMesh] = None) -> GridDecode:
   """Greedy early-exit decoding of input ids [B, S] under each of K thresholds.
 
   batch_size: most rows per decode call (default B). Calls are padded to one of
@@ -168,6 +192,8 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   classifier_params: a learned measure's parameters, as for `generate`.
   progress: called as progress(pairs filled, pairs decoded) after every decode call; the
   grid holds K * B (threshold, example) pairs.
+  mesh: every decode call (the reference pass and each wave) split over the mesh's data
+  shards, each running its own loops (sharded.py); without it, one device.
   """
   thresholds = check_threshold_grid(thresholds)
   _check_arguments(margin, batch_size)
@@ -176,9 +202,11 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
       config, input_ids, attention_mask, max_input_len))
   batch = input_ids.shape[0]
   job = _GridJob(config, params, input_ids, attention_mask, exit, max_decode_len,
-                 batch if batch_size is None else int(batch_size), margin, classifier_params)
+                 batch if batch_size is None else int(batch_size), margin, classifier_params,
+                 mesh)
   decode = functools.partial(generate, config, params, max_decode_len=max_decode_len,
-                             return_trace=True, classifier_params=classifier_params)
+                             return_trace=True, classifier_params=classifier_params,
+                             mesh=mesh)
   full = decode(input_ids, attention_mask, exit=dataclasses.replace(exit, threshold=1.0))
   stack = lambda field: np.repeat(np.asarray(field)[None], thresholds.size, axis=0)
   full_tokens, full_exit_layers = np.asarray(full.tokens), np.asarray(full.exit_layers)

@@ -20,6 +20,8 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.threshold_grid import GridDecode
 from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.modes.context import RunContext, run_context
+from calm_jax.modes.mesh import run_mesh
+from calm_jax.modes.resume import open_store
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
 
 
@@ -68,7 +70,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   split = context.split(config.data.calibration_split, calibration.num_examples)
   logging.info("decoding %d examples under %d thresholds", len(split.examples),
                calibration.thresholds.size)
-  grid, losses = GridLosses(context, model_config, params, calibration)(
+  store = open_store(workdir, "calibrate", config, params)  # the parts a killed run decoded
+  grid, losses = GridLosses(context, model_config, params, calibration,
+                            run_mesh(config, "calibrate"), store)(
       split, exit_config, classifier_params_for(exit_config, model_config),
       f"calibrate {exit_config.measure}")
   report = validity.validity_study(
@@ -86,6 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     validity.plot_validity(report, context.path("validity.png"))
     print(_format_choices(summary))
     print(table)
+  store.finish()
   return path
 
 

@@ -13,6 +13,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.modes.context import RunContext, run_context
+from calm_jax.modes.mesh import run_mesh
 
 OUTPUT_FILE = "decode.jsonl"
 
@@ -35,11 +36,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Decodes the examples; returns the path of decode.jsonl."""
   settings = check(config, workdir)
   context, exit_config = settings.context, settings.exit
+  mesh = run_mesh(config, "decode")
   model_config, params = context.checked_model(exit_config)
   split = context.split(config.data.test_split, config.data.num_examples)
   out = generate(model_config, params, split.input_ids, split.attention_mask, exit=exit_config,
                  classifier_params=classifier_params_for(exit_config, model_config),
-                 max_decode_len=config.decode.max_decode_len)
+                 max_decode_len=config.decode.max_decode_len, mesh=mesh)
   tokens, exit_layers = np.asarray(out.tokens), np.asarray(out.exit_layers)
   records = [{"inputs": e.inputs, "targets": e.targets,
               "output": context.vocabulary.decode(row), "output_ids": row.tolist(),

@@ -44,6 +44,8 @@ from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, ru
 from calm_jax.modes.evaluate_report import plot_report, report_table
 from calm_jax.modes.evaluate_timing import Configuration, time_configurations
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
+from calm_jax.modes.mesh import run_mesh
+from calm_jax.modes.resume import open_store
 
 
 # Fewer rounds leave the median at the mercy of one noisy round.
@@ -140,7 +142,11 @@ class Evaluator:
     self.model_config, self.params, self.test = model_config, params, test
     self.vocabulary, self.settings = context.vocabulary, settings.evaluate
     self.calibration_settings = settings.calibration
-    self.grid_losses = GridLosses(context, model_config, params, settings.calibration)
+    # The calibration grid decodes on the run's mesh; the timed test decodes on one device.
+    # Each measure's grid parts go to the resume store as they finish.
+    self.resume = open_store(context.workdir, "evaluate", context.config, params)
+    self.grid_losses = GridLosses(context, model_config, params, settings.calibration,
+                                  run_mesh(context.config, "evaluate"), self.resume)
     self.task = run_task(context.config.data.task)
     self.max_decode_len = context.config.decode.max_decode_len
     self.configurations: List[Configuration] = []
@@ -359,6 +365,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
     context.write_text("report.md", table + "\n")
     plot_report(report, workdir)
     print(table, flush=True)
+  evaluator.resume.finish()
   return path
 
 

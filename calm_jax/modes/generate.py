@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import jax
 import ml_collections
@@ -24,10 +24,12 @@ from absl import logging
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
+from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.model.config import T5Config
 from calm_jax.modes.checks import is_integer
 from calm_jax.modes.context import RunContext, run_context
+from calm_jax.modes.mesh import run_mesh
 
 OUTPUT_FILE = "generate.jsonl"
 STDIN = "-"
@@ -133,16 +135,17 @@ def _padded(array: np.ndarray, rows: int) -> np.ndarray:
 
 def decode_in_batches(model_config: T5Config, params: Any, input_ids: np.ndarray,
                       mask: np.ndarray, exit_config: ExitConfig, classifier_params: Any,
-                      max_decode_len: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Tokens and exit layers, each [N, max_decode_len], decoded batch by batch; prints a
-  rate line per batch on process 0."""
+                      max_decode_len: int, batch_size: int,
+                      mesh: Optional[DecodeMesh] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """Tokens and exit layers, each [N, max_decode_len], decoded batch by batch (each batch
+  split over `mesh`'s data shards); prints a rate line per batch on process 0."""
   count = len(input_ids)
   rows = min(batch_size or count, count)
   tokens, layers, start = [], [], time.perf_counter()
   for part in batch_slices(count, rows):
     out = generate(model_config, params, _padded(input_ids[part], rows),
                    _padded(mask[part], rows), exit=exit_config, max_decode_len=max_decode_len,
-                   classifier_params=classifier_params)
+                   classifier_params=classifier_params, mesh=mesh)
     size = part.stop - part.start
     tokens.append(np.asarray(out.tokens)[:size])  # [b, T]
     layers.append(np.asarray(out.exit_layers)[:size])  # [b, T]
@@ -213,7 +216,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
       config.data.max_input_len)
   tokens, exit_layers = decode_in_batches(model_config, params, input_ids, mask, exit_config,
                                           classifier_params, config.decode.max_decode_len,
-                                          settings.generate.batch_size)
+                                          settings.generate.batch_size,
+                                          run_mesh(config, "generate"))
   records = output_records(inputs, tokens, exit_layers, context.vocabulary)
   path = context.write_jsonl(OUTPUT_FILE, records)
   if context.writes:

@@ -13,10 +13,12 @@ from calm_jax.calibration import consistency, ltt, validity
 from calm_jax.data.metrics import TEXT_SIMILARITIES
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.decoding.threshold_grid import GridDecode, decode_threshold_grid
 from calm_jax.model.config import T5Config
 from calm_jax.modes.checks import is_integer, is_number
 from calm_jax.modes.context import EncodedSplit, RunContext
+from calm_jax.modes.resume import ResumeStore
 from calm_jax.utils.progress import RateLine
 
 
@@ -34,6 +36,7 @@ class CalibrationSettings:
   num_splits: int  # random splits of the validity study
   calibration_fraction: float  # share of examples used to calibrate in each split
   batch_size: int  # rows per packed grid decode call; 0 = the number of examples
+  save_every: int  # examples per saved (resumable) part of the grid; 0 = the whole split
 
 
 def _check_rules(rules: List[str]) -> None:
@@ -65,6 +68,9 @@ def _check_sizes(section: ml_collections.ConfigDict) -> None:
   if not is_integer(section.batch_size) or section.batch_size < 0:
     raise ValueError(f"calibration.batch_size must be an integer >= 0 (0 = all examples), "
                      f"got {section.batch_size!r}")
+  if not is_integer(section.save_every) or section.save_every < 0:
+    raise ValueError(f"calibration.save_every must be an integer >= 0 (0 = the whole split "
+                     f"in one part), got {section.save_every!r}")
   try:
     validity.check_split(section.num_examples, section.num_splits,
                          section.calibration_fraction)
@@ -92,7 +98,8 @@ def calibration_settings(section: ml_collections.ConfigDict) -> CalibrationSetti
       thresholds=ltt.check_thresholds(section.thresholds), deltas=deltas,
       epsilon=float(section.epsilon), rules=rules, objective=section.objective,
       similarity=section.similarity, num_splits=section.num_splits,
-      calibration_fraction=float(section.calibration_fraction), batch_size=section.batch_size)
+      calibration_fraction=float(section.calibration_fraction), batch_size=section.batch_size,
+      save_every=section.save_every)
 
 
 def grid_outputs(grid: GridDecode, settings: CalibrationSettings, vocabulary: Vocabulary):
@@ -119,21 +126,51 @@ class GridLosses:
   model_config: T5Config
   params: Any
   settings: CalibrationSettings
+  mesh: Optional[DecodeMesh] = None  # every grid decode split over its data shards
+  resume: Optional[ResumeStore] = None  # the parts already decoded; new parts saved there
+
+  def _decode_part(self, split: EncodedSplit, rows: slice, exit_config: ExitConfig,
+                   classifier_params: Optional[Any], progress) -> GridDecode:
+    settings = self.settings
+    return decode_threshold_grid(self.model_config, self.params, split.input_ids[rows],
+                                 split.attention_mask[rows], thresholds=settings.thresholds,
+                                 exit=exit_config,
+                                 max_decode_len=self.context.config.decode.max_decode_len,
+                                 batch_size=settings.batch_size or None,
+                                 classifier_params=classifier_params, mesh=self.mesh,
+                                 progress=progress)
+
+  def decode(self, split: EncodedSplit, exit_config: ExitConfig,
+             classifier_params: Optional[Any], label: str) -> GridDecode:
+    """The split's grid decode, in parts of calibration.save_every examples: a part the
+    resume store holds is read back, the others are decoded and saved as they finish (batch
+    invariance makes the parts' outputs those of one decode of the whole split)."""
+    num_examples, num_thresholds = split.input_ids.shape[0], self.settings.thresholds.size
+    line = grid_progress(label, num_examples, num_thresholds)
+    size = self.settings.save_every or num_examples
+    parts, decoded = [], 0
+    for start in range(0, num_examples, size):
+      key = f"grid_{exit_config.measure}_{start}"
+      saved = self.resume.load(key) if self.resume is not None else None
+      if saved is not None:
+        parts.append(GridDecode.from_arrays(saved))
+        continue
+      progress = lambda filled, pairs, before=(start * num_thresholds, decoded): line(
+          before[0] + filled, before[1] + pairs)
+      part = self._decode_part(split, slice(start, start + size), exit_config,
+                               classifier_params, progress)
+      decoded += part.decoded_pairs
+      if self.resume is not None:
+        self.resume.save(key, part.to_arrays())
+      parts.append(part)
+    return GridDecode.concatenate(parts)
 
   def __call__(self, split: EncodedSplit, exit_config: ExitConfig,
                classifier_params: Optional[Any], label: str) -> Tuple[GridDecode, np.ndarray]:
     """(the grid decode, losses [n, k]) of `split` under `exit_config`'s measure; `label`
     names the progress line."""
     settings = self.settings
-    num_examples = split.input_ids.shape[0]
-    grid = decode_threshold_grid(self.model_config, self.params, split.input_ids,
-                                 split.attention_mask, thresholds=settings.thresholds,
-                                 exit=exit_config,
-                                 max_decode_len=self.context.config.decode.max_decode_len,
-                                 batch_size=settings.batch_size or None,
-                                 classifier_params=classifier_params,
-                                 progress=grid_progress(label, num_examples,
-                                                        settings.thresholds.size))
+    grid = self.decode(split, exit_config, classifier_params, label)
     early, full = grid_outputs(grid, settings, self.context.vocabulary)
     losses = consistency.consistency_losses(settings.objective, early, full,
                                             references=split.references,
