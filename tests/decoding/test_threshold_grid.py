@@ -14,7 +14,7 @@ from calm_jax.decoding.generate import generate, generate_grid, generate_with_th
 from calm_jax.decoding.measures import MeasureContext
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import SamplingConfig
-from calm_jax.decoding.threshold_grid import decode_threshold_grid, same_decisions
+from calm_jax.decoding.threshold_grid import GridDecode, decode_threshold_grid, same_decisions
 from calm_jax.exit_classifiers.registry import init_classifier
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import init_params
@@ -282,3 +282,32 @@ def test_grid_decode_reports_every_pair_once_filled():
   filled = [c[0] for c in calls]
   assert filled == sorted(filled) and filled[-1] == 4 * 6
   assert calls[-1][1] == grid.decoded_pairs > 0
+
+
+def _random_grid(rng, examples, decoded):
+  """A GridDecode of `examples` rows under 3 thresholds, 4 positions, random fields."""
+  return GridDecode(
+      thresholds=np.array([1.0, 0.5, 0.1], np.float32),
+      tokens=rng.integers(0, 9, (3, examples, 4)).astype(np.int32),
+      exit_layers=rng.integers(0, 3, (3, examples, 4)).astype(np.int32),
+      confidences=rng.random((3, examples, 4)).astype(np.float32),
+      full_tokens=rng.integers(0, 9, (examples, 4)).astype(np.int32),
+      full_exit_layers=rng.integers(0, 3, (examples, 4)).astype(np.int32),
+      num_layers=2, decoded_pairs=decoded)
+
+
+def test_grid_parts_round_trip_and_concatenate_along_the_examples():
+  rng = np.random.default_rng(0)
+  first, second = _random_grid(rng, 2, 3), _random_grid(rng, 3, 4)
+  back = GridDecode.from_arrays(first.to_arrays())
+  assert (back.num_layers, back.decoded_pairs) == (2, 3)
+  joined = GridDecode.concatenate([back, second])
+  assert joined.decoded_pairs == 7 and joined.num_layers == 2
+  np.testing.assert_array_equal(joined.thresholds, first.thresholds)
+  for field in ("tokens", "exit_layers", "confidences"):  # [K, B, T]: examples on axis 1
+    np.testing.assert_array_equal(getattr(joined, field)[:, :2], getattr(first, field))
+    np.testing.assert_array_equal(getattr(joined, field)[:, 2:], getattr(second, field))
+  for field in ("full_tokens", "full_exit_layers"):  # [B, T]
+    np.testing.assert_array_equal(getattr(joined, field),
+                                  np.concatenate([getattr(first, field),
+                                                  getattr(second, field)]))
