@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'evaluate', 'analyze' or 'generate'.
   config.mode = "all"  # the README's first command: train, train_exit, calibrate, evaluate
   config.seed = 0  # seeds parameter initialisation and the generated examples
+  # Refuse a run whose memory estimate (calm_jax/modes/memory.py) exceeds the devices'.
+  config.memory_check = True
 
   config.model = ml_collections.ConfigDict()
   config.model.hf_path = ""  # local Hugging Face T5 directory or Hub name; "" = fresh init
@@ -50,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_split = "test"  # split decode, evaluate and analyze read
   config.data.num_examples = 4  # examples the decode mode decodes
   config.data.max_input_len = 49  # input ids (+EOS), padded; longer inputs are cut
+  # JSON Lines tasks: skip (and count) malformed lines instead of stopping at the first one.
+  config.data.skip_malformed = False
 
   config.decode = ml_collections.ConfigDict()
   config.decode.max_decode_len = 25  # output positions generated (and trained) per example

@@ -29,8 +29,9 @@ class MalformedLineError(ValueError):
   and the 1-based line number."""
 
   def __init__(self, path: str, line: int, reason: str):
-    super().__init__(f"{path}:{line}: {reason} (pass skip_malformed=True to skip and count "
-                     "such lines)")
+    super().__init__(f"{path}:{line}: {reason}; fix the line, or skip and count such lines "
+                     f"with --config.data.skip_malformed=True (read_jsonl(..., "
+                     "skip_malformed=True) in Python)")
     self.path, self.line, self.reason = path, line, reason
 
 

@@ -52,19 +52,32 @@ class JsonlSource:
   skip_malformed: bool = False
   max_input_bytes: Optional[int] = None
   references_field: Optional[str] = None
+  missing_hint: str = ""  # said when the directory does not exist: where the data comes from
 
   def splits(self) -> Tuple[str, ...]:
+    self._check_directory()
     return tuple(jsonl.split_files(self.directory))
 
   def examples(self, split: str, count: Optional[int], seed: int) -> List[jsonl.JsonlExample]:
     del seed  # files are read in order
-    return list(self.read(split, count).examples)
+    found = self.read(split, count)
+    if not found.examples:
+      skipped = f" ({found.skipped} malformed lines skipped)" if found.skipped else ""
+      raise ValueError(f"{found.path} holds no examples{skipped}; a split needs at least one "
+                       "line with 'inputs' and 'targets'")
+    return list(found.examples)
 
   def read(self, split: str, count: Optional[int] = None) -> jsonl.JsonlSplit:
     """The split with its skip and truncation counts."""
+    self._check_directory()
     return jsonl.read_split(self.directory, split, skip_malformed=self.skip_malformed,
                             max_input_bytes=self.max_input_bytes,
                             references_field=self.references_field, max_examples=count)
+
+  def _check_directory(self) -> None:
+    if not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"JSON Lines task directory {self.directory!r} does not exist"
+                              f"{'; ' + self.missing_hint if self.missing_hint else ''}")
 
 
 Source = Union[GeneratedSource, JsonlSource]
@@ -91,6 +104,20 @@ class Task:
   def splits(self) -> Tuple[str, ...]:
     """The splits that exist (for files: the ones on disk now)."""
     return self.source.splits()
+
+  def check_split(self, split: str, seed: int = 0) -> None:
+    """Reads `split` once, as a run's checks do before any model work: a file whole (a
+    missing or empty file or a malformed line stops here), a generated split's first
+    example."""
+    whole = isinstance(self.source, JsonlSource)
+    self.source.examples(split, None if whole else 1, seed)
+
+  def skipping_malformed(self) -> "Task":
+    """This task with malformed JSON Lines skipped and counted (files only)."""
+    if not isinstance(self.source, JsonlSource):
+      return self
+    return dataclasses.replace(self, source=dataclasses.replace(self.source,
+                                                                skip_malformed=True))
 
   def examples(self, split: str, count: Optional[int] = None, seed: int = 0) -> List[Example]:
     """The first `count` examples of `split` (all of a file when None), prefix applied;
@@ -170,12 +197,21 @@ _LOCAL_DATASETS = (
 )
 
 
+def missing_data_hint(data_dir: str, folder: str) -> str:
+  """What to do when a local dataset's folder is missing."""
+  return (f"put {folder}/<split>.jsonl under the data directory (now {data_dir!r}; set "
+          f"${DATA_DIR_ENV} to the folder holding {folder}/), or read the full dataset "
+          f"through seqio/TFDS with data.task=calm_{folder} (pip install -r "
+          "requirements-seqio.txt)")
+
+
 def local_tasks(data_dir: str) -> Tuple[Task, ...]:
   """The `<dataset>_local` tasks reading the JSON Lines sets under `data_dir`."""
   return tuple(
       Task(name, JsonlSource(os.path.join(data_dir, folder),
-                             references_field=references_field), prefix, metric_names,
-           f"JSON Lines evaluation set in {os.path.join(data_dir, folder)}")
+                             references_field=references_field,
+                             missing_hint=missing_data_hint(data_dir, folder)),
+           prefix, metric_names, f"JSON Lines evaluation set in {os.path.join(data_dir, folder)}")
       for name, folder, prefix, metric_names, references_field in _LOCAL_DATASETS)
 
 

@@ -18,6 +18,9 @@ import numpy as np
 from calm_jax.data import byte_vocab
 
 
+MAX_PADDING_ROWS = 128  # embedding rows a model may have beyond its tokenizer's ids
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
   """Text <-> ids with T5's conventions (pad, EOS)."""
@@ -59,11 +62,15 @@ class Vocabulary:
     return ids, (ids != self.pad_id).astype(np.int32), truncated
 
   def check_model(self, vocab_size: int) -> None:
-    """The model's embedding must hold every id this vocabulary produces."""
-    if vocab_size < self.size:
-      raise ValueError(f"the model's vocabulary has {vocab_size} rows, fewer than the "
-                       f"{self.size} ids of vocabulary {self.name!r}; use the tokenizer the "
-                       "model was trained with (data.vocabulary)")
+    """The model's embedding holds every id this vocabulary produces, and every id the
+    model can emit decodes: the byte vocabulary needs a model of exactly its size, a
+    tokenizer allows up to MAX_PADDING_ROWS unused rows (T5's 32128 rows for 32100 ids)."""
+    extra = 0 if self._tokenizer is None else MAX_PADDING_ROWS
+    if not self.size <= vocab_size <= self.size + extra:
+      raise ValueError(f"model has {vocab_size} ids, data.vocabulary {self.name!r} has "
+                       f"{self.size}: pass the checkpoint's tokenizer directory in "
+                       "data.vocabulary (or a model of that vocabulary size: "
+                       f"model.vocab_size={self.size})")
 
 
 BYTE = Vocabulary("byte", byte_vocab.VOCAB_SIZE, byte_vocab.PAD_ID, byte_vocab.EOS_ID)

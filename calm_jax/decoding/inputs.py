@@ -5,6 +5,7 @@ Everything here runs on the host before anything is compiled.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Optional
 
@@ -14,9 +15,29 @@ import numpy as np
 from calm_jax.model.config import T5Config
 
 
+def is_integer(value) -> bool:
+  """A Python or NumPy integer, not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_max_decode_len(max_decode_len) -> None:
-  if not isinstance(max_decode_len, int) or isinstance(max_decode_len, bool) or max_decode_len < 1:
+  if not is_integer(max_decode_len) or max_decode_len < 1:
     raise ValueError(f"max_decode_len must be a positive integer, got {max_decode_len!r}")
+
+
+def check_mask_values(mask: np.ndarray) -> None:
+  """An attention mask holds 1 (keep) and 0 (padding) only, of any numeric or bool dtype;
+  anything else (2, 0.5) is refused rather than cast."""
+  if mask.dtype == bool:
+    return
+  if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
+    raise ValueError(f"attention_mask must hold 0 and 1, got dtype {mask.dtype}")
+  bad = np.flatnonzero((mask != 0) & (mask != 1))
+  if bad.size:
+    position = np.unravel_index(bad[0], mask.shape)
+    raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token); "
+                     f"attention_mask[{', '.join(map(str, position))}] = "
+                     f"{mask[position].item()!r}")
 
 
 def prepare_inputs(config: T5Config, input_ids, attention_mask, max_input_len: Optional[int]):
@@ -38,8 +59,9 @@ def prepare_inputs(config: T5Config, input_ids, attention_mask, max_input_len: O
   if mask.shape != input_ids.shape:
     raise ValueError(f"attention_mask shape {mask.shape} differs from input_ids shape "
                      f"{input_ids.shape}")
+  check_mask_values(mask)
   if max_input_len is not None:
-    if max_input_len < 1:
+    if not is_integer(max_input_len) or max_input_len < 1:
       raise ValueError(f"max_input_len must be >= 1, got {max_input_len}")
     if input_ids.shape[1] > max_input_len:
       longest = int(mask.sum(axis=1).max())

@@ -65,6 +65,9 @@ def save_classifier(directory: str, name: str, params: Params) -> str:
   return directory
 
 
+RETRAIN = "train it again (the train_exit mode writes <workdir>/exit_classifiers/<name>)"
+
+
 def _read_info(directory: str) -> Dict[str, Any]:
   path = os.path.join(directory, INFO_FILE)
   if not os.path.isfile(path):
@@ -73,7 +76,8 @@ def _read_info(directory: str) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as f:
       info = json.load(f)
   except json.JSONDecodeError as error:
-    raise ValueError(f"{path!r} is not valid JSON: {error}") from None
+    raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg}); the saved "
+                     f"classifier is incomplete or corrupt: {RETRAIN}") from None
   missing = [key for key in ("name", "options", "input_width", "params_sha256")
              if not isinstance(info, dict) or key not in info]
   if missing:
@@ -99,7 +103,7 @@ def load_classifier(directory: str, model_config=None,
     payload = f.read()
   if hashlib.sha256(payload).hexdigest() != info["params_sha256"]:
     raise ValueError(f"{path!r} does not match the checksum in {INFO_FILE} (changed or "
-                     "partly written)")
+                     f"partly written): {RETRAIN}")
   params = flax.serialization.msgpack_restore(payload)
   width = int(info["input_width"])
   if model_config is not None and model_config.d_model != width:

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from calm_jax.model.config import T5Config
-from calm_jax.model.hf_import import load_hf_t5
+from calm_jax.model.hf_import import hf_t5_config, load_hf_t5
 from calm_jax.model.t5 import init_params
 
 # ConfigDict fields under `model` that are not T5Config fields.
@@ -35,6 +35,34 @@ def check_source(model_config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"model.checkpoint={checkpoint!r} is not a calm_jax params export "
                        "(a directory with config.json and params/, as `train` writes to "
                        "<workdir>/model)")
+
+
+def source_config(model_config: ml_collections.ConfigDict) -> T5Config:
+  """The run model's T5Config without loading any parameters (the export's or checkpoint's
+  config.json, or the section's fields): what the checks compare the vocabulary, the exit
+  settings and the memory estimate with before any model work."""
+  check_source(model_config)
+  if model_config.get("checkpoint", ""):
+    from calm_jax.training.checkpoints import read_export_config  # pylint: disable=import-outside-toplevel
+    return read_export_config(model_config.checkpoint)
+  if model_config.hf_path:
+    return hf_t5_config(model_config.hf_path).replace(dtype=model_config.dtype,
+                                                      param_dtype=model_config.param_dtype)
+  return t5_config_from(model_config)
+
+
+def describe_source(model_config: ml_collections.ConfigDict, seed: int) -> str:
+  """Where the run's model comes from, as a run announces it."""
+  if model_config.get("checkpoint", ""):
+    return f"calm_jax export {model_config.checkpoint}"
+  if model_config.hf_path:
+    return f"Hugging Face checkpoint {model_config.hf_path}"
+  return f"fresh random initialisation (seed {seed}, untrained)"
+
+
+def is_random(model_config: ml_collections.ConfigDict) -> bool:
+  """Whether the run's model is freshly initialised (no checkpoint, no export)."""
+  return not (model_config.get("checkpoint", "") or model_config.hf_path)
 
 
 def load_model(model_config: ml_collections.ConfigDict, seed: int) -> Tuple[T5Config, Any]:

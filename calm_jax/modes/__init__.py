@@ -15,10 +15,15 @@ optimizer and mesh of the two training modes) and `checks`.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from typing import Any, Dict, Protocol
 
+import jax
 import ml_collections
 
+from calm_jax.modes import run_record
+from calm_jax.modes.context import check_workdir
 from calm_jax.modes import (all as all_steps, analyze, calibrate, decode, evaluate,
                             export_hf, generate, train, train_exit)
 
@@ -44,6 +49,28 @@ MODES: Dict[str, Mode] = {
 }
 
 
+# One line per mode for --help (a mode missing here shows its docstring's first sentence).
+SUMMARIES = {
+    "all": "train -> train_exit -> calibrate -> evaluate in one workdir (the demo's default)",
+    "decode": "decode data.num_examples test examples -> decode.jsonl with exit layers",
+    "generate": "decode the lines of generate.input_file ('-' = stdin) -> generate.jsonl",
+    "train": "CALM training with the anytime loss -> <workdir>/model (resumable)",
+    "train_exit": "train a learned exit classifier on the frozen model",
+    "calibrate": "threshold grid -> Learn-then-Test thresholds -> calibration.json, validity.*",
+    "evaluate": "calibrated measures vs full model, static exits, oracle -> report.md",
+    "analyze": "layer-wise studies (stability, confidence, saturation, oracle) -> analysis_*",
+    "export_hf": "the run's model as a Hugging Face T5 directory -> <workdir>/hf_export",
+}
+
+
+def summary(name: str) -> str:
+  """The one-line description of mode `name`."""
+  if name in SUMMARIES:
+    return SUMMARIES[name]
+  doc = " ".join((MODES[name].__doc__ or "").split())
+  return re.split(r"\.\s", doc + " ", maxsplit=1)[0].split(": ", 1)[-1][:90]
+
+
 def get_mode(config: ml_collections.ConfigDict, workdir: str) -> Mode:
   """The module of `config.mode`; an unknown mode or an empty workdir is a ValueError."""
   if config.mode not in MODES:
@@ -59,8 +86,24 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Any:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Validates the mode and workdir, creates the workdir, then runs the mode; returns its
-  main output path."""
+  """Validates the mode and workdir, creates the workdir, says what of its outputs an
+  interrupted run left mixed or partial, runs the mode and writes the run record last;
+  returns the mode's main output path."""
   mode = get_mode(config, workdir)
+  check_workdir(workdir)
+  created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
-  return mode.run(config, workdir)
+  writes = jax.process_index() == 0
+  if writes:
+    for problem in run_record.inconsistencies(workdir):
+      sys.stderr.write(f"calm_jax: warning: {workdir}: {problem}\n")
+  started = run_record.workdir_clock(workdir) if writes else 0
+  try:
+    path = mode.run(config, workdir)
+  except BaseException:
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)  # a run refused by its checks leaves nothing behind
+    raise
+  if writes:
+    run_record.write_record(workdir, config.mode, config, started)
+  return path

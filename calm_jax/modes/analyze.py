@@ -31,6 +31,7 @@ from calm_jax.decoding.measures import build_measure, checked_measure
 from calm_jax.exit_classifiers.registry import is_learned
 from calm_jax.model.config import T5Config
 from calm_jax.model.hf_import import load_hf_t5
+from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, encode_targets, run_context
 from calm_jax.modes.checks import is_integer, is_number
 
@@ -401,7 +402,11 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   model's depth once it is loaded, before anything runs)."""
   analysis_section = analysis_settings(config.analysis)
   exit_config = ExitConfig.from_section(config.exit)
-  return Settings(run_context(config, workdir), analysis_section, exit_config)
+  context = run_context(config, workdir, splits=("data.test_split",))
+  memory.check_decoding(config, context.model_shape,
+                        analysis_section.batch_size or analysis_section.num_examples,
+                        "analysis.batch_size")
+  return Settings(context, analysis_section, exit_config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:

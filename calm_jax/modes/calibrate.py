@@ -19,6 +19,7 @@ from calm_jax.calibration import ltt, validity
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.threshold_grid import GridDecode
 from calm_jax.exit_classifiers.storage import classifier_params_for
+from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, run_context
 from calm_jax.modes.mesh import run_mesh
 from calm_jax.modes.resume import open_store
@@ -39,7 +40,12 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   any model is loaded or anything is decoded."""
   calibration = calibration_settings(config.calibration)
   exit_config = ExitConfig.from_section(config.exit)
-  return Settings(run_context(config, workdir), calibration, exit_config)
+  context = run_context(config, workdir, splits=("data.calibration_split",),
+                        exits=(exit_config,))
+  memory.check_decoding(config, context.model_shape,
+                        calibration.batch_size or calibration.num_examples,
+                        "calibration.batch_size")
+  return Settings(context, calibration, exit_config)
 
 
 def _choices(losses, grid: GridDecode, settings: CalibrationSettings) -> List[dict]:

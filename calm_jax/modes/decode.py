@@ -12,6 +12,8 @@ from absl import logging
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.exit_classifiers.storage import classifier_params_for
+from calm_jax.model.source import describe_source
+from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, run_context
 from calm_jax.modes.mesh import run_mesh
 
@@ -27,9 +29,13 @@ class Settings:
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
-  """The `exit` section, the task and the model source, checked before the model loads."""
+  """The `exit` section, the task and its test split, the model source, the exit rule and
+  vocabulary against the model, and the decode's memory, checked before the model loads."""
   exit_config = ExitConfig.from_section(config.exit)
-  return Settings(run_context(config, workdir), exit_config)
+  context = run_context(config, workdir, splits=("data.test_split",), exits=(exit_config,))
+  memory.check_decoding(config, context.model_shape, config.data.num_examples,
+                        "data.num_examples")
+  return Settings(context, exit_config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -49,7 +55,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
              for e, row, layers in zip(split.examples, tokens, exit_layers)]
   path = context.write_jsonl(OUTPUT_FILE, records)
   if context.writes:
-    source = config.model.hf_path or f"fresh random initialisation (seed {config.seed}, untrained)"
+    source = describe_source(config.model, config.seed)
     print(f"Early-exit greedy decoding ({exit_config.measure}, lambda={exit_config.threshold}) "
           f"with a {model_config.num_decoder_layers}-layer decoder; model: {source}")
     for record in records:

@@ -41,6 +41,7 @@ from calm_jax.exit_classifiers.registry import is_learned
 from calm_jax.exit_classifiers.storage import load_classifier
 from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, run_context,
                                     run_task)
+from calm_jax.modes import memory
 from calm_jax.modes.evaluate_report import plot_report, report_table
 from calm_jax.modes.evaluate_timing import Configuration, time_configurations
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
@@ -108,7 +109,22 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   evaluate = evaluate_settings(config.evaluate, workdir)
   calibration = calibration_settings(config.calibration)
   base_exit = ExitConfig.from_section(config.exit)
-  return Settings(run_context(config, workdir), evaluate, calibration, base_exit)
+  context = run_context(config, workdir, splits=("data.test_split", "data.calibration_split"),
+                        exits=measured_exits(evaluate, base_exit))
+  memory.check_decoding(config, context.model_shape,
+                        max(evaluate.num_examples,
+                            calibration.batch_size or calibration.num_examples),
+                        "evaluate.num_examples, calibration.batch_size")
+  return Settings(context, evaluate, calibration, base_exit)
+
+
+def measured_exits(settings: EvaluateSettings, base_exit: ExitConfig) -> List[ExitConfig]:
+  """The exit rules the run decodes with (every measure, every static layer), each
+  checked against the model before it loads."""
+  return ([dataclasses.replace(base_exit, measure=m, classifier_path="")
+           for m in settings.measures]
+          + [dataclasses.replace(base_exit, measure="static", static_exit_layer=layer,
+                                 classifier_path="") for layer in settings.static_layers])
 
 
 @dataclasses.dataclass

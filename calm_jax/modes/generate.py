@@ -28,6 +28,7 @@ from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.exit_classifiers.storage import classifier_params_for
 from calm_jax.model.config import T5Config
 from calm_jax.modes.checks import is_integer
+from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, run_context
 from calm_jax.modes.mesh import run_mesh
 
@@ -70,6 +71,9 @@ def generate_settings(section: ml_collections.ConfigDict) -> GenerateSettings:
 def check_input_file(input_file: str) -> None:
   """Standard input, or an existing regular file (its contents are read later)."""
   if input_file == STDIN:
+    if sys.stdin is None or sys.stdin.closed:
+      raise ValueError("generate.input_file='-' reads standard input, but this process has "
+                       "none (it is closed); pipe the inputs in or name a text file")
     return
   if not os.path.exists(input_file):
     raise ValueError(f"generate.input_file={input_file!r} does not exist; name a text file "
@@ -201,7 +205,10 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   settings = generate_settings(config.generate)
   exit_config = ExitConfig.from_section(config.exit)
   check_input_file(settings.input_file)
-  return Settings(run_context(config, workdir, reads_task=False), settings, exit_config)
+  context = run_context(config, workdir, reads_task=False, exits=(exit_config,))
+  memory.check_decoding(config, context.model_shape, settings.batch_size,
+                        "generate.batch_size")
+  return Settings(context, settings, exit_config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:

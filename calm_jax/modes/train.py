@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from calm_jax.model.config import T5Config
+from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, run_context
 from calm_jax.modes.training_setup import TrainingSetup, training_data, training_setup
 from calm_jax.training.calm import train_calm
@@ -73,7 +74,9 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   setup = training_setup(section, config)
   if section.num_examples < 1:
     raise ValueError(f"train.num_examples must be >= 1, got {section.num_examples!r}")
-  return Settings(run_context(config, workdir), setup, objective)
+  context = run_context(config, workdir, splits=("train.split",))
+  memory.check_training(config, context.model_shape, "train")
+  return Settings(context, setup, objective)
 
 
 def describe(model: T5Config, data: EncodedExamples, settings: LoopSettings) -> str:

@@ -21,6 +21,7 @@ from calm_jax.decoding.measures import checked_measure
 from calm_jax.exit_classifiers.registry import (check_classifier_options, get_classifier,
                                                 init_classifier)
 from calm_jax.exit_classifiers.storage import save_classifier
+from calm_jax.modes import memory
 from calm_jax.modes.context import CLASSIFIER_DIR, RunContext, run_context
 from calm_jax.modes.training_setup import TrainingSetup, training_data, training_setup
 from calm_jax.training.exit_classifier import (ClassifierObjective, asked_layers,
@@ -62,12 +63,16 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   checked before anything loads."""
   section = config.train_exit
   exit_config = ExitConfig.from_section(config.exit)
-  setup = training_setup(section, config)
+  setup = training_setup(section, config, "train_exit")
   objective_from(section, ()).validate()
   options = classifier_options_from(section)
   # The options' own checks (d_model only fills a default width, so any value serves).
   check_classifier_options(section.classifier, 1, options)
-  return Settings(run_context(config, workdir), setup, exit_config, options)
+  context = run_context(config, workdir, splits=("train.split",), exits=(exit_config,))
+  layers = context.model_shape.num_decoder_layers
+  asked_layers(objective_from(section, exit_point_layers(exit_config, layers)), layers)
+  memory.check_training(config, context.model_shape, "train_exit", trains_model=False)
+  return Settings(context, setup, exit_config, options)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> str:

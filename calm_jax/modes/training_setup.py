@@ -49,16 +49,29 @@ class TrainingSetup:
   mesh: MeshConfig
 
 
-def training_setup(section: ml_collections.ConfigDict,
-                   config: ml_collections.ConfigDict) -> TrainingSetup:
-  """The loop and optimizer of `section` and the run's `mesh` section, checked (the batch
-  must split over the mesh's data axis)."""
+def training_setup(section: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                   name: str = "train") -> TrainingSetup:
+  """The loop and optimizer of `section` (the config's section `name`) and the run's `mesh`
+  section, checked (the batch must split over the mesh's data axis); a bad value names
+  its key in that section."""
   loop = loop_settings_from(section, config.seed)
   optimizer = optimizer_from(section)
-  optimizer.validate()
   mesh = mesh_config_from(config.mesh)
-  loop.validate(make_mesh(mesh))
+  try:
+    optimizer.validate()
+    loop.validate(make_mesh(mesh))
+  except ValueError as error:
+    raise ValueError(section_message(str(error), name)) from None
   return TrainingSetup(loop, optimizer, mesh)
+
+
+def section_message(message: str, name: str) -> str:
+  """A loop or optimizer check's message with its field named as the config key
+  `<name>.<field>` (the library's own messages say `train.` or the bare field)."""
+  message = message.replace("the number of training steps", "steps")
+  if message.startswith("train."):
+    message = message[len("train."):]
+  return f"{name}.{message}"
 
 
 def training_data(context: RunContext, vocab_size: int) -> EncodedExamples:

@@ -12,6 +12,7 @@ An export (`export_params`) is a directory with `config.json` (the T5Config) and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +27,8 @@ from calm_jax.model.config import T5Config
 
 EXPORT_CONFIG = "config.json"
 EXPORT_PARAMS = "params"
+# Description keys a resumed run may change (announced, not refused): the run's length.
+RESUMABLE_CHANGES = ("total_steps",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -35,6 +38,8 @@ class CheckpointMismatchError(ValueError):
 def _differences(stored: Dict[str, Any], wanted: Dict[str, Any], prefix: str = "") -> list:
   out = []
   for key in sorted(set(stored) | set(wanted)):
+    if not prefix and key in RESUMABLE_CHANGES:
+      continue
     a, b = stored.get(key, "<missing>"), wanted.get(key, "<missing>")
     if isinstance(a, dict) and isinstance(b, dict):
       out.extend(_differences(a, b, f"{prefix}{key}."))
@@ -77,11 +82,16 @@ class TrainCheckpoints:
                                       description=ocp.args.JsonSave(description)),
         force=True)
 
+  def stored_description(self, step: int) -> Dict[str, Any]:
+    """The JSON description saved with `step`; unreadable data names the checkpoint."""
+    with _readable(os.path.join(self.directory, str(step)), "checkpoint"):
+      return self._manager.restore(
+          step, args=ocp.args.Composite(description=ocp.args.JsonRestore()))["description"]
+
   def restore(self, step: int, like: Any, description: Dict[str, Any]) -> Any:
     """The state saved at `step`, placed like `like` (arrays with their shardings), after
     checking the stored description (model, setup, parameter shapes) against this run's."""
-    stored = self._manager.restore(
-        step, args=ocp.args.Composite(description=ocp.args.JsonRestore()))["description"]
+    stored = self.stored_description(step)
     problems = _differences(stored, json.loads(json.dumps(description)))
     if problems:
       raise CheckpointMismatchError(
@@ -89,8 +99,9 @@ class TrainCheckpoints:
           f"training setup; use a new workdir or the same settings. Differences: "
           + "; ".join(problems[:8]))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    with _readable(os.path.join(self.directory, str(step)), "checkpoint"):
+      return self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
 
   def wait(self) -> None:
     """Blocks until background saves are on disk."""
@@ -117,13 +128,42 @@ def is_export(directory: str) -> bool:
           and os.path.isdir(os.path.join(directory, EXPORT_PARAMS)))
 
 
-def load_exported(directory: str) -> Tuple[T5Config, Any]:
-  """(config, params) from an `export_params` directory, as host NumPy-backed arrays."""
+@contextlib.contextmanager
+def _readable(path: str, what: str):
+  """Turns a failure inside Orbax (truncated or missing files: many exception types, the
+  cause deep in a long traceback) into one ValueError naming `path` and what to do."""
+  try:
+    yield
+  except Exception as error:  # pylint: disable=broad-except
+    cause = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    raise ValueError(f"{path}: the {what} cannot be read ({type(error).__name__}: "
+                     f"{cause[:300]}); it is incomplete or corrupt: delete it (a training "
+                     "run then resumes from an earlier checkpoint or starts over) or "
+                     "export it again") from error
+
+
+def read_export_config(directory: str) -> T5Config:
+  """The T5Config of an export (its config.json), without reading the parameters; a
+  missing, truncated or invalid file is a ValueError naming it."""
   if not is_export(directory):
     raise ValueError(f"{directory!r} is not a calm_jax params export (expected "
                      f"{EXPORT_CONFIG} and {EXPORT_PARAMS}/ inside)")
-  with open(os.path.join(directory, EXPORT_CONFIG), encoding="utf-8") as f:
-    config = T5Config.from_dict(json.load(f))
-  params = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(directory),
-                                                           EXPORT_PARAMS))
+  path = os.path.join(directory, EXPORT_CONFIG)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return T5Config.from_dict(json.load(f))
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} line {error.lineno}: not valid JSON ({error.msg}); the export "
+                     "is incomplete or corrupt: export it again (the train mode writes "
+                     "<workdir>/model)") from None
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{path}: not a T5 config ({error}); export it again") from None
+
+
+def load_exported(directory: str) -> Tuple[T5Config, Any]:
+  """(config, params) from an `export_params` directory, as host NumPy-backed arrays."""
+  config = read_export_config(directory)
+  params_dir = os.path.join(os.path.abspath(directory), EXPORT_PARAMS)
+  with _readable(params_dir, "exported parameters"):
+    params = ocp.StandardCheckpointer().restore(params_dir)
   return config, params

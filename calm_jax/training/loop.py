@@ -182,7 +182,8 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
   the model and setup; a checkpoint with a different one is refused."""
   settings.validate(mesh)
   description = {**description, "parameter_shapes": parameter_shapes(params),
-                 "seed": settings.seed, "batch_size": settings.batch_size}
+                 "seed": settings.seed, "batch_size": settings.batch_size,
+                 "total_steps": settings.steps}
   shardings = param_shardings(params, mesh, rules)
   params = _place(params, shardings)
   if frozen is not None:
@@ -195,6 +196,8 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
   start = checkpoints.latest_step() or 0
   if start:
     state = checkpoints.restore(start, state, description)
+    if jax.process_index() == 0:
+      print(resume_notice(name, start, settings.steps, checkpoints), flush=True)
   state_shardings = jax.tree.map(lambda a: a.sharding, state)
   step_fn = jax.jit(make_train_step(loss_fn, optimizer), donate_argnums=0,
                     out_shardings=(state_shardings, replicated(mesh)))
@@ -219,6 +222,25 @@ def fit(loss_fn: LossFn, params: Any, optimizer: optax.GradientTransformation,
     reporter.close()
   return TrainResult(params=state["params"], frozen=frozen, history=history,
                      start_step=start, last_step=max(end, start))
+
+
+def resume_notice(name: str, start: int, steps: int, checkpoints: TrainCheckpoints) -> str:
+  """What a resumed run says first: the step it resumes from, and a changed run length
+  (the learning-rate schedule ends at the last step, so it changes with it)."""
+  lines = [f"[{name}] resuming from step {start} of {steps} "
+           f"({os.path.join(checkpoints.directory, str(start))})"]
+  stored = checkpoints.stored_description(start)
+  before = stored.get("total_steps")
+  if before is not None and before != steps:
+    schedule = stored.get("optimizer", {}).get("schedule", "?")
+    lines.append(f"[{name}] notice: the run was started with {before} steps and now has "
+                 f"{steps}: its {schedule!r} learning-rate schedule now ends at step {steps}, "
+                 f"so the steps after {start} follow a different schedule than the first run "
+                 "planned (use a new workdir to train from scratch)")
+  if start >= steps:
+    lines.append(f"[{name}] nothing left to train: the checkpoint is at step {start}, the "
+                 f"run has {steps} steps")
+  return "\n".join(lines)
 
 
 def _check_finite(record: Dict[str, Any], name: str, checkpoints: TrainCheckpoints) -> None:

@@ -3,6 +3,7 @@ under `dataset.py:<name>` and `<name>.py`, the default's structure, and today's 
 
 import ast
 import glob
+import json
 import os
 
 import pytest
@@ -190,3 +191,52 @@ def test_overrides_are_typed_and_the_config_is_locked(parse_config):
     config.exit.tua = 1.0
   with pytest.raises(TypeError, match="Could not override field 'tau'"):
     config.exit.tau = "four"
+
+
+def _documented_overrides(repo_root, name):
+  """The --config.* flags of the command in configs/<name>.py's docstring."""
+  source = open(os.path.join(repo_root, "configs", f"{name}.py"), encoding="utf-8").read()
+  paragraphs = ast.get_docstring(ast.parse(source)).split("\n\n")
+  command = " ".join(next(p for p in paragraphs if "python -m calm_jax.main" in p)
+                     .replace("\\\n", " ").split())
+  assert command.startswith(f"python -m calm_jax.main --config=configs/{name}.py --workdir=DIR")
+  return [arg for arg in command.split() if arg.startswith("--config.")]
+
+
+def _checkpoint_with_tokenizer(directory, save_random_hf_t5):
+  """A tiny random HF T5 and a word-level tokenizer in one directory (as a fine-tuned
+  checkpoint comes), the model's vocabulary the tokenizer's size."""
+  # pylint: disable=import-outside-toplevel
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+  words = ["<pad>", "</s>", "<unk>", "summarize", ":", "the", "a", "to", "and", "is", "I",
+           "you", "it", "?", ".", ",", "!"]
+  tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  save_random_hf_t5(directory, vocab_size=len(words), d_model=16, d_kv=4, d_ff=16, num_layers=1,
+                    num_decoder_layers=2, num_heads=2, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False)
+  PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                          unk_token="<unk>").save_pretrained(str(directory))
+
+
+def test_the_documented_command_runs_on_a_checkpoint_and_its_tokenizer(
+    tmp_path, repo_root, parse_config, save_random_hf_t5):
+  """configs/samsum.py's docstring command, its checkpoint a tiny random T5 with its
+  tokenizer, sizes cut so that it runs in seconds."""
+  if not os.path.isdir(os.path.join(tasks.default_data_dir(), "samsum")):
+    pytest.skip("../shared/data/samsum is absent")
+  from calm_jax import modes  # pylint: disable=import-outside-toplevel
+  checkpoint = tmp_path / "t5-samsum"
+  _checkpoint_with_tokenizer(checkpoint, save_random_hf_t5)
+  documented = [arg.replace("/models/t5-samsum", str(checkpoint))
+                for arg in _documented_overrides(repo_root, "samsum")]
+  config = parse_config("samsum", *documented, "--config.calibration.num_examples=4",
+                        "--config.calibration.batch_size=4", "--config.calibration.num_splits=2",
+                        "--config.calibration.thresholds=(1.0, 0.5)",
+                        "--config.calibration.calibration_fraction=0.5",
+                        "--config.decode.max_decode_len=4", "--config.data.max_input_len=24")
+  path = modes.run(config, str(tmp_path / "run"))
+  assert json.load(open(path, encoding="utf-8"))["num_examples"] == 4
+  assert sorted(os.listdir(tmp_path / "run")) == ["calibration.json", "run_record.json",
+                                                  "validity.json", "validity.md", "validity.png"]

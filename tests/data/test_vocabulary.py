@@ -35,8 +35,21 @@ def test_tokenizer_directory_encodes_with_eos_and_decodes_up_to_it(tmp_path):
   ids, _, truncated = vocabulary.encode_batch(["the cat sat", "cat"], 3)
   np.testing.assert_array_equal(ids, [[3, 4, 1], [4, 1, 0]])
   assert truncated == 1
-  with pytest.raises(ValueError, match="the model's vocabulary has 5 rows, fewer than the 6"):
+  with pytest.raises(ValueError, match="model has 5 ids, data.vocabulary '.*' has 6: pass "
+                     "the checkpoint's tokenizer directory in data.vocabulary"):
     vocabulary.check_model(5)
+  vocabulary.check_model(6 + 128)  # T5 pads its 32100 ids to 32128 rows
+  with pytest.raises(ValueError, match="model has 135 ids"):
+    vocabulary.check_model(6 + 129)
+
+
+def test_the_byte_vocabulary_needs_a_model_of_its_size():
+  vocabulary = get_vocabulary("byte")
+  vocabulary.check_model(259)
+  for size in (258, 260, 32128):
+    with pytest.raises(ValueError, match=f"model has {size} ids, data.vocabulary 'byte' has "
+                       "259: pass the checkpoint's tokenizer directory in data.vocabulary"):
+      vocabulary.check_model(size)
 
 
 def test_unknown_vocabulary_is_a_clear_error(tmp_path):

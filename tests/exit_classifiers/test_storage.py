@@ -4,6 +4,7 @@ classifier used by the decode mode."""
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -74,7 +75,13 @@ def test_loading_bad_files_is_a_clear_error(model, tmp_path):
                      r"records \{'hidden_width': 3\}"):
     load_classifier(directory)
   rewrite(params_sha256="0" * 64)
-  with pytest.raises(ValueError, match="does not match the checksum"):
+  with pytest.raises(ValueError, match="does not match the checksum in classifier.json "
+                     r"\(changed or partly written\): train it again \(the train_exit mode"):
+    load_classifier(directory)
+  with open(info_path, "w", encoding="utf-8") as f:
+    f.write(json.dumps(info, indent=2)[:40])  # cut short
+  with pytest.raises(ValueError, match=f"^{re.escape(info_path)} line \\d+: not valid JSON "
+                     r"\(.*\); the saved classifier is incomplete or corrupt: train it again"):
     load_classifier(directory)
   rewrite()
   os.remove(os.path.join(directory, "params.msgpack"))

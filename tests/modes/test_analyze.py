@@ -62,7 +62,8 @@ def study_json(workdir, study):
 def test_every_study_writes_its_json_and_plot(analyzed):
   _, workdir, path, _ = analyzed
   assert path == os.path.join(workdir, "analysis.json")
-  expected = ["analysis.json"] + [f"analysis_{s}.{e}" for s in STUDIES for e in ("json", "png")]
+  expected = ["analysis.json", "run_record.json"] + [f"analysis_{s}.{e}" for s in STUDIES
+                                                    for e in ("json", "png")]
   assert sorted(os.listdir(workdir)) == sorted(expected)
   index = json.load(open(path, encoding="utf-8"))
   assert index["models"] == [{"name": "config model", "num_layers": 3, "source":
@@ -81,7 +82,8 @@ def test_compared_models_appear_side_by_side_in_every_study(compared):
   index = json.load(open(os.path.join(workdir, "analysis.json"), encoding="utf-8"))
   assert [m["name"] for m in index["models"]] == ["config model", "plain", "export"]
   assert sorted(os.listdir(workdir)) == sorted(
-      ["analysis.json"] + [f"analysis_{s}.{e}" for s in STUDIES[:-1] for e in ("json", "png")])
+      ["analysis.json", "run_record.json"]
+      + [f"analysis_{s}.{e}" for s in STUDIES[:-1] for e in ("json", "png")])
   for study in STUDIES[:-1]:
     models = study_json(workdir, study)["models"]
     assert [m["name"] for m in models] == ["config model", "plain", "export"]
@@ -216,7 +218,7 @@ def test_settings_that_depend_on_the_model_fail_before_it_runs(tmp_path, monkeyp
   workdir = tmp_path / "out"
   with pytest.raises(ValueError, match=message):
     modes.run(analyze_config(**overrides), str(workdir))
-  assert os.listdir(workdir) == []
+  assert not workdir.exists()  # a refused run leaves nothing behind
 
 
 @pytest.mark.parametrize("measure, traced", [("softmax_diff", True), ("state_saturation", True),

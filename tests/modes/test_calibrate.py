@@ -39,8 +39,8 @@ def test_calibrate_mode_chooses_what_ltt_chooses_on_the_decoded_grid(tmp_path, c
                                                                      objective, similarity):
   config = calibrate_config(objective=objective, similarity=similarity)
   path = modes.run(config, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == ["calibration.json", "validity.json", "validity.md",
-                                          "validity.png"]
+  assert sorted(os.listdir(tmp_path)) == ["calibration.json", "run_record.json",
+                                          "validity.json", "validity.md", "validity.png"]
   summary = json.load(open(path, encoding="utf-8"))
   # Decode the grid independently (vmapped decoder) and recompute the losses.
   examples = split_examples(config, "validation", 12)

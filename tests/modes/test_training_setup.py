@@ -28,3 +28,18 @@ def test_training_setup_names_a_bad_value(section, field, value, message, task_c
     config[section][field] = value
   with pytest.raises(ValueError, match=message):
     training_setup(config.train, config)
+
+
+@pytest.mark.parametrize("name, field, value, message", [
+    ("train", "steps", 0, r"^train.steps must be >= 1, got 0$"),
+    ("train_exit", "steps", 0, r"^train_exit.steps must be >= 1, got 0$"),
+    ("train_exit", "log_every", 0, r"^train_exit.log_every must be a positive integer, got 0$"),
+    ("train_exit", "learning_rate", 0.0, r"^train_exit.learning_rate must be > 0, got 0.0$"),
+])
+def test_a_bad_loop_or_optimizer_value_names_its_section(name, field, value, message,
+                                                         task_config):
+  config = task_config("generated")
+  with config.unlocked():
+    config[name][field] = value
+  with pytest.raises(ValueError, match=message):
+    training_setup(config[name], config, name)

@@ -1,5 +1,8 @@
-"""Params exports (calm_jax.training.checkpoints): the round trip, and an export as a model
-source."""
+"""Params exports (calm_jax.training.checkpoints): the round trip, an export as a model
+source, and a corrupt export named with what to do."""
+
+import os
+import re
 
 import jax
 import numpy as np
@@ -24,3 +27,33 @@ def test_export_round_trip_and_model_source(tmp_path, tiny_config):
     load_model(ml_collections.ConfigDict({"hf_path": "", "checkpoint": str(tmp_path)}), 0)
   with pytest.raises(ValueError, match="are both set; name one model source"):
     load_model(ml_collections.ConfigDict({"hf_path": "x", "checkpoint": "y"}), 0)
+
+
+def test_a_corrupt_export_names_the_file_and_what_to_do(tmp_path, tiny_config):
+  from calm_jax.model.source import source_config  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  directory = str(tmp_path / "model")
+  export_params(directory, tiny_config, init_params(tiny_config, jax.random.PRNGKey(0)))
+  section = ml_collections.ConfigDict({"hf_path": "", "checkpoint": directory})
+  assert source_config(section) == tiny_config  # read without the parameters
+  config_path = os.path.join(directory, "config.json")
+  text = open(config_path, encoding="utf-8").read()
+  with open(config_path, "w", encoding="utf-8") as f:
+    f.write(text[:len(text) // 2])
+  with pytest.raises(ValueError, match=f"^{re.escape(config_path)} line \\d+: not valid JSON "
+                     r"\(.*\); the export is incomplete or corrupt: export it again"):
+    source_config(section)
+  with open(config_path, "w", encoding="utf-8") as f:
+    f.write(text)
+  # Truncate every data file of the Orbax parameters.
+  for root, _, names in os.walk(os.path.join(directory, "params")):
+    for name in names:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64 and not name.endswith(".json"):
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 3)
+  with pytest.raises(ValueError, match=f"^{re.escape(os.path.join(directory, 'params'))}: the "
+                     r"exported parameters cannot be read \(.*\); it is incomplete or corrupt: "
+                     "delete it .* or export it again$") as error:
+    load_exported(directory)
+  assert "\n" not in str(error.value)

@@ -49,3 +49,31 @@ def test_non_finite_loss_or_gradient_stops_with_the_last_good_checkpoint_intact(
                                            "seed": 0, "batch_size": 2})
   checkpoints.close()
   assert float(restored["params"]["w"]) == pytest.approx(2.0, abs=1e-3)
+
+
+def test_a_resumed_run_says_where_it_resumes_and_that_its_length_changed(tmp_path, tiny_data,
+                                                                          capsys):
+  def loss_fn(params, frozen, batch, rng):
+    del frozen, batch, rng
+    return -params["w"], {"loss": -params["w"]}
+  optimizer = make_optimizer(OptimizerConfig(optimizer="adamw", learning_rate=0.1,
+                                             schedule="constant", clip_norm=0.0))
+  run = lambda steps: fit(loss_fn, {"w": np.float32(0.0)}, optimizer, tiny_data(4),
+                          LoopSettings(steps=steps, batch_size=2, log_every=10,
+                                       checkpoint_every=2),
+                          make_mesh(MeshConfig()), DEFAULT_RULES, str(tmp_path),
+                          {"kind": "t", "optimizer": {"schedule": "constant"}})
+  run(4)
+  assert "resuming" not in capsys.readouterr().out
+  run(6)
+  path = os.path.join(tmp_path, "checkpoints", "train", "4")
+  assert capsys.readouterr().out.splitlines()[:2] == [
+      f"[train] resuming from step 4 of 6 ({path})",
+      "[train] notice: the run was started with 4 steps and now has 6: its 'constant' "
+      "learning-rate schedule now ends at step 6, so the steps after 4 follow a different "
+      "schedule than the first run planned (use a new workdir to train from scratch)"]
+  result = run(6)
+  assert capsys.readouterr().out.splitlines() == [
+      f"[train] resuming from step 6 of 6 ({path[:-1]}6)",
+      "[train] nothing left to train: the checkpoint is at step 6, the run has 6 steps"]
+  assert (result.start_step, result.last_step, result.history) == (6, 6, [])
