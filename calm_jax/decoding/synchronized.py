@@ -275,14 +275,21 @@ def _synchronized_step(plan: DecodePlan, constants: DecodeConstants,
   step = ShallowStep(hidden=hidden, token=token, confidence=confidence, exits=exits,
                      flush=flush)
   state = _emit_shallow(plan, state, step)
-  widths = deep_pass_widths(plan)
-  passes = [functools.partial(_deep_pass, plan, constants, step, deep_rng, width)
-            for width in widths]
-  needed = jnp.max(jnp.where(flush, state.pending + 1, 1))  # widest window due
-  branch = jnp.sum(jnp.asarray(widths) >= needed) - 1  # the narrowest that holds it
-  state = jax.lax.cond(jnp.any(flush),
-                       lambda s: jax.lax.switch(branch, passes, s), lambda s: s, state)
+  needed = jnp.max(jnp.where(flush, state.pending + 1, 0))  # widest window due (0: none)
+  narrower = 0
+  for width in sorted(deep_pass_widths(plan)):
+    state = _at_most_once((needed > narrower) & (needed <= width), functools.partial(
+        _deep_pass, plan, constants, step, deep_rng, width), state)
+    narrower = width
   return _advance_pending(state, step)
+
+
+def _at_most_once(run: Array, body, state: SyncState) -> SyncState:
+  """body(state) if `run` else state, as a while loop of at most one trip: a loop updates
+  its carry (the caches) in place, where a conditional's untaken branch copies them."""
+  def once(carry):
+    return jnp.array(False), body(carry[1])
+  return jax.lax.while_loop(lambda carry: carry[0], once, (run, state))[1]
 
 
 def _initial_state(plan: DecodePlan, constants: DecodeConstants, input_ids: Array,
