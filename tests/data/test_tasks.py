@@ -214,3 +214,38 @@ def test_shared_squad_scores_against_every_answer():
   assert task.evaluate(last_answers, found)["exact_match"] == pytest.approx(100.0)
   first_only = metrics.squad(last_answers, [e.targets for e in found])
   assert first_only["exact_match"] < 100.0
+
+
+def test_a_missing_local_dataset_names_the_data_dir_and_the_seqio_task(tmp_path):
+  try:
+    tasks.use_data_dir(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=(
+        f"JSON Lines task directory '{tmp_path}/samsum' does not exist; put "
+        f"samsum/<split>.jsonl under the data directory \\(now '{tmp_path}'; set "
+        r"\$CALM_JAX_DATA_DIR to the folder holding samsum/\), or read the full dataset "
+        r"through seqio/TFDS with data.task=calm_samsum \(pip install -r "
+        r"requirements-seqio.txt\)")):
+      get_task("samsum_local").check_split("test")
+  finally:
+    tasks.use_data_dir(SHARED_DATA)
+
+
+def test_an_empty_split_or_a_late_malformed_line_is_found_by_the_split_check(tmp_path):
+  (tmp_path / "test.jsonl").write_text("\n\n", encoding="utf-8")
+  rows = [json.dumps({"inputs": str(i), "targets": str(i)}) for i in range(3)]
+  (tmp_path / "validation.jsonl").write_text("\n".join(rows + ['{"inputs": 3}']) + "\n",
+                                             encoding="utf-8")
+  task = Task("t", JsonlSource(str(tmp_path)))
+  with pytest.raises(ValueError, match=f"^{tmp_path}/test.jsonl holds no examples; a split "
+                     "needs at least one line with 'inputs' and 'targets'$"):
+    task.check_split("test")
+  path = tmp_path / "validation.jsonl"
+  with pytest.raises(ValueError, match=f"^{path}:4: field 'inputs' must be a string; got int "
+                     "3; fix the line, or skip and count such lines with "
+                     r"--config.data.skip_malformed=True"):
+    task.check_split("validation")  # the whole file, not only its first example
+  skipping = task.skipping_malformed()
+  skipping.check_split("validation")
+  assert [e.inputs for e in skipping.examples("validation")] == ["0", "1", "2"]
+  generated_task = Task("g", GeneratedSource())
+  assert generated_task.skipping_malformed() == generated_task  # nothing to skip

@@ -204,3 +204,25 @@ def test_main_decodes_a_seqio_task(seqio_tasks, tmp_path):
   assert [(r["inputs"], r["targets"]) for r in records] == [(e.inputs, e.targets)
                                                             for e in expected]
   assert all(1 <= layer <= 2 for r in records for layer in r["exit_layers"])
+
+
+def test_the_splits_a_run_reads_are_checked_first_naming_their_keys(tmp_path, task_config,
+                                                                     no_model_loading):
+  rows = [json.dumps({"inputs": "a", "targets": "b"}), "not json"]
+  (tmp_path / "validation.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+  tasks.register_jsonl_task("reliability_scratch", str(tmp_path), replace=True)
+  try:
+    config = task_config("reliability_scratch")
+    with pytest.raises(ValueError, match="^data.calibration_split='validation' of data.task="
+                       f"'reliability_scratch': {tmp_path}/validation.jsonl:2: not valid JSON"):
+      context.run_context(config, "", splits=("data.calibration_split",))
+    with pytest.raises(ValueError, match="^data.test_split='test' of data.task="
+                       r"'reliability_scratch': split='test' does not exist in .*; splits "
+                       "there: validation$"):
+      context.run_context(config, "", splits=("data.test_split",))
+    with config.unlocked():
+      config.data.skip_malformed = True
+    checked = context.run_context(config, "", splits=("data.calibration_split",))
+    assert [e.inputs for e in checked.split("validation", 5).examples] == ["a"]
+  finally:
+    tasks._REGISTRY.pop("reliability_scratch", None)  # pylint: disable=protected-access
