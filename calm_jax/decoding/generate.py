@@ -125,8 +125,14 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
 
 
 def check_threshold_grid(thresholds) -> np.ndarray:
-  """Thresholds as float32 [K]: a non-empty 1-D list of finite values >= 0."""
-  thresholds = np.asarray(thresholds, np.float32)
+  """Thresholds as float32 [K]: a non-empty 1-D list of finite values >= 0; values that
+  are not numbers (strings, None) are a TypeError, not converted."""
+  given = np.asarray(thresholds)
+  if given.size and not (np.issubdtype(given.dtype, np.integer)
+                         or np.issubdtype(given.dtype, np.floating)):
+    raise TypeError(f"thresholds must be real numbers, got {given.dtype} values "
+                    f"{given.ravel()[:3].tolist()!r}")
+  thresholds = given.astype(np.float32)
   if thresholds.ndim != 1 or thresholds.size < 1:
     raise ValueError(f"thresholds must be a non-empty 1-D list, got shape {thresholds.shape}")
   bad = np.flatnonzero(~np.isfinite(thresholds) | (thresholds < 0))

@@ -8,7 +8,7 @@ import pytest
 
 from calm_jax.decoding import generate as generate_module
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate
+from calm_jax.decoding.generate import generate, generate_grid
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.inputs import check_mask_values, prepare_inputs
 from calm_jax.model.config import T5Config
@@ -63,3 +63,10 @@ def test_numpy_integer_lengths_decode_as_python_ones():
   for bad in (np.bool_(True), 2.0, "3"):
     with pytest.raises(ValueError, match="max_decode_len must be a positive integer"):
       generate(CONFIG, params, IDS, MASK, max_decode_len=bad)
+
+
+def test_a_threshold_grid_of_strings_is_a_type_error_not_converted():
+  params = init_params(CONFIG, jax.random.PRNGKey(0))
+  for thresholds in (["0.5", "0.2"], [0.5, None]):
+    with pytest.raises(TypeError, match="thresholds must be real numbers"):
+      generate_grid(CONFIG, params, IDS, MASK, thresholds=thresholds, max_decode_len=3)
