@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from calm_jax.model.config import T5Config
-from calm_jax.model.hf_import import _layer_mapping
+from calm_jax.model.hf_import import _layer_mapping, _self_attention_name
 from calm_jax.utils.files import write_json_atomically, write_directory_atomically
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,11 +33,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model",
                    "special_tokens_map.json", "added_tokens.json")
 
 
+def _long_t5_fields(config: T5Config) -> Dict[str, Any]:
+  """The LongT5 encoder's config.json fields (none for a T5)."""
+  if not config.is_long:
+    return {}
+  return {"encoder_attention_type": config.encoder_attention_type,
+          "local_radius": config.local_radius, "global_block_size": config.global_block_size}
+
+
 def hf_config(config: T5Config) -> Dict[str, Any]:
-  """config.json of a transformers T5ForConditionalGeneration with `config`'s shapes."""
+  """config.json of a transformers T5ForConditionalGeneration (LongT5ForConditionalGeneration
+  for a LongT5 encoder) with `config`'s shapes."""
+  family = "LongT5" if config.is_long else "T5"
   return {
-      "architectures": ["T5ForConditionalGeneration"],
-      "model_type": "t5",
+      **_long_t5_fields(config),
+      "architectures": [f"{family}ForConditionalGeneration"],
+      "model_type": family.lower(),
       "is_encoder_decoder": True,
       "vocab_size": config.vocab_size,
       "d_model": config.d_model,
@@ -88,8 +99,12 @@ def hf_tensors(config: T5Config, params: Any) -> Dict[str, np.ndarray]:
   tensors = {"shared.weight": _leaf(params, ("shared", "embedding"))}
   for stack, count in (("encoder", config.num_layers), ("decoder", config.num_decoder_layers)):
     stack_params = params[stack]
-    tensors[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-        _leaf(stack_params, ("relative_bias",)))
+    attention = f"{stack}.block.0.layer.0.{_self_attention_name(config, stack)}"
+    tensors[f"{attention}.relative_attention_bias.weight"] = _leaf(stack_params,
+                                                                   ("relative_bias",))
+    if stack == "encoder" and config.has_global_tokens:
+      tensors[f"{attention}.global_relative_attention_bias.weight"] = _leaf(
+          stack_params, ("global_relative_bias",))
     tensors[f"{stack}.final_layer_norm.weight"] = _leaf(stack_params, ("final_norm", "scale"))
     tensors.update(_layer_tensors(config, stack_params, stack, count))
   has_head = "lm_head" in params

@@ -13,12 +13,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.model import longt5
 from calm_jax.model.config import T5Config, config_from_hf
+from calm_jax.model.hf_export import export_hf_t5
 from calm_jax.model.hf_import import CheckpointError, load_hf_t5
 from calm_jax.model.t5 import exit_logits, forward, init_params
 from calm_jax.training.checkpoints import export_params, load_exported
@@ -231,6 +233,22 @@ def test_params_export_round_trips_config_and_params(tmp_path, imported):
   assert jax.tree.structure(loaded) == jax.tree.structure(params)
   for ours, theirs in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(ours), theirs)
+
+
+def test_hugging_face_export_round_trips_and_loads_in_transformers(tmp_path, imported):
+  model, config, params, _ = imported
+  directory = export_hf_t5(str(tmp_path / "hf"), config, params)
+  loaded_config, loaded = load_hf_t5(directory)
+  assert loaded_config == config
+  for ours, theirs in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(ours, theirs)
+  exported = transformers.AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
+  assert type(exported) is type(model)
+  ids, mask = padded_batch(13, config.vocab_size, seed=13)
+  decoder_ids = np.random.RandomState(1).randint(2, config.vocab_size, (3, 5))
+  np.testing.assert_allclose(transformers_layer_logits(exported, ids, mask, decoder_ids),
+                             transformers_layer_logits(model, ids, mask, decoder_ids),
+                             atol=1e-5)
 
 
 def test_fresh_parameters_have_the_imported_tree(imported):
