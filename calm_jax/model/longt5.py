@@ -123,10 +123,10 @@ def _global_bias(config: T5Config, context: BlockContext) -> Array:
   buckets = relative_position_bucket(offset, bidirectional=True,
                                      num_buckets=config.relative_attention_num_buckets,
                                      max_distance=config.relative_attention_max_distance)
-  bias = jnp.take(context.global_table, buckets, axis=0).astype(jnp.float32)  # [B, S, G, H]
+  table = context.global_table.T.astype(jnp.float32)  # [H, num_buckets]
+  bias = jnp.take(table, buckets, axis=1)  # [H, B, S, G]
   allowed = context.token_valid[:, :, None] & context.global_valid[:, None, :]  # [B, S, G]
-  bias = jnp.where(allowed[..., None], bias, NEG_INF)
-  return jnp.transpose(bias, (0, 3, 1, 2))
+  return jnp.swapaxes(jnp.where(allowed, bias, NEG_INF), 0, 1)  # [B, H, S, G]
 
 
 def global_inputs(normed: Array, context: BlockContext) -> Array:
@@ -163,27 +163,32 @@ class LongT5EncoderLayer(EncoderLayer):
     if not cfg.has_global_tokens:
       weights = jax.nn.softmax(local, axis=-1).astype(cfg.jnp_dtype)
       weights = attention.attention_dropout(weights, deterministic)
-      return attention.output(self._window_context(weights, values, block, length))
+      context_values = jnp.einsum("bhnqk,bhnkd->bhnqd", weights, self._window(values, block))
+      return attention.output(context_values.reshape(batch, cfg.num_heads, length, -1))
     summed = global_inputs(normed, context).astype(cfg.jnp_dtype)
     global_keys, global_values = attention.keys_values(
         layer_norm(cfg, "global_norm")(summed))  # each [B, H, G, dh]
     side = (jnp.einsum("bhsd,bhgd->bhsg", query, global_keys).astype(jnp.float32)
             + _global_bias(cfg, context))  # [B, H, S, G]
     side = _split_blocks(side, block, axis=2)  # [B, H, blocks, block, G]
-    weights = jax.nn.softmax(jnp.concatenate([local, side], axis=-1), axis=-1)
-    weights = attention.attention_dropout(weights.astype(cfg.jnp_dtype), deterministic)
-    local_weights, side_weights = weights[..., :3 * block], weights[..., 3 * block:]
-    from_globals = jnp.einsum("bhnqg,bhgd->bhnqd", side_weights, global_values)
-    from_globals = from_globals.reshape(batch, cfg.num_heads, length, -1)  # [B, H, S, dh]
-    return attention.output(self._window_context(local_weights, values, block, length)
-                            + from_globals)
+    # One softmax over the window and the globals, without concatenating them: both parts
+    # are exponentiated against their common maximum and the context is divided by the
+    # common sum (dropout of the normalised weights = dropout of the exponentials / sum).
+    top = jnp.maximum(local.max(-1, keepdims=True),  # G may be 0 (inputs under a block)
+                      side.max(-1, keepdims=True, initial=NEG_INF))
+    local, side = jnp.exp(local - top), jnp.exp(side - top)
+    total = local.sum(-1, keepdims=True) + side.sum(-1, keepdims=True)  # [B, H, blocks, block, 1]
+    local = attention.attention_dropout(local.astype(cfg.jnp_dtype), deterministic)
+    side = attention.attention_dropout(side.astype(cfg.jnp_dtype), deterministic)
+    from_globals = jnp.einsum("bhnqg,bhgd->bhnqd", side, global_values)
+    from_window = jnp.einsum("bhnqk,bhnkd->bhnqd", local, self._window(values, block))
+    context_values = (from_window + from_globals) / total.astype(cfg.jnp_dtype)
+    return attention.output(context_values.reshape(batch, cfg.num_heads, length, -1))
 
   @staticmethod
-  def _window_context(weights: Array, values: Array, block: int, length: int) -> Array:
-    """Weights [B, H, blocks, block, 3 * block] on the window's values -> [B, H, S, dh]."""
-    window = _three_blocks(_split_blocks(values, block, axis=2), axis=2)
-    context = jnp.einsum("bhnqk,bhnkd->bhnqd", weights, window)  # [B, H, blocks, block, dh]
-    return context.reshape(context.shape[0], context.shape[1], length, -1)
+  def _window(values: Array, block: int) -> Array:
+    """Values [B, H, S, dh] -> each block's window of values [B, H, blocks, 3 * block, dh]."""
+    return _three_blocks(_split_blocks(values, block, axis=2), axis=2)
 
 
 def init_layer_inputs(config: T5Config) -> Tuple[Array, BlockContext]:
