@@ -34,6 +34,7 @@ def test_export_hf_writes_model_tokenizer_and_classifiers(tmp_path, demo_config)
     config.data.vocabulary = str(tokenizer)
     config.model.num_layers = 1
     config.model.num_decoder_layers = 2
+    config.model.vocab_size = 32  # the tokenizer's 6 ids and padding rows (must fit it)
   model_config, params = load_model(config.model, config.seed)
   trained = init_classifier("meta_linear", model_config, jax.random.PRNGKey(3))
   save_classifier(str(workdir / "exit_classifiers" / "meta_linear"), "meta_linear", trained)
@@ -46,7 +47,7 @@ def test_export_hf_writes_model_tokenizer_and_classifiers(tmp_path, demo_config)
   path = modes.run(config, str(workdir))
 
   assert path == str(workdir / "hf_export")
-  assert sorted(os.listdir(workdir)) == ["exit_classifiers", "hf_export"]
+  assert sorted(os.listdir(workdir)) == ["exit_classifiers", "hf_export", "run_record.json"]
   assert {"config.json", "model.safetensors", "tokenizer.json",
           "exit_classifiers"} <= set(os.listdir(path))
   assert sorted(os.listdir(os.path.join(path, "exit_classifiers"))) == ["meta_linear", "meta_mlp"]
