@@ -70,8 +70,9 @@ def test_default_values_are_the_ones_before_the_restructure(load_config):
 
 def test_default_sections(load_config):
   config = load_config("default")
-  assert set(config) == {"mode", "seed", "model", "data", "decode", "exit", "calibration",
-                         "train", "train_exit", "mesh", "generate", "evaluate", "analysis"}
+  assert set(config) == {"mode", "seed", "memory_check", "model", "data", "decode", "exit",
+                         "calibration", "train", "train_exit", "mesh", "generate", "evaluate",
+                         "analysis"}
   assert set(config.exit) == {field.name for field in dataclasses.fields(ExitConfig)}
   shared = set(config.train) & set(config.train_exit)
   assert shared == {"steps", "batch_size", "optimizer", "learning_rate", "schedule",
