@@ -362,3 +362,55 @@ def quick_random_params():
       return (rng.standard_normal(leaf.shape) * std).astype(np.float32)
     return jax.tree_util.tree_map_with_path(fill, shapes)
   return make
+
+
+@pytest.fixture(scope="session")
+def jax_processes():
+  """What the multi-device and multi-process tests share (XLA fixes the device count when
+  JAX starts, so they run JAX in fresh processes): environment(devices) -> the environment
+  of a process with that many simulated CPU devices and the repository on PYTHONPATH;
+  result(output) -> the JSON a process printed after 'RESULT' (the output's tail is the
+  assertion message when there is none); two_processes(script, arguments, directory) ->
+  the results of `python -c script *arguments(coordinator address, process id)` run as
+  processes 0 and 1 of a jax.distributed pair, two simulated devices each, their output
+  logged to `directory`."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def environment(devices):
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                JAX_PLATFORMS="cpu", PYTHONPATH=root)
+
+  def result(output):
+    lines = [line for line in output.splitlines() if line.startswith("RESULT")]
+    assert lines, output[-6000:]
+    return json.loads(lines[0][len("RESULT"):])
+
+  def free_port():
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      return s.getsockname()[1]
+
+  def two_processes(script, arguments, directory):
+    address = f"localhost:{free_port()}"
+    logs = [open(os.path.join(directory, f"process_{i}.log"), "w+", encoding="utf-8")
+            for i in range(2)]
+    # Output goes to files: a full pipe would block one process inside a collective.
+    workers = [subprocess.Popen([sys.executable, "-c", script, *arguments(address, i)],
+                                cwd=root, env=environment(2), stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+               for i, log in enumerate(logs)]
+    outs = []
+    for worker, log in zip(workers, logs):
+      worker.wait(timeout=900)
+      log.seek(0)
+      outs.append(result(log.read()))
+      log.close()
+    return outs
+  return types.SimpleNamespace(root=root, environment=environment, result=result,
+                               two_processes=two_processes)

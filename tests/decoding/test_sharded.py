@@ -10,14 +10,11 @@ pairs, 5 examples x 3 thresholds, decoded with one threshold per row; the grid d
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r'''
 import json, sys
@@ -94,23 +91,6 @@ print("RESULT" + json.dumps(out))
 '''
 
 
-def _environment(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-
-
-def _result(stdout, stderr):
-  lines = [l for l in stdout.splitlines() if l.startswith("RESULT")]
-  assert lines, stdout[-3000:] + stderr[-3000:]
-  return json.loads(lines[0][len("RESULT"):])
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def assert_same_decode(ours, expected, name):
   assert ours["tokens"] == expected["tokens"], name
   assert ours["exit_layers"] == expected["exit_layers"], name
@@ -122,11 +102,11 @@ def assert_same_decode(ours, expected, name):
 ONE_DEVICE = {}  # the 1-device decode, shared with the two-process test
 
 
-def test_eight_devices_match_one_device():
-  done = subprocess.run([sys.executable, "-c", SCRIPT, "mesh"], cwd=ROOT,
-                        env=_environment(8), capture_output=True, text=True, timeout=1200,
-                        check=False)
-  out = _result(done.stdout, done.stderr)
+def test_eight_devices_match_one_device(jax_processes):
+  done = subprocess.run([sys.executable, "-c", SCRIPT, "mesh"], cwd=jax_processes.root,
+                        env=jax_processes.environment(8), capture_output=True, text=True,
+                        timeout=1200, check=False)
+  out = jax_processes.result(done.stdout + done.stderr)
   ONE_DEVICE.update(out["one"])
   assert out["devices"] == 8 and out["padded"] == 16
   assert out["describe"] == "mesh data=4 model=2 over 1 process(es)"
@@ -138,28 +118,17 @@ def test_eight_devices_match_one_device():
   assert_same_decode(out["grid"], out["one"]["softmax_diff"], "grid")
 
 
-def test_two_processes_with_two_devices_each_match_one_device(tmp_path):
+def test_two_processes_with_two_devices_each_match_one_device(tmp_path, jax_processes):
   """Two hosts (processes), each decoding its own rows, both given every row back."""
-  address = f"localhost:{_free_port()}"
-  logs = [open(tmp_path / f"process_{i}.log", "w+", encoding="utf-8") for i in range(2)]
-  # Output goes to files: a full pipe would block one process inside a collective.
-  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, "processes", address, str(i)],
-                              cwd=ROOT, env=_environment(2), stdout=log,
-                              stderr=subprocess.STDOUT, text=True)
-             for i, log in enumerate(logs)]
-  outs = []
-  for worker, log in zip(workers, logs):
-    worker.wait(timeout=900)
-    log.seek(0)
-    outs.append(_result(log.read(), ""))
-    log.close()
+  outs = jax_processes.two_processes(SCRIPT, lambda address, i: ["processes", address, str(i)],
+                                     tmp_path)
   assert [o["process"] for o in outs] == [0, 1] and outs[0]["devices"] == 4
   assert outs[0]["describe"] == "mesh data=4 model=1 over 2 process(es)"
   assert outs[0]["softmax_diff"] == outs[1]["softmax_diff"]
   expected = ONE_DEVICE.get("softmax_diff")
   if expected is None:  # run alone: the 1-device decode from the mesh script
-    done = subprocess.run([sys.executable, "-c", SCRIPT, "mesh"], cwd=ROOT,
-                          env=_environment(8), capture_output=True, text=True, timeout=1200,
-                          check=False)
-    expected = _result(done.stdout, done.stderr)["one"]["softmax_diff"]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, "mesh"], cwd=jax_processes.root,
+                          env=jax_processes.environment(8), capture_output=True, text=True,
+                          timeout=1200, check=False)
+    expected = jax_processes.result(done.stdout + done.stderr)["one"]["softmax_diff"]
   assert_same_decode(outs[0]["softmax_diff"], expected, "two processes")

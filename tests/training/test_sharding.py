@@ -10,13 +10,11 @@ model on its copy task, handed over as files (`_write_setup`).
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r'''
 import json, os, sys, tempfile
@@ -66,17 +64,6 @@ print("RESULT" + json.dumps(out))
 '''
 
 
-def _environment(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-
-
-def _result(stdout, stderr):
-  lines = [l for l in stdout.splitlines() if l.startswith("RESULT")]
-  assert lines, stdout[-3000:] + stderr[-3000:]
-  return json.loads(lines[0][len("RESULT"):])
-
-
 def _write_setup(directory, config, data) -> str:
   """The tiny model's config and the copy task's arrays, for the training processes."""
   os.makedirs(directory, exist_ok=True)
@@ -86,20 +73,15 @@ def _write_setup(directory, config, data) -> str:
   return str(directory)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 ONE_DEVICE = {}  # the 1-device losses, shared with the two-process test
 
 
-def test_eight_devices_match_one_device(tmp_path, tiny_config, tiny_data):
+def test_eight_devices_match_one_device(tmp_path, tiny_config, tiny_data, jax_processes):
   setup = _write_setup(tmp_path / "setup", tiny_config, tiny_data())
-  done = subprocess.run([sys.executable, "-c", SCRIPT, setup], cwd=ROOT, env=_environment(8),
+  done = subprocess.run([sys.executable, "-c", SCRIPT, setup], cwd=jax_processes.root,
+                        env=jax_processes.environment(8),
                         capture_output=True, text=True, timeout=900, check=False)
-  out = _result(done.stdout, done.stderr)
+  out = jax_processes.result(done.stdout + done.stderr)
   ONE_DEVICE["losses"] = out["one"]
   assert out["devices"] == 8
   assert len(out["one"]) == 3 and out["one"][2] < out["one"][0]
@@ -111,27 +93,17 @@ def test_eight_devices_match_one_device(tmp_path, tiny_config, tiny_data):
 
 
 def test_two_processes_with_two_devices_each_match_one_device(tmp_path, tiny_config,
-                                                              tiny_data):
+                                                              tiny_data, jax_processes):
   """Two hosts (processes) each feed their own half of every batch."""
   setup = _write_setup(tmp_path / "setup", tiny_config, tiny_data())
-  address = f"localhost:{_free_port()}"
-  logs = [open(tmp_path / f"process_{i}.log", "w+", encoding="utf-8") for i in range(2)]
-  # Output goes to files: a full pipe would block one process inside a collective.
-  workers = [subprocess.Popen([sys.executable, "-c", SCRIPT, setup, address, str(i),
-                               str(tmp_path / "workdir")], cwd=ROOT,
-                              env=_environment(2), stdout=log, stderr=subprocess.STDOUT,
-                              text=True) for i, log in enumerate(logs)]
-  outs = []
-  for worker, log in zip(workers, logs):
-    worker.wait(timeout=900)
-    log.seek(0)
-    outs.append(_result(log.read(), ""))
-    log.close()
+  outs = jax_processes.two_processes(
+      SCRIPT, lambda address, i: [setup, address, str(i), str(tmp_path / "workdir")], tmp_path)
   assert [o["process"] for o in outs] == [0, 1] and outs[0]["devices"] == 4
   assert outs[0]["two_processes"] == outs[1]["two_processes"]
   expected = ONE_DEVICE.get("losses")
   if expected is None:  # run alone: compute the 1-device losses here
-    done = subprocess.run([sys.executable, "-c", SCRIPT, setup], cwd=ROOT, env=_environment(8),
+    done = subprocess.run([sys.executable, "-c", SCRIPT, setup], cwd=jax_processes.root,
+                          env=jax_processes.environment(8),
                           capture_output=True, text=True, timeout=900, check=False)
-    expected = _result(done.stdout, done.stderr)["one"]
+    expected = jax_processes.result(done.stdout + done.stderr)["one"]
   assert max(abs(a - b) for a, b in zip(outs[0]["two_processes"], expected)) < 1e-5
