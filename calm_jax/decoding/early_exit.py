@@ -11,9 +11,12 @@ Per output position t:
      still-generating example has exited; finished sequences start exited.
   3. The layers no example reached get their K/V from each example's exit state (and, for
      a measure with a store of earlier positions, the attention classifier, their entry).
-  4. The token comes from the exit layer's logits (greedy or sampled). A measure that scores
-     a subset of the vocabulary gives logits over its kept ids; a token that ran all L
-     layers always takes the full head's logits, so lambda >= 1 is the full model.
+  4. The token comes from the exit layer's logits (greedy, or sampled with the row's own
+     key). A measure that computes logits chooses each row's token where it checks it, so
+     only the token [B] is carried across layers, never the logits [B, V]; a measure that
+     scores a subset of the vocabulary gives its best kept id; a token that ran all L layers
+     always takes the full head's logits, so lambda >= 1 is the full model. Measures without
+     logits get their token from the head on the exit state after the layer loop.
 With propagation='full_compute' the layer loop always runs all L layers on true states, so
 the cache holds what the full model would have written; exits only choose the token.
 
@@ -35,7 +38,7 @@ from calm_jax.decoding.exit_rule import is_exit_point, threshold_at
 from calm_jax.decoding.measures import LayerInputs, MeasureContext
 from calm_jax.decoding.measures.pruned import head_table
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan
-from calm_jax.decoding.sampling import select_tokens
+from calm_jax.decoding.sampling import row_keys, select_row_tokens
 from calm_jax.model.incremental import (DecoderCache, decoder_layer_rows, decoder_step,
                                         init_decoder_cache, step_self_bias, write_self_kv)
 from calm_jax.model.t5 import embed, encode, exit_logits
@@ -63,6 +66,7 @@ class PositionInputs:
   allow_early: Array  # [] or [B] bool, lambda < 1 (exits before layer L are allowed)
   final_top1: Optional[Array]  # [B] int32 final layer's top-1 (Needs.final_top1), else None
   memory: Any  # the measure's store of earlier positions, leaves [L, B, ...] (read only)
+  keys: Optional[Array]  # [B, 2] uint32 each row's sampling key here; None when greedy
 
 
 @flax.struct.dataclass
@@ -75,8 +79,8 @@ class LayerLoopState:
   exit_layer: Array  # [B] int32, 1-based exit layer; 0 while running or when finished
   exit_hidden: Array  # [B, 1, d] state at the exit layer
   confidence: Array  # [B] float32, confidence at the exit layer
-  exit_logits: Array  # [B, V] float32 logits at the exit layer ([B, K] over a measure's
-  #                     subset of the vocabulary, [B, 0] if not computed)
+  exit_token: Array  # [B] int32 token chosen at the exit layer by a measure with logits
+  #                    (0 for measures without: the head runs after the loop)
   measure_state: Any  # the measure's own state across layers
   memory_entries: Any  # what this position leaves in the measure's store at each layer,
   #                      leaves [L, B, ...] (zeros at layers not reached); () if no store
@@ -92,7 +96,7 @@ class LayerOutput:
   output: Array  # [B, 1, d]
   confidence: Array  # [B] float32
   measure_state: Any
-  logits: Array  # [B, V or K or 0] float32
+  token: Array  # [B] int32 token of this layer's logits where the measure ran, else 0
 
 
 @flax.struct.dataclass
@@ -113,26 +117,38 @@ class TokenLoopState:
 
 def _measure_branches(plan: DecodePlan, context: MeasureContext):
   """The two lax.cond branches of one layer's measure on R rows: (LayerInputs, measure
-  state) -> (confidence [R] float32, measure state, logits [R, V or K] float32 or [R, 0])."""
+  state, keys [R, 2] or None) -> (confidence [R] float32, measure state, token [R] int32)."""
   measure = plan.measure
 
-  def measure_at(inputs: LayerInputs, measure_state):
+  def measure_at(inputs: LayerInputs, measure_state, keys):
     if plan.needs.logits == "full":
       inputs = inputs.replace(logits=exit_logits(plan.model, context.params, inputs.hidden))
     confidence, measure_state = measure.confidence(context, inputs, measure_state)
-    # The measure's own token logits: [R, K] over its ids, or [R, V] contrastive scores.
-    logits = measure.token_logits(measure_state)
-    logits = inputs.logits if logits is None else logits
-    if logits is None:
-      logits = jnp.zeros(inputs.hidden.shape[:1] + (0,), jnp.float32)
-    return confidence.astype(jnp.float32), measure_state, logits
+    return (confidence.astype(jnp.float32), measure_state,
+            _check_tokens(plan, inputs, measure_state, keys))
 
-  def skip(inputs: LayerInputs, measure_state):
+  def skip(inputs: LayerInputs, measure_state, keys):
     rows = inputs.hidden.shape[0]
-    return (jnp.zeros((rows,), jnp.float32), measure_state,
-            jnp.zeros((rows, plan.logits_width), jnp.float32))
+    return jnp.zeros((rows,), jnp.float32), measure_state, jnp.zeros((rows,), jnp.int32)
 
   return measure_at, skip
+
+
+def _check_tokens(plan: DecodePlan, inputs: LayerInputs, measure_state,
+                  keys: Optional[Array]) -> Array:
+  """[R] int32: the token each row emits if it leaves at this check: from the measure's
+  own logits (the best of a subset's kept ids, contrastive scores) or the exit head's;
+  zeros for a measure without logits (its token comes from the head after the loop)."""
+  logits = plan.measure.token_logits(measure_state)  # [R, K] or [R, V] or None
+  if plan.needs.logits == "subset":
+    subset = dataclasses.replace(plan.sampling,
+                                 top_k=min(plan.sampling.top_k, logits.shape[1]))
+    index = select_row_tokens(logits, keys, subset)  # [R] into the kept ids
+    return jnp.take_along_axis(measure_state.ids, index[:, None], axis=1)[:, 0]
+  logits = inputs.logits if logits is None else logits
+  if logits is None:
+    return jnp.zeros(inputs.hidden.shape[:1], jnp.int32)
+  return select_row_tokens(logits, keys, plan.sampling)
 
 
 def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
@@ -151,7 +167,7 @@ def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInp
     output = decoder_layer_rows(config, context.params, s.cache, s.layers_run, s.hidden,
                                 at.self_bias)  # [B, 1, d]
     verdict = jax.lax.cond(wanted, *branches, inputs.replace(hidden=output[:, 0]),
-                           s.measure_state)
+                           s.measure_state, at.keys)
     return LayerOutput(output, *verdict)
   rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
   take = lambda full: jnp.take(full, rows, axis=0)
@@ -159,12 +175,13 @@ def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInp
                             at.self_bias, rows)  # [R, 1, d]
   inputs = inputs.replace(hidden=part[:, 0], memory=jax.tree.map(take, memory),
                           final_top1=None if at.final_top1 is None else take(at.final_top1))
-  confidence, measure_state, logits = jax.lax.cond(
-      wanted, *branches, inputs, jax.tree.map(take, s.measure_state))
+  confidence, measure_state, token = jax.lax.cond(
+      wanted, *branches, inputs, jax.tree.map(take, s.measure_state),
+      jax.tree.map(take, at.keys))
   put = lambda full, piece: full.at[rows].set(piece)
   return LayerOutput(put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
                      jax.tree.map(put, s.measure_state, measure_state),
-                     put(jnp.zeros((batch,) + logits.shape[1:], logits.dtype), logits))
+                     put(jnp.zeros((batch,), jnp.int32), token))
 
 
 def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
@@ -229,7 +246,7 @@ def _record_layer(plan: DecodePlan, context: MeasureContext, at: PositionInputs,
       exit_layer=jnp.where(leaves, layer_no, s.exit_layer),
       exit_hidden=jnp.where(leaves[:, None, None], out.output, s.exit_hidden),
       confidence=jnp.where(leaves, out.confidence, s.confidence),
-      exit_logits=jnp.where(leaves[:, None], out.logits, s.exit_logits),
+      exit_token=jnp.where(leaves, out.token, s.exit_token),
       measure_state=out.measure_state, memory_entries=entries, trace=trace)
 
 
@@ -259,7 +276,7 @@ def _final_memory_entries(plan: DecodePlan, context: MeasureContext,
 
 
 def _position_inputs(plan: DecodePlan, constants: DecodeConstants, state: TokenLoopState,
-                     final_top1: Optional[Array]) -> PositionInputs:
+                     final_top1: Optional[Array], keys: Optional[Array]) -> PositionInputs:
   position = state.position
   threshold = constants.threshold
   return PositionInputs(
@@ -270,7 +287,7 @@ def _position_inputs(plan: DecodePlan, constants: DecodeConstants, state: TokenL
                             plan.exit.decay),
       # lambda >= 1 never exits early, whatever the decay makes of it at this position.
       allow_early=threshold < 1.0 if plan.needs.thresholded else jnp.array(True),
-      final_top1=final_top1, memory=state.measure_memory)
+      final_top1=final_top1, memory=state.measure_memory, keys=keys)
 
 
 def _start_layers(plan: DecodePlan, context: MeasureContext, state: TokenLoopState,
@@ -283,7 +300,7 @@ def _start_layers(plan: DecodePlan, context: MeasureContext, state: TokenLoopSta
       layers_run=jnp.array(0, jnp.int32), hidden=embedded, exited=state.done,
       exit_layer=jnp.zeros((batch,), jnp.int32), exit_hidden=embedded,
       confidence=jnp.zeros((batch,), jnp.float32),
-      exit_logits=jnp.zeros((batch, plan.logits_width), jnp.float32),
+      exit_token=jnp.zeros((batch,), jnp.int32),
       measure_state=plan.measure.init(context, embedded[:, 0]),
       memory_entries=() if store is None else store.empty_entries(context, embedded[:, 0]),
       trace=jnp.full((batch, plan.trace_width), jnp.nan, jnp.float32), cache=cache)
@@ -298,7 +315,10 @@ def _generate_one_position(plan: DecodePlan, constants: DecodeConstants,
     states, cache = decoder_step(config, context.params, cache, state.last_token, position)
     final_top1 = jnp.argmax(exit_logits(config, context.params, states[-1]),
                             axis=-1).astype(jnp.int32)
-  layers = _layer_loop(plan, constants, _position_inputs(plan, constants, state, final_top1),
+  rng, token_rng = jax.random.split(state.rng)
+  keys = None if plan.sampling.greedy else row_keys(token_rng, state.last_token.shape[0])
+  layers = _layer_loop(plan, constants,
+                       _position_inputs(plan, constants, state, final_top1, keys),
                        _start_layers(plan, context, state, cache))
   cache, memory = layers.cache, state.measure_memory
   if plan.exit.propagation == "copy_state":
@@ -307,8 +327,7 @@ def _generate_one_position(plan: DecodePlan, constants: DecodeConstants,
   if plan.measure.store is not None:
     memory = plan.measure.store.write(memory, _final_memory_entries(plan, context, layers),
                                       position)
-  rng, token_rng = jax.random.split(state.rng)
-  token = _exit_tokens(plan, context, layers, token_rng)
+  token = _exit_tokens(plan, context, layers, keys)
   token = jnp.where(state.done, config.pad_token_id, token)
   at = (slice(None), position)
   return state.replace(
@@ -323,23 +342,19 @@ def _generate_one_position(plan: DecodePlan, constants: DecodeConstants,
 
 
 def _exit_tokens(plan: DecodePlan, context: MeasureContext, layers: LayerLoopState,
-                 rng: Array) -> Array:
-  """The emitted tokens [B] from the exit layer's logits."""
-  sampling = plan.sampling
+                 keys: Optional[Array]) -> Array:
+  """The emitted tokens [B]: chosen at the exit check by a measure with logits; from the
+  head on the exit state for a measure without, and for a subset measure's rows that ran
+  all L layers (computed only when some row did)."""
   if plan.needs.logits == "full":
-    return select_tokens(layers.exit_logits, rng, sampling)
-  full = lambda: select_tokens(exit_logits(plan.model, context.params,
-                                           layers.exit_hidden[:, 0]), rng, sampling)
+    return layers.exit_token
+  full = lambda: select_row_tokens(exit_logits(plan.model, context.params,
+                                               layers.exit_hidden[:, 0]), keys, plan.sampling)
   if plan.needs.logits == "none":
     return full()
-  # The best kept token, mapped back to its id; tokens that ran all L layers take the full
-  # head (computed only when some row did).
-  subset = dataclasses.replace(sampling, top_k=min(sampling.top_k, layers.exit_logits.shape[1]))
-  index = select_tokens(layers.exit_logits, rng, subset)  # [B] into the kept ids
-  token = jnp.take_along_axis(layers.measure_state.ids, index[:, None], axis=1)[:, 0]
   at_last = layers.exit_layer == plan.num_layers
-  return jax.lax.cond(jnp.any(at_last), lambda: jnp.where(at_last, full(), token),
-                      lambda: token)
+  return jax.lax.cond(jnp.any(at_last), lambda: jnp.where(at_last, full(), layers.exit_token),
+                      lambda: layers.exit_token)
 
 
 def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array,

@@ -79,12 +79,6 @@ class DecodePlan:
     return self.exit.propagation == "full_compute"
 
   @property
-  def logits_width(self) -> int:
-    """Width of the exit logits the layer loop keeps: V, a subset's K, or 0."""
-    return {"full": self.model.vocab_size, "subset": self.needs.subset_width,
-            "none": 0}[self.needs.logits]
-
-  @property
   def trace_width(self) -> int:
     return self.num_layers if self.return_trace else 0
 

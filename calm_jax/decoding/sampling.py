@@ -57,3 +57,20 @@ def select_tokens(logits: Array, rng: Array, sampling: SamplingConfig) -> Array:
   if sampling.top_p < 1:
     logits = _keep_top_p(logits, sampling.top_p)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def row_keys(rng: Array, batch: int) -> Array:
+  """[B, 2] one key per row of a batch, derived from `rng` and the row's index."""
+  return jax.vmap(lambda row: jax.random.fold_in(rng, row))(jnp.arange(batch))
+
+
+def select_row_tokens(logits: Array, keys: Array, sampling: SamplingConfig) -> Array:
+  """logits [R, V], keys [R, 2] (one per row, `row_keys`) -> token ids [R] int32.
+
+  Each row's token depends only on its own logits and key, so choosing tokens for any
+  subset of a batch's rows gives those rows the same tokens as choosing for all of them.
+  """
+  if sampling.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  one = lambda row_logits, key: select_tokens(row_logits[None], key, sampling)[0]
+  return jax.vmap(one)(logits, keys)

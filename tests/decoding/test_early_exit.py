@@ -455,3 +455,38 @@ def test_max_input_len_cutting_only_padding_does_not_warn(model, run):
                    max_decode_len=T, return_trace=True, max_input_len=9)
   np.testing.assert_array_equal(out.tokens, run(exit_config).tokens)
   np.testing.assert_array_equal(out.exit_layers, run(exit_config).exit_layers)
+
+
+# --- 10. what the loops carry ----------------------------------------------------------
+
+def _while_carries(jaxpr):
+  """The carried avals of every while loop in a jaxpr, nested loops and branches included."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "while":
+      yield [var.aval for var in eqn.outvars]
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", None)
+      for sub in (param if isinstance(param, (tuple, list)) else [param]):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _while_carries(sub)
+      if hasattr(inner, "eqns"):
+        yield from _while_carries(inner)
+
+
+@pytest.mark.parametrize("measure", ["softmax_diff", "softmax_topk", "state_saturation"])
+def test_no_loop_carries_vocabulary_wide_logits(model, measure):
+  # A check chooses its row's token where it runs, so the layer loop carries tokens [B],
+  # never logits [B, V]: a [B, V] carry is read and rewritten at every layer.
+  exit_config = ExitConfig(measure=measure, threshold=0.5, top_k=8)
+  plan = generate_module.DecodePlan.checked(model.config, exit_config, SamplingConfig(), T,
+                                            False)
+  constants = generate_module._constants(plan, model.params, exit_config,  # pylint: disable=protected-access
+                                         jnp.float32(0.5), None)
+  jaxpr = jax.make_jaxpr(functools.partial(generate_module.generate_impl, plan))(
+      constants, model.ids, model.mask, jax.random.PRNGKey(0))
+  carries = list(_while_carries(jaxpr.jaxpr))
+  assert len(carries) >= 2  # the token loop and the layer loop
+  wide = [aval.shape for avals in carries for aval in avals
+          if model.config.vocab_size in getattr(aval, "shape", ())]
+  assert wide == []

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from calm_jax.decoding.sampling import SamplingConfig, select_tokens
+from calm_jax.decoding.sampling import (SamplingConfig, row_keys, select_row_tokens,
+                                        select_tokens)
 
 
 # --- token selection --------------------------------------------------------------------
@@ -101,6 +102,24 @@ def test_same_key_same_tokens_and_different_keys_differ():
   assert np.any(np.asarray(first) != np.asarray(select_tokens(logits, jax.random.PRNGKey(43),
                                                               sampling)))
   assert first.dtype == jnp.int32 and first.shape == (64,)
+
+
+def test_row_tokens_depend_only_on_the_row():
+  # Choosing for a subset of rows (a layer bucket) gives those rows what choosing for the
+  # whole batch gives them; each row samples with its own key.
+  logits = jnp.asarray(np.random.RandomState(1).randn(6, 40), jnp.float32)
+  keys = row_keys(jax.random.PRNGKey(3), 6)
+  sampling = SamplingConfig(temperature=1.0, top_k=10, top_p=0.9)
+  every = np.asarray(select_row_tokens(logits, keys, sampling))
+  rows = jnp.asarray([4, 1, 5])
+  np.testing.assert_array_equal(select_row_tokens(logits[rows], keys[rows], sampling),
+                                every[np.asarray(rows)])
+  for row in range(6):  # each row is a draw of select_tokens with its own key
+    np.testing.assert_array_equal(select_tokens(logits[row:row + 1], keys[row], sampling),
+                                  every[row:row + 1])
+  assert len(set(every.tolist())) > 1
+  np.testing.assert_array_equal(select_row_tokens(logits, None, SamplingConfig()),
+                                np.argmax(np.asarray(logits), -1))
 
 
 @pytest.mark.parametrize("fields, message", [
