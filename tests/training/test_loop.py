@@ -77,3 +77,27 @@ def test_a_resumed_run_says_where_it_resumes_and_that_its_length_changed(tmp_pat
       f"[train] resuming from step 6 of 6 ({path[:-1]}6)",
       "[train] nothing left to train: the checkpoint is at step 6, the run has 6 steps"]
   assert (result.start_step, result.last_step, result.history) == (6, 6, [])
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_do(tmp_path, tiny_data):
+  def loss_fn(params, frozen, batch, rng):
+    del frozen, batch, rng
+    loss = -jnp.sum(params["w"])
+    return loss, {"loss": loss}
+  optimizer = make_optimizer(OptimizerConfig(optimizer="adamw", learning_rate=0.1,
+                                             schedule="constant", clip_norm=0.0))
+  run = lambda steps: fit(loss_fn, {"w": np.zeros((64,), np.float32)}, optimizer,
+                          tiny_data(4), LoopSettings(steps=steps, batch_size=2,
+                                                     checkpoint_every=2),
+                          make_mesh(MeshConfig()), DEFAULT_RULES, str(tmp_path), {"kind": "t"})
+  run(2)
+  step_dir = os.path.join(tmp_path, "checkpoints", "train", "2")
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 3)
+  with pytest.raises(ValueError, match=f"^{step_dir}: the checkpoint cannot be read "
+                     r"\(.*\); it is incomplete or corrupt: delete it \(a training run then "
+                     r"resumes from an earlier checkpoint or starts over\)"):
+    run(4)
