@@ -50,6 +50,7 @@ flags.DEFINE_integer("max_pending", 4, "FREE's pending buffer.")
 flags.DEFINE_enum("kd_mapping", "last", ["last", "uniform", "dynamic"], "KD layer mapping.")
 flags.DEFINE_float("kd_weight", 0.01, "KD weight (the MSE of raw residual states runs in the "
                    "hundreds on the demo model, so 1 drowns the two NLLs).")
+flags.DEFINE_float("learning_rate", 3e-3, "demo training: peak Adam learning rate.")
 flags.DEFINE_list("thresholds", ["0.9", "0.7"], "Thresholds (lambda) timed.")
 flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
 flags.DEFINE_integer("input_len", 48, "Input length (demo: the task's 48 bytes).")
@@ -60,13 +61,15 @@ FLAGS = flags.FLAGS
 
 
 def _train(config, params, seconds):
-  """Shallow-deep training on the generated task for `seconds` (Adam 3e-3, batch 64)."""
+  """Shallow-deep training on the generated task for `seconds` (Adam at --learning_rate
+  after 100 warmup steps, cosine decay, gradients clipped at norm 1, batch 64)."""
   examples = generated.examples("train", 20_000, 0)
   ids, _ = byte_vocab.encode_batch([e.inputs for e in examples], FLAGS.input_len)
   targets, _ = byte_vocab.encode_batch([e.targets for e in examples], FLAGS.decode_len)
   objective = ShallowDeepObjective(shallow_exit_layer=FLAGS.shallow, kd_mapping=FLAGS.kd_mapping,
                                    kd_weight=FLAGS.kd_weight)
-  optimizer = optax.adam(3e-3)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(
+      optax.warmup_cosine_decay_schedule(0.0, FLAGS.learning_rate, 100, 20_000)))
 
   @jax.jit
   def step(params, opt_state, rows):
