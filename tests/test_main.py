@@ -13,6 +13,7 @@ import time
 import pytest
 
 from calm_jax import main as main_module
+from configs.dataset import DATASETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = "--config=configs/demo.py"
@@ -186,3 +187,12 @@ def test_running_out_of_device_memory_is_one_line_with_what_to_lower(tmp_path, c
   monkeypatch.setattr(main_module.modes, "run", lambda config, workdir: 1 / 0)
   with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
     cli(DEMO, f"--workdir={tmp_path}")
+
+
+def test_a_config_file_that_fails_is_one_line(tmp_path, cli):
+  status, _, err = cli("--config=configs/dataset.py:nope", f"--workdir={tmp_path}")
+  assert one_line_error(status, err) == (
+      "flag --config=configs/dataset.py:nope: ValueError: unknown dataset config 'nope'; use "
+      "--config=configs/dataset.py:<name> with <name> one of: " + ", ".join(DATASETS))
+  status, _, err = cli("--config=configs/nope.py", f"--workdir={tmp_path}")
+  assert "No such file or directory: 'configs/nope.py'" in one_line_error(status, err)
