@@ -152,8 +152,8 @@ def test_training_reaches_the_global_parameters_through_dropout(tglobal):
   _, config, params, _ = tglobal
   ids, _ = padded_batch(13, config.vocab_size, seed=3)
   targets = np.random.RandomState(4).randint(2, config.vocab_size, (3, 5))
-  loss = lambda p: anytime_loss(config.replace(dropout_rate=0.1), AnytimeObjective(), p,
-                                Batch(inputs=ids, targets=targets),
+  batch = Batch(inputs=ids.astype(np.int32), targets=targets.astype(np.int32))
+  loss = lambda p: anytime_loss(config.replace(dropout_rate=0.1), AnytimeObjective(), p, batch,
                                 rng=jax.random.PRNGKey(0))[0]
   value, grads = jax.jit(jax.value_and_grad(loss))(params)
   assert np.isfinite(value)
