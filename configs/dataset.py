@@ -10,13 +10,6 @@ Run bare, it stops within seconds with one line naming the first of these it lac
 that read the train split (train, train_exit, all) need a task that has one (the local sets
 have none: --config.data.task=calm_<dataset>, or --config.train.split=validation).
 
-It needs a checkpoint (model.hf_path: a local Hugging Face T5 directory; or model.checkpoint:
-a calm_jax export) and its tokenizer (data.vocabulary, usually the same directory), and the
-data (../shared/data or $CALM_JAX_DATA_DIR for the `*_local` tasks; seqio/TFDS for `calm_*`).
-Run bare, it stops within seconds with one line naming the first of these it lacks. Modes
-that read the train split (train, train_exit, all) need a task that has one (the local sets
-have none: --config.data.task=calm_<dataset>, or --config.train.split=validation).
-
 The name after ':' is a row of DATASETS; configs/<name>.py is the same config under its
 own file name (each file's docstring says where its data comes from). Every dataset config
 starts from configs/default.py, so it has the same keys, then takes the settings that all
