@@ -60,6 +60,15 @@ def padded_length(config: T5Config, length: int) -> int:
   return -(-length // block) * block
 
 
+def keys_per_query(config: T5Config, length: int) -> int:
+  """Scores one encoder query computes on an input of `length` tokens: every token (T5),
+  the three-block window (local), plus the global tokens (transient-global)."""
+  if not config.is_long:
+    return length
+  globals_count = length // config.global_block_size if config.has_global_tokens else 0
+  return 3 * block_length(config) + globals_count
+
+
 def _split_blocks(x: Array, block: int, axis: int) -> Array:
   """Splits `axis` (a multiple of `block`) into [blocks, block]."""
   shape = x.shape[:axis] + (x.shape[axis] // block, block) + x.shape[axis + 1:]

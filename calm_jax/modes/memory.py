@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from calm_jax.model.config import T5Config
+from calm_jax.model.longt5 import keys_per_query
 
 GIB = 1 << 30
 FLOAT32 = 4
@@ -68,7 +69,8 @@ def _activation_bytes_per_example(config: T5Config, input_len: int, target_len: 
   their softmax for the anytime loss)."""
   act, heads = _bytes(config.dtype), config.num_heads
   d, inner, ff = config.d_model, config.inner_dim, config.d_ff
-  encoder = input_len * (6 * d + 4 * inner + 3 * ff) + 2 * heads * input_len ** 2
+  scores = input_len * keys_per_query(config, input_len)  # input_len ** 2 for full attention
+  encoder = input_len * (6 * d + 4 * inner + 3 * ff) + 2 * heads * scores
   decoder = (target_len * (9 * d + 8 * inner + 3 * ff) + 2 * heads * target_len ** 2
              + 2 * heads * target_len * input_len)
   logits = 2 * config.num_decoder_layers * target_len * config.vocab_size * FLOAT32
@@ -97,7 +99,8 @@ def decoding_estimate(config: T5Config, batch_size: int, input_len: int, decode_
   act, heads, inner = _bytes(config.dtype), config.num_heads, config.inner_dim
   layers = config.num_decoder_layers
   caches = 2 * layers * batch_size * (decode_len + input_len) * inner * act
-  encoder = batch_size * (2 * heads * input_len ** 2 * FLOAT32 + 4 * input_len * config.d_model * act)
+  scores = input_len * keys_per_query(config, input_len)  # input_len ** 2 for full attention
+  encoder = batch_size * (2 * heads * scores * FLOAT32 + 4 * input_len * config.d_model * act)
   logits = 4 * batch_size * config.vocab_size * FLOAT32
   return Estimate(what, {"parameters": parameter_count(config) * _bytes(config.param_dtype)},
                   {"K/V caches": caches, "encoder": encoder, "logits": logits},

@@ -23,6 +23,7 @@ from calm_jax.model.config import T5Config, config_from_hf
 from calm_jax.model.hf_export import export_hf_t5
 from calm_jax.model.hf_import import CheckpointError, load_hf_t5
 from calm_jax.model.t5 import exit_logits, forward, init_params
+from calm_jax.modes.memory import decoding_estimate
 from calm_jax.training.checkpoints import export_params, load_exported
 from calm_jax.training.objectives import AnytimeObjective, Batch, anytime_loss
 from calm_jax.training.sharding import logical_axes
@@ -185,6 +186,18 @@ def test_global_blocks_join_orphans_to_the_last_complete_block_and_skip_padding(
 def test_padded_length_rounds_up_to_whole_blocks():
   config = T5Config(encoder_attention_type="local", local_radius=3)
   assert [longt5.padded_length(config, n) for n in (1, 4, 5, 13)] == [4, 4, 8, 16]
+
+
+def test_scores_per_query_and_the_memory_estimate_follow_the_attention():
+  full = T5Config(d_model=768, num_heads=12, d_ff=2048)  # local_radius 127, global blocks 16
+  local, tglobal = (full.replace(encoder_attention_type=kind)
+                    for kind in ("local", "transient-global"))
+  assert [longt5.keys_per_query(c, 16384) for c in (full, local, tglobal)] == [
+      16384, 384, 384 + 1024]
+  encoder = lambda config: decoding_estimate(config, 1, 16384, 8, "decode").batch["encoder"]
+  d_model_part = 4 * 16384 * 768 * 4  # the encoder states beside the scores
+  assert encoder(full) == 2 * 12 * 16384 * 16384 * 4 + d_model_part
+  assert encoder(tglobal) == 2 * 12 * 16384 * (384 + 1024) * 4 + d_model_part
 
 
 # ----------------------------------------------------------------------------- config
