@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from calm_jax.model.config import T5Config
-from calm_jax.model.hf_import import hf_t5_config, load_hf_t5
+from calm_jax.model.hf_import import CheckpointError, hf_t5_config, load_hf_t5
 from calm_jax.model.t5 import init_params
 
 # ConfigDict fields under `model` that are not T5Config fields.
@@ -46,8 +46,11 @@ def source_config(model_config: ml_collections.ConfigDict) -> T5Config:
     from calm_jax.training.checkpoints import read_export_config  # pylint: disable=import-outside-toplevel
     return read_export_config(model_config.checkpoint)
   if model_config.hf_path:
-    return hf_t5_config(model_config.hf_path).replace(dtype=model_config.dtype,
-                                                      param_dtype=model_config.param_dtype)
+    try:
+      config = hf_t5_config(model_config.hf_path)
+    except CheckpointError as error:
+      raise CheckpointError(f"model.hf_path={model_config.hf_path!r}: {error}") from None
+    return config.replace(dtype=model_config.dtype, param_dtype=model_config.param_dtype)
   return t5_config_from(model_config)
 
 

@@ -179,7 +179,10 @@ def check_exit(exit_config: ExitConfig, model_config: T5Config) -> None:
   try:
     checked_measure(exit_config, model_config)
   except ValueError as error:
-    raise ValueError(str(error).replace("ExitConfig.", "exit.")) from None
+    message = str(error).replace("ExitConfig.", "exit.")
+    if message.startswith("unknown confidence measure"):
+      message = f"exit.measure: {message}"
+    raise ValueError(message) from None
 
 
 def check_workdir(workdir: str) -> None:
