@@ -108,7 +108,10 @@ def assert_mixed_batch_equals_each_alone():
           max_decode_len=max_decode_len, return_trace=True))
       np.testing.assert_array_equal(alone.tokens[0], both.tokens[row], err_msg=f"row {row}")
       np.testing.assert_array_equal(alone.exit_layers[0], both.exit_layers[row])
-      np.testing.assert_allclose(alone.trace[0], both.trace[row], atol=1e-5)
+      # Confidences agree to float32 rounding (a batch and a row alone run differently
+      # blocked kernels; a top-1 minus top-2 difference loses digits to cancellation: up
+      # to 1.1e-5 seen for softmax_pruned); a wrong state or layer moves them by ~0.1.
+      np.testing.assert_allclose(alone.trace[0], both.trace[row], atol=5e-5)
   return check
 
 
