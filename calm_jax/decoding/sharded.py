@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.training.sharding import MeshConfig, make_mesh, param_shardings
+from calm_jax.utils.conversion_cache import ConversionCache
 
 Params = Any
 DATA = "data"
@@ -61,25 +62,6 @@ def decode_mesh(config: MeshConfig = MeshConfig(), devices=None) -> DecodeMesh:
   return DecodeMesh(make_mesh(config, devices), tuple(config.rules))
 
 
-class _PlacedParams:
-  """The last placement of each mesh, so that decoding the same parameters again (a
-  threshold grid's waves) does not copy them again; keyed by the identity of the input's
-  leaves, which the entry keeps alive."""
-
-  def __init__(self):
-    self._entries = {}  # DecodeMesh -> (input leaves, placed params)
-
-  def get(self, params: Params, where: DecodeMesh) -> Params:
-    leaves = jax.tree.leaves(params)
-    entry = self._entries.get(where)
-    if entry is not None and len(entry[0]) == len(leaves) and all(
-        a is b for a, b in zip(entry[0], leaves)):
-      return entry[1]
-    placed = _place(params, param_shardings(params, where.mesh, where.rules))
-    self._entries = {where: (leaves, placed)}
-    return placed
-
-
 def _place(tree: Any, shardings: Any) -> Any:
   """Global arrays with `shardings` from host values every process holds in full."""
   def one(leaf, sharding):
@@ -90,7 +72,11 @@ def _place(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(one, tree, shardings)
 
 
-_PLACED = _PlacedParams()
+# The last placement of each mesh, so that decoding the same parameters again (a
+# threshold grid's waves) does not copy them again.
+_PLACED = ConversionCache(
+    lambda params, where: _place(params, param_shardings(params, where.mesh, where.rules)),
+    keep=1, arrays_only=False)
 
 
 def place_params(params: Params, where: DecodeMesh) -> Params:

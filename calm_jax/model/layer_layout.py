@@ -28,6 +28,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from calm_jax.utils.conversion_cache import ConversionCache
+
 Params = Any
 Array = jnp.ndarray
 LAYOUTS = ("auto", "stacked", "per_layer")
@@ -105,27 +107,9 @@ def on_layer(params: Params, layer: Array, fn: Callable[..., Any], *operands: An
   return jax.lax.switch(layer, branches, *operands)
 
 
-class _LayoutCache:
-  """The last conversion of each layout, so that decoding the same parameters again (a
-  threshold grid, evaluate's timing rounds) does not copy the weights again. Keyed by the
-  identity of the input's leaves, which the entry keeps alive (so no id is reused)."""
-
-  def __init__(self):
-    self._entries = {}  # layout -> (input leaves, converted params)
-
-  def get(self, params: Params, layout: str) -> Params:
-    leaves = jax.tree.leaves(params)
-    entry = self._entries.get(layout)
-    if entry is not None and len(entry[0]) == len(leaves) and all(
-        a is b for a, b in zip(entry[0], leaves)):
-      return entry[1]
-    converted = in_layout(params, layout)
-    if all(isinstance(leaf, jax.Array) for leaf in leaves):  # immutable: safe to reuse
-      self._entries[layout] = (leaves, converted)
-    return converted
-
-
-_CACHE = _LayoutCache()
+# The last conversion per layout, so that decoding the same parameters again does not copy
+# the weights again.
+_CACHE = ConversionCache(in_layout, keep=len(LAYOUTS))
 
 
 def decoding_params(params: Params, layout: str = "auto") -> Params:
