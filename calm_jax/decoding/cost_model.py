@@ -76,13 +76,12 @@ def work_prices(config: T5Config, exit_config: ExitConfig, input_len: int,
 
 
 def decode_work(exit_layers: np.ndarray, prices: WorkPrices, exit_config: ExitConfig,
-                num_layers: int, early_allowed: bool = True,
-                oracle: bool = False) -> float:
-  """Multiply-adds of a decode whose tokens left at `exit_layers` [N, T] (0 = no token).
-
-  `early_allowed` is False for lambda >= 1 (a full-logits measure then checks only at
-  layer L, whose logits give the token); `oracle` adds the full pass the oracle runs first.
-  """
+                num_layers: int) -> float:
+  """Multiply-adds of a decode under `exit_config` whose tokens left at `exit_layers`
+  [N, T] (0 = no token). At lambda >= 1 a thresholded measure on the full logits checks
+  only at layer L (whose logits give the token); the oracle first runs a full pass."""
+  needs = _needs(exit_config)
+  early_allowed = exit_config.threshold < 1.0 or not needs.thresholded
   exit_layers = np.asarray(exit_layers)
   positions = np.broadcast_to(np.arange(exit_layers.shape[1]), exit_layers.shape)
   ran = exit_layers > 0
@@ -99,7 +98,7 @@ def decode_work(exit_layers: np.ndarray, prices: WorkPrices, exit_config: ExitCo
   else:  # full_compute: every layer runs on true states whatever the exit
     layers = num_layers * per_layer
   total = layers + checks + head + propagated
-  if oracle:
+  if needs.final_top1:  # the oracle's full pass
     total = total + num_layers * per_layer + prices.head
   return float(np.sum(total))
 

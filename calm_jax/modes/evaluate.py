@@ -216,9 +216,8 @@ class Evaluator:
                                              self._run_sample(decode_rows)))
     prices = cost_model.work_prices(self.model_config, exit_config,
                                     self.test.input_ids.shape[1], classifier_params)
-    work = lambda layers: cost_model.decode_work(
-        layers, prices, exit_config, self.num_layers,
-        early_allowed=exit_config.threshold < 1.0, oracle=exit_config.measure == "oracle")
+    work = lambda layers: cost_model.decode_work(layers, prices, exit_config,
+                                                 self.num_layers)
     self.work[name] = {"batch": work(decoded.exit_layers),
                        "sample": work(decoded.exit_layers[:self.sample_size])}
 

@@ -45,8 +45,8 @@ def test_softmax_decode_work_by_hand():
               + 1 * layer_at(0) + 1 * SOFTMAX_CHECK + 3 * KV)
   assert work == pytest.approx(expected)
   # lambda = 1: the same tokens at layer 4, checked only at layer 4.
-  never = cost_model.decode_work(np.array([[4, 4], [4, 0]]), prices, config, 4,
-                                 early_allowed=False)
+  never = cost_model.decode_work(np.array([[4, 4], [4, 0]]), prices,
+                                 ExitConfig(measure="softmax_diff", threshold=1.0), 4)
   assert never == pytest.approx(4 * (2 * layer_at(0) + layer_at(1)) + 3 * SOFTMAX_CHECK)
   assert cost_model.ideal_speedup(never, work) == pytest.approx(never / expected)
 
@@ -59,7 +59,9 @@ def test_hidden_state_measure_pays_the_head_and_checks_at_every_exit_point():
   assert work == pytest.approx(2 * layer_at(0) + check + HEAD + 2 * KV
                                + 4 * layer_at(1) + 2 * check + HEAD)
   # At lambda = 1 it still checks at every exit point (its state needs no logits).
-  never = cost_model.decode_work(np.array([[4, 4]]), prices, config, 4, early_allowed=False)
+  never = cost_model.decode_work(np.array([[4, 4]]), prices,
+                                 ExitConfig(measure="state_saturation", min_exit_layer=2,
+                                            exit_interval=2, threshold=1.0), 4)
   assert never == pytest.approx(4 * layer_at(0) + 4 * layer_at(1) + 4 * check + 2 * HEAD)
 
 
@@ -79,9 +81,9 @@ def test_static_full_compute_and_oracle():
   full_compute = ExitConfig(measure="static", static_exit_layer=1, propagation="full_compute")
   assert cost_model.decode_work(np.array([[1]]), prices, full_compute, 4) == pytest.approx(
       4 * layer_at(0) + HEAD)
-  oracle = ExitConfig(measure="oracle")
+  # The oracle checks at every exit point whatever lambda is (it ignores the threshold).
+  oracle = ExitConfig(measure="oracle", threshold=1.0)
   prices = cost_model.work_prices(CONFIG, oracle, S)
-  assert cost_model.decode_work(np.array([[2]]), prices, oracle, 4,
-                                oracle=True) == pytest.approx(
+  assert cost_model.decode_work(np.array([[2]]), prices, oracle, 4) == pytest.approx(
       4 * layer_at(0) + HEAD + 2 * layer_at(0) + 2 * SOFTMAX_CHECK + 2 * KV)
   assert cost_model.ideal_speedup(1.0, 0.0) is None
