@@ -17,7 +17,7 @@ from calm_jax.model.config import T5Config
 CONFIG = T5Config(vocab_size=53, d_model=16, d_kv=4, d_ff=24, num_layers=2,
                   num_decoder_layers=5, num_heads=4, feed_forward_proj="gated-gelu",
                   tie_word_embeddings=False)
-L, V = CONFIG.num_decoder_layers, CONFIG.vocab_size
+L = CONFIG.num_decoder_layers
 
 
 def test_row_buckets():
