@@ -137,11 +137,8 @@ class Decoded:
 
 def _generated_ids(tokens: np.ndarray, eos_id: int) -> List[List[int]]:
   """Each row's ids up to and including its first EOS."""
-  rows = []
-  for row in np.asarray(tokens):
-    row = row.tolist()
-    rows.append(row[:row.index(eos_id) + 1] if eos_id in row else row)
-  return rows
+  mask = _generated_mask(tokens, eos_id)
+  return [row[kept].tolist() for row, kept in zip(np.asarray(tokens), mask)]
 
 
 def _reference_name(measure: str) -> str:
