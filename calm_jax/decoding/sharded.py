@@ -28,7 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from calm_jax.decoding.plan import DecodeConstants, DecodePlan
+from calm_jax.decoding.plan import DecodeConstants
 from calm_jax.training.sharding import MeshConfig, make_mesh, param_shardings
 from calm_jax.utils.conversion_cache import ConversionCache
 
@@ -102,16 +102,24 @@ def _row_sharded(host: np.ndarray, where: DecodeMesh) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _constants_spec(constants: DecodeConstants) -> DecodeConstants:
+def _per_row_threshold(constants: Any) -> bool:
+  """Whether `constants` are an early-exit decode's with one threshold per row ([B])."""
+  return isinstance(constants, DecodeConstants) and jnp.ndim(constants.threshold) == 1
+
+
+def _constants_spec(constants: Any) -> Any:
   """shard_map specs of the constants: everything replicated over 'data' except one
-  threshold per row ([B]), which is split with the rows."""
-  per_row = jnp.ndim(constants.threshold) == 1
+  threshold per row ([B]), which is split with the rows. Constants other than
+  DecodeConstants (plain greedy decoding's parameters) are replicated whole."""
+  if not isinstance(constants, DecodeConstants):
+    return PartitionSpec()
   return constants.replace(context=PartitionSpec(), tau=PartitionSpec(),
-                           threshold=PartitionSpec(DATA) if per_row else PartitionSpec())
+                           threshold=PartitionSpec(DATA) if _per_row_threshold(constants)
+                           else PartitionSpec())
 
 
 @functools.lru_cache(maxsize=32)
-def _sharded_program(impl: Callable, plan: DecodePlan, where: DecodeMesh, per_row: bool):
+def _sharded_program(impl: Callable, plan: Any, where: DecodeMesh, per_row: bool):
   """The jitted decode of `impl` with each data shard running its own loops."""
   def shard(constants, input_ids, attention_mask, rng, skip_rows):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA))  # own sampling stream per shard
@@ -128,21 +136,23 @@ def _sharded_program(impl: Callable, plan: DecodePlan, where: DecodeMesh, per_ro
   return jax.jit(program)
 
 
-def decode_on_mesh(impl: Callable, plan: DecodePlan, constants: DecodeConstants,
+def decode_on_mesh(impl: Callable, plan: Any, constants: Any,
                    input_ids, attention_mask, rng, skip_rows, where: DecodeMesh) -> Any:
-  """impl(plan, constants, ...) over the mesh's data shards -> its output as host arrays
-  [B, ...] on every process (padding rows cut). `constants.context.params` must be placed
-  by `place_params`; a per-row threshold [B] is split with the rows."""
+  """impl(plan, constants, input_ids, attention_mask, rng, skip_rows) over the mesh's data
+  shards -> its output as host arrays [B, ...] on every process (padding rows cut). `plan`
+  is static (hashable); `constants` are DecodeConstants, whose `context.params` must be
+  placed by `place_params` and whose per-row threshold [B] is split with the rows, or any
+  tree replicated over 'data' (parameters placed by `place_params`)."""
   rows = input_ids.shape[0]
   total = padded_batch(rows, where)
   skip = np.zeros(rows, bool) if skip_rows is None else np.asarray(skip_rows, bool)
   skip = np.concatenate([skip, np.ones(total - rows, bool)])
-  if jnp.ndim(constants.threshold) == 1:
+  if _per_row_threshold(constants):
     threshold = _pad_rows(np.asarray(constants.threshold), total)
     constants = constants.replace(threshold=_row_sharded(threshold, where))
   ids, mask = (_row_sharded(_pad_rows(np.asarray(a), total), where)
                for a in (input_ids, attention_mask))
-  program = _sharded_program(impl, plan, where, jnp.ndim(constants.threshold) == 1)
+  program = _sharded_program(impl, plan, where, _per_row_threshold(constants))
   out = program(constants, ids, mask, rng, _row_sharded(skip, where))
   gathered = multihost_utils.process_allgather(out, tiled=True)
   return jax.tree.map(lambda field: np.asarray(field)[:rows], gathered)

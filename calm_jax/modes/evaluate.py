@@ -18,6 +18,12 @@ the median per-round ratio against the row's reference, with its spread over rou
 the ideal speedup that the work of the decoded tokens implies (`decoding.cost_model`:
 layers run, the measure's checks, the exit head, propagated K/V) and realized / ideal.
 
+Every decode, the timed ones included, runs on the run's mesh (`mesh` section): the rows
+over its data shards, the parameters over 'model'. A killed run restarted with the same
+workdir and config continues from its resume store (`modes.resume`): calibration grid parts,
+test decodes and finished timing rounds are saved as they finish and read back, not
+redone, so the restarted run writes the files the killed one would have written.
+
 Writes report.json, report.md (printed at the end) and three plots: quality vs speedup,
 exit-layer histograms, delta vs achieved loss.
 """
@@ -37,6 +43,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.measures import build_measure, checked_measure
+from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.exit_classifiers.registry import is_learned
 from calm_jax.exit_classifiers.storage import load_classifier
 from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, run_context,
@@ -46,7 +53,7 @@ from calm_jax.modes.evaluate_report import plot_report, report_table
 from calm_jax.modes.evaluate_timing import Configuration, time_configurations
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
 from calm_jax.modes.mesh import run_mesh
-from calm_jax.modes.resume import open_store
+from calm_jax.modes.resume import open_store, resume_key
 
 
 # Fewer rounds leave the median at the mercy of one noisy round.
@@ -150,25 +157,23 @@ class Evaluator:
   """Decodes and scores the test split for one model, and keeps every configuration it
   decoded so that all can be timed together (`time_all`)."""
 
-  def __init__(self, settings: Settings, model_config, params, test: EncodedSplit):
+  def __init__(self, settings: Settings, model_config, params, test: EncodedSplit,
+               mesh: DecodeMesh):
     context = settings.context
     self.model_config, self.params, self.test = model_config, params, test
     self.vocabulary, self.settings = context.vocabulary, settings.evaluate
     self.calibration_settings = settings.calibration
-    # The calibration grid decodes on the run's mesh; the timed test decodes on one device.
-    # Each measure's grid parts go to the resume store as they finish.
+    # Every decode (the calibration grid, the test split, the timed calls) runs on the run's
+    # mesh. Grid parts, test decodes and timing rounds go to the resume store as they finish.
+    self.mesh = mesh
     self.resume = open_store(context.workdir, "evaluate", context.config, params)
     self.grid_losses = GridLosses(context, model_config, params, settings.calibration,
-                                  run_mesh(context.config, "evaluate"), self.resume)
+                                  self.mesh, self.resume)
     self.task = run_task(context.config.data.task)
     self.max_decode_len = context.config.decode.max_decode_len
     self.configurations: List[Configuration] = []
     self.work: Dict[str, Dict[str, float]] = {}  # name -> {'batch': .., 'sample': ..}
-    tokens = np.asarray(greedy_decode(model_config, params, test.input_ids,
-                                      test.attention_mask, max_decode_len=self.max_decode_len))
-    layers = np.where(_generated_mask(tokens, self.vocabulary.eos_id),
-                      model_config.num_decoder_layers, 0)
-    self.full = Decoded(tokens, layers)
+    self.full = self._stored("greedy", self._greedy_full)
     self.full_ids = _generated_ids(self.full.tokens, self.vocabulary.eos_id)
     self.full_texts = [self.vocabulary.decode(ids) for ids in self.full_ids]
 
@@ -180,6 +185,28 @@ class Evaluator:
   def sample_size(self) -> int:
     return min(self.settings.latency_examples, self.test.input_ids.shape[0])
 
+  def _greedy_rows(self, input_ids, attention_mask):
+    """Plain greedy decoding (its own code path) of some rows, on the run's mesh."""
+    return greedy_decode(self.model_config, self.params, input_ids, attention_mask,
+                         max_decode_len=self.max_decode_len, mesh=self.mesh)
+
+  def _greedy_full(self) -> Decoded:
+    """The full model's output on the test split (every token runs layer L)."""
+    tokens = np.asarray(self._greedy_rows(self.test.input_ids, self.test.attention_mask))
+    layers = np.where(_generated_mask(tokens, self.vocabulary.eos_id), self.num_layers, 0)
+    return Decoded(tokens, layers)
+
+  def _stored(self, name: str, decode: Callable[[], Decoded]) -> Decoded:
+    """The test decode `name`: read back when the resume store holds it (a killed run
+    decoded it), else decoded and saved."""
+    key = resume_key("test", name)
+    saved = self.resume.load(key)
+    if saved is not None:
+      return Decoded(saved["tokens"], saved["exit_layers"])
+    decoded = decode()
+    self.resume.save(key, {"tokens": decoded.tokens, "exit_layers": decoded.exit_layers})
+    return decoded
+
   def _run_sample(self, decode_rows: Callable[[Any, Any], Any]) -> Callable[[], Any]:
     """A call decoding the latency sample one example at a time (batch 1)."""
     rows = [(self.test.input_ids[i:i + 1], self.test.attention_mask[i:i + 1])
@@ -188,21 +215,23 @@ class Evaluator:
 
   def add_greedy(self, reference: str) -> None:
     """Plain greedy decoding (its own code path) as a timed configuration."""
-    decode_rows = lambda ids, mask: greedy_decode(self.model_config, self.params, ids, mask,
-                                                  max_decode_len=self.max_decode_len)
+    decode_rows = self._greedy_rows
     greedy = ExitConfig(measure="static", static_exit_layer=self.num_layers)
     self._add("greedy", reference, decode_rows, greedy, self.full)
 
   def decode(self, name: str, reference: str, exit_config: ExitConfig,
              classifier_params=None) -> Decoded:
-    """Decodes the test split under `exit_config` and registers it for timing."""
-    decode_rows = lambda ids, mask: generate(
+    """Decodes the test split under `exit_config` on the run's mesh (or reads it back from
+    the resume store) and registers it for timing."""
+    rows = lambda ids, mask: generate(
         self.model_config, self.params, ids, mask, exit=exit_config,
-        max_decode_len=self.max_decode_len, classifier_params=classifier_params).exit_layers
-    out = generate(self.model_config, self.params, self.test.input_ids,
-                   self.test.attention_mask, exit=exit_config,
-                   max_decode_len=self.max_decode_len, classifier_params=classifier_params)
-    decoded = Decoded(np.asarray(out.tokens), np.asarray(out.exit_layers))
+        max_decode_len=self.max_decode_len, classifier_params=classifier_params,
+        mesh=self.mesh)
+    decode_rows = lambda ids, mask: rows(ids, mask).exit_layers
+    def decode_test() -> Decoded:
+      out = rows(self.test.input_ids, self.test.attention_mask)
+      return Decoded(np.asarray(out.tokens), np.asarray(out.exit_layers))
+    decoded = self._stored(name, decode_test)
     self._add(name, reference, decode_rows, exit_config, decoded, classifier_params)
     return decoded
 
@@ -222,7 +251,8 @@ class Evaluator:
     """Every registered configuration timed in the same interleaved rounds: per name, the
     throughput and latency figures with their ideal speedups and realized / ideal."""
     progress = lambda line: print(f"[evaluate] timing {line}", flush=True)
-    clocks = time_configurations(self.configurations, self.settings.timing_rounds, progress)
+    clocks = time_configurations(self.configurations, self.settings.timing_rounds, progress,
+                                 self.resume)
     figures = {}
     for config in self.configurations:
       row = {}
@@ -356,13 +386,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the evaluate mode; returns the path of report.json."""
   settings = check(config, workdir)
   context, base_exit = settings.context, settings.exit
+  mesh = run_mesh(config, "evaluate")
   model_config, params = context.checked_model()
   for layer in settings.evaluate.static_layers:
     checked_measure(dataclasses.replace(base_exit, measure="static", static_exit_layer=layer),
                     model_config)
   test = context.split(config.data.test_split, settings.evaluate.num_examples)
   calib = context.split(config.data.calibration_split, settings.calibration.num_examples)
-  evaluator = Evaluator(settings, model_config, params, test)
+  evaluator = Evaluator(settings, model_config, params, test, mesh)
   rows = []
   for measure in settings.evaluate.measures:
     rows.extend(_measure_rows(evaluator, base_exit, measure, calib))

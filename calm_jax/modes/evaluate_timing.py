@@ -6,12 +6,18 @@ decoded once per round, round after round, and a speedup is the median over roun
 (reference time / configuration time) in the same round, with the lowest and highest
 round's ratio as its spread. Two clocks run: throughput (the whole test split in one
 batch) and latency (a sample of examples decoded one at a time, batch 1).
+
+Given a store (the evaluate run's resume store), each finished round's seconds are saved
+as the round ends, and a restarted run reads the saved rounds back and times only the
+rest, so a killed run's measurements are kept, not taken again. Times come from
+`utils.timing.CLOCKS['wall']`, looked up at each call: tests replace it with a
+deterministic clock to compare whole reports byte for byte.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 import numpy as np
 
@@ -50,11 +56,54 @@ def _timings(configurations: List[Configuration], times: Dict[str, List[float]]
   return out
 
 
+class RoundStore(Protocol):
+  """Where finished rounds are kept (modes.resume.ResumeStore)."""
+
+  def load(self, key: str) -> Optional[Dict[str, np.ndarray]]: ...
+
+  def save(self, key: str, arrays: Dict[str, np.ndarray]) -> None: ...
+
+
+def _saved_round(store: Optional[RoundStore], key: str, names: List[str]
+                 ) -> Optional[List[float]]:
+  """A round's seconds per configuration (in `names` order) when the store holds it."""
+  saved = store.load(key) if store is not None else None
+  if saved is None:
+    return None
+  if saved["names"].tolist() != names:
+    raise ValueError(f"the resume store's {key} timed {saved['names'].tolist()}, but this "
+                     f"run times {names}")
+  return [float(s) for s in saved["seconds"]]
+
+
+def _clock_rounds(fns: Dict[str, Callable[[], Any]], rounds: int, clock: str,
+                  store: Optional[RoundStore]) -> Dict[str, List[float]]:
+  """Seconds per configuration per round [rounds] on one clock: rounds the store holds
+  read back, the others timed (after one untimed call of each: compilation) and saved as
+  each ends."""
+  names = list(fns)
+  per_round = []  # [rounds][configurations]
+  warm = True
+  for index in range(rounds):
+    key = f"timing_{clock}_{index}"
+    seconds = _saved_round(store, key, names)
+    if seconds is None:
+      times = interleaved(fns, 1, warm=warm)
+      warm = False
+      seconds = [times[name][0] for name in names]
+      if store is not None:
+        store.save(key, {"names": np.array(names), "seconds": np.array(seconds, np.float64)})
+    per_round.append(seconds)
+  return {name: [round_seconds[i] for round_seconds in per_round]
+          for i, name in enumerate(names)}
+
+
 def time_configurations(configurations: List[Configuration], rounds: int,
-                        progress: Optional[Callable[[str], None]] = None
-                        ) -> Dict[str, Dict[str, Timing]]:
+                        progress: Optional[Callable[[str], None]] = None,
+                        store: Optional[RoundStore] = None) -> Dict[str, Dict[str, Timing]]:
   """{'throughput': {name: Timing}, 'latency': {name: Timing}} over `rounds` interleaved
-  rounds of every configuration (each called once untimed first: compilation)."""
+  rounds of every configuration (each called once untimed first: compilation); with a
+  `store`, rounds it holds are read back and new rounds saved."""
   names = [config.name for config in configurations]
   if len(set(names)) != len(names):
     raise ValueError(f"configuration names must be distinct, got {names}")
@@ -67,6 +116,7 @@ def time_configurations(configurations: List[Configuration], rounds: int,
   for clock, attribute in (("throughput", "run_batch"), ("latency", "run_sample")):
     if progress is not None:
       progress(f"{clock}: {len(configurations)} configurations x {rounds} interleaved rounds")
-    times = interleaved({c.name: getattr(c, attribute) for c in configurations}, rounds)
+    times = _clock_rounds({c.name: getattr(c, attribute) for c in configurations}, rounds,
+                          clock, store)
     result[clock] = _timings(configurations, times)
   return result

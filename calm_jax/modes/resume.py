@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Any, Dict, Optional
 
@@ -71,6 +72,13 @@ def run_description(config: ml_collections.ConfigDict, params: Any) -> Dict[str,
   for name in UNCHECKED_SECTIONS:
     values.pop(name, None)
   return {"config": values, "model_sha256": params_fingerprint(params)}
+
+
+def resume_key(kind: str, name: str) -> str:
+  """A file-name safe part key for a free-form `name` (e.g. 'softmax_diff delta=0.1'): its
+  safe characters, and a digest of the whole name so that distinct names never share one."""
+  safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+  return f"{kind}_{safe}_{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 class ResumeStore:

@@ -1,7 +1,8 @@
 """Decoding on a device mesh (calm_jax.decoding.sharded): on 8 simulated CPU devices (data=8;
 data=4 x model=2), and on two processes joined by jax.distributed, tokens, exit layers and
 confidences equal the 1-device decode, for measures of every kind of need, with a batch
-that does not divide over the data shards, and through the threshold grid.
+that does not divide over the data shards, and through the threshold grid; plain greedy
+decoding's tokens too.
 
 XLA fixes the device count when JAX starts, so each comparison runs in fresh processes with
 XLA_FLAGS=--xla_force_host_platform_device_count=N. The batch is 15 (example, threshold)
@@ -25,6 +26,7 @@ if sys.argv[1] == "processes":
   jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate_with_thresholds
+from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.sharded import decode_mesh, padded_batch
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.exit_classifiers.registry import init_classifier
@@ -87,6 +89,9 @@ for measure, mesh in (("softmax_diff", data4_model2), ("state_saturation", data8
   out["one"][measure] = decode(measure)
   out["mesh"][measure] = decode(measure, mesh)
 out["grid"] = grid(data4_model2)
+greedy = lambda mesh: np.asarray(greedy_decode(CONFIG, PARAMS, IDS, MASK, max_decode_len=5,
+                                               mesh=mesh)).tolist()
+out["greedy"] = {"one": greedy(None), "mesh": greedy(data4_model2)}
 print("RESULT" + json.dumps(out))
 '''
 
@@ -116,6 +121,7 @@ def test_eight_devices_match_one_device(jax_processes):
       assert 1 in exits and 4 in exits, (name, exits)
     assert_same_decode(out["mesh"][name], expected, name)
   assert_same_decode(out["grid"], out["one"]["softmax_diff"], "grid")
+  assert out["greedy"]["mesh"] == out["greedy"]["one"]
 
 
 def test_two_processes_with_two_devices_each_match_one_device(tmp_path, jax_processes):

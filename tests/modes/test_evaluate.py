@@ -1,8 +1,14 @@
 """The evaluate mode: calibrated thresholds, scores recomputed independently, the report's
-files, and settings checked before any work."""
+files, and settings checked before any work; on 8 simulated devices the report of one
+device; a killed run restarted to the files of an uninterrupted one."""
 
+import inspect
 import json
 import os
+import pickle
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +22,10 @@ from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.source import load_model
+from calm_jax.modes import resume
 from calm_jax.modes.context import encode_split
+from calm_jax.modes.resume import resume_key
+from calm_jax.utils import timing
 
 
 def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
@@ -92,3 +101,150 @@ def test_evaluate_settings_are_checked_before_the_model_loads(tmp_path, no_model
   with pytest.raises(ValueError, match=message):
     modes.run(evaluate_config(**{field: value}), str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------- mesh and resume
+
+class TickClock:
+  """A deterministic clock (replaces utils.timing.CLOCKS['wall'], which the evaluate mode's
+  timing reads at each call): read k, counted from `start`, returns k + k * k / 1024
+  seconds, so every timed call's duration is distinct and set by the reads before it."""
+
+  def __init__(self, start=0):
+    self.reads = start
+
+  def __call__(self):
+    k = self.reads
+    self.reads += 1
+    return k + k * k / 1024
+
+
+# Runs evaluate on a pickled config with the tick clock; with a key, kills itself (SIGKILL,
+# no clean-up) right after the resume store saved that key, printing the clock's reads.
+RUN = inspect.getsource(TickClock) + r'''
+import os, pickle, signal, sys
+from calm_jax import modes
+from calm_jax.modes import resume
+from calm_jax.utils import timing
+config_path, workdir, kill_after = sys.argv[1:4]
+clock = timing.CLOCKS["wall"] = TickClock()
+original = resume.ResumeStore.save
+def save_then_die(self, key, arrays):
+  original(self, key, arrays)
+  if key == kill_after:
+    print(f"READS {clock.reads}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+resume.ResumeStore.save = save_then_die
+with open(config_path, "rb") as f:
+  config = pickle.load(f)
+modes.run(config, workdir)
+'''
+REPORT_FILES = ("report.json", "report.md", "report_quality_speedup.png",
+                "report_exit_layers.png", "report_delta_loss.png")
+
+
+def _small_evaluate_config(model_split=1):
+  """A small evaluate run: 2 + 2 layers at d_model 32, 4 calibration examples in parts of 2
+  under 4 thresholds (the naive rule picks real early exits), 4 test examples, 5 timing
+  rounds, a latency sample of 1; `model_split` is mesh.model."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  config.mode = "evaluate"
+  config.data.max_input_len = 24
+  config.decode.max_decode_len = 5
+  config.model.update(num_decoder_layers=2, d_model=32, d_ff=64)
+  config.calibration.update(num_examples=4, thresholds=(1.0, 0.95, 0.9, 0.8),
+                            deltas=(0.25, 0.75), num_splits=2, similarity="token_agreement",
+                            save_every=2)
+  config.evaluate.update(measures=("softmax_diff",), num_examples=4, static_layers=(),
+                         oracle=False, timing_rounds=5, latency_examples=1, rule="naive")
+  config.mesh.model = model_split
+  config.lock()
+  return config
+
+
+def _run_with_clock(config, workdir, clock):
+  original = timing.CLOCKS["wall"]
+  timing.CLOCKS["wall"] = clock
+  try:
+    modes.run(config, str(workdir))
+  finally:
+    timing.CLOCKS["wall"] = original
+
+
+def _contents(workdir, names):
+  return {name: (workdir / name).read_bytes() for name in names}
+
+
+def _run_script(jax_processes, tmp_path, config, workdir, kill_after="", devices=1):
+  with open(tmp_path / "config.pkl", "wb") as f:
+    pickle.dump(config, f)
+  return subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "config.pkl"), str(workdir),
+                         kill_after], cwd=jax_processes.root,
+                        env=jax_processes.environment(devices), capture_output=True, text=True,
+                        timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The small evaluate run on one device, uninterrupted, on the tick clock: its workdir."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  _run_with_clock(_small_evaluate_config(), workdir, TickClock())
+  return workdir
+
+
+def test_evaluate_on_eight_devices_writes_the_one_device_report(tmp_path, jax_processes,
+                                                                 uninterrupted):
+  """Every decode (grid, test split, timed calls) on data=4 x model=2: the same thresholds,
+  exit layers, scores and (same clock) timings, to the byte."""
+  rows = json.loads((uninterrupted / "report.json").read_text())["rows"]
+  assert min(row["mean_exit_layer"] for row in rows) < 2  # real early exits
+  done = _run_script(jax_processes, tmp_path, _small_evaluate_config(model_split=2),
+                     tmp_path / "mesh", devices=8)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "[evaluate] mesh data=4 model=2 over 1 process(es)" in done.stdout.splitlines()
+  assert _contents(tmp_path / "mesh", REPORT_FILES) == _contents(uninterrupted, REPORT_FILES)
+
+
+DECODES = [resume_key("test", name) for name in (
+    "greedy", "softmax_diff lambda=1", "softmax_diff delta=0.25", "softmax_diff delta=0.75")]
+GRID = ["grid_softmax_diff_0", "grid_softmax_diff_2"]
+TIMING = [f"timing_{clock}_{index}" for clock in ("throughput", "latency") for index in range(5)]
+
+
+@pytest.mark.parametrize("kill_after, saved_before", [
+    # Among the test decodes: the greedy reference and lambda = 1 saved, the grid not.
+    (DECODES[1], DECODES[:2]),
+    # Mid-timing: every decode and two throughput rounds saved.
+    (TIMING[1], DECODES[:2] + GRID + DECODES[2:] + TIMING[:2]),
+])
+def test_killed_evaluate_resumes_to_the_files_of_an_uninterrupted_run(
+    tmp_path, jax_processes, uninterrupted, kill_after, saved_before):
+  killed = tmp_path / "killed"
+  done = _run_script(jax_processes, tmp_path, _small_evaluate_config(), killed, kill_after)
+  assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+  reads = int(done.stdout.split("READS ")[1].split()[0])
+  store = killed / "resume" / "evaluate"
+  assert "report.json" not in os.listdir(killed)
+  assert sorted(os.listdir(store)) == sorted(["description.json"]
+                                              + [f"{key}.npz" for key in saved_before])
+  # The restart decodes and times only what was not saved. Its clock goes on from the
+  # killed run's reads: a round timed again would read other ticks than the uninterrupted
+  # run did, so equal files also show that saved rounds were read back, not re-timed.
+  saved = []
+  original = resume.ResumeStore.save
+
+  def recording_save(self, key, arrays):
+    saved.append(key)
+    original(self, key, arrays)
+  resume.ResumeStore.save = recording_save
+  try:
+    _run_with_clock(_small_evaluate_config(), killed, TickClock(start=reads))
+  finally:
+    resume.ResumeStore.save = original
+  everything = DECODES[:2] + GRID + DECODES[2:] + TIMING
+  assert saved == [key for key in everything if key not in saved_before]
+  assert "resume" not in os.listdir(killed)
+  assert sorted(os.listdir(killed)) == sorted(os.listdir(uninterrupted))
+  names = REPORT_FILES + ("run_record.json",)
+  assert _contents(killed, names) == _contents(uninterrupted, names)
