@@ -3,7 +3,9 @@
 Everything comes from the project's own forward pass and decoder: `encode` and
 `decode_teacher_forced` give every layer's state [L, B, T, d], `exit_logits` each layer's
 logits, and `generate` the free-running outputs (with the decoder's per-layer confidence
-trace) and the oracle decodes. Examples are processed in chunks of `batch_size`.
+trace) and the oracle decodes. Examples are processed in chunks of `batch_size`. Every
+decode runs on the given mesh (decoding.sharded: rows over its data shards, parameters over
+'model'); the teacher-forced forward passes run on one device.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from calm_jax.analysis import layerwise
 from calm_jax.analysis.oracle import DecodedOutputs
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
+from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import decode_teacher_forced, encode, exit_logits, shift_right
 
@@ -88,9 +91,11 @@ def teacher_forced(config: T5Config, params: Any, inputs: AnalysisInputs,
 
 
 def _decode(config: T5Config, params: Any, inputs: AnalysisInputs, rows: slice,
-            exit_config: ExitConfig, max_decode_len: int, return_trace: bool):
+            exit_config: ExitConfig, max_decode_len: int, return_trace: bool,
+            mesh: Optional[DecodeMesh]):
   out = generate(config, params, inputs.input_ids[rows], inputs.input_mask[rows],
-                 exit=exit_config, max_decode_len=max_decode_len, return_trace=return_trace)
+                 exit=exit_config, max_decode_len=max_decode_len, return_trace=return_trace,
+                 mesh=mesh)
   return jax.tree.map(np.asarray, out)
 
 
@@ -102,18 +107,19 @@ def _decoded(name: str, tokens: np.ndarray, exit_layers: np.ndarray,
 
 def free_running(config: T5Config, params: Any, inputs: AnalysisInputs, *,
                  max_decode_len: int, batch_size: int,
-                 trace_exit: Optional[ExitConfig] = None):
+                 trace_exit: Optional[ExitConfig] = None, mesh: Optional[DecodeMesh] = None):
   """The full model's greedy outputs and the statistics with them as decoder inputs.
 
   `trace_exit` names a thresholded measure (and its exit grid) whose per-layer confidence
   the decoder records along the way; its threshold is set to 1, so no token exits early.
+  `mesh`: where the decodes run (None: one device).
   Returns (LayerwiseTokens, DecodedOutputs of the full model).
   """
   exit_config = dataclasses.replace(trace_exit or ExitConfig(), threshold=1.0, tau=0.0)
   parts, tokens, exit_layers = [], [], []
   for rows in _chunks(inputs.num_examples, batch_size):
     out = _decode(config, params, inputs, rows, exit_config, max_decode_len,
-                  return_trace=trace_exit is not None)
+                  return_trace=trace_exit is not None, mesh=mesh)
     trace = None if trace_exit is None else out.trace.transpose(2, 0, 1)  # [B, T, L] -> [L, B, T]
     parts.append(layerwise_chunk(config, params, inputs.input_ids[rows],
                                  inputs.input_mask[rows], out.tokens, out.exit_layers > 0,
@@ -125,15 +131,16 @@ def free_running(config: T5Config, params: Any, inputs: AnalysisInputs, *,
 
 
 def full_decode(config: T5Config, params: Any, inputs: AnalysisInputs, *,
-                max_decode_len: int, batch_size: int) -> DecodedOutputs:
+                max_decode_len: int, batch_size: int,
+                mesh: Optional[DecodeMesh] = None) -> DecodedOutputs:
   """The full model's greedy outputs (lambda = 1: no token exits early)."""
   return oracle_or_full(config, params, inputs, "full", ExitConfig(threshold=1.0),
-                        max_decode_len=max_decode_len, batch_size=batch_size)
+                        max_decode_len=max_decode_len, batch_size=batch_size, mesh=mesh)
 
 
 def oracle_decodes(config: T5Config, params: Any, inputs: AnalysisInputs,
-                   exit_grid: ExitConfig, *, max_decode_len: int,
-                   batch_size: int) -> List[DecodedOutputs]:
+                   exit_grid: ExitConfig, *, max_decode_len: int, batch_size: int,
+                   mesh: Optional[DecodeMesh] = None) -> List[DecodedOutputs]:
   """The local oracle with propagated state and with the true cache, on `exit_grid`'s exit
   points (its min_exit_layer and exit_interval)."""
   decodes = []
@@ -141,15 +148,16 @@ def oracle_decodes(config: T5Config, params: Any, inputs: AnalysisInputs,
     exit_config = ExitConfig(measure="oracle", min_exit_layer=exit_grid.min_exit_layer,
                              exit_interval=exit_grid.exit_interval, propagation=propagation)
     decodes.append(oracle_or_full(config, params, inputs, name, exit_config,
-                                  max_decode_len=max_decode_len, batch_size=batch_size))
+                                  max_decode_len=max_decode_len, batch_size=batch_size,
+                                  mesh=mesh))
   return decodes
 
 
 def oracle_or_full(config: T5Config, params: Any, inputs: AnalysisInputs, name: str,
-                   exit_config: ExitConfig, *, max_decode_len: int,
-                   batch_size: int) -> DecodedOutputs:
-  """One decode of every example, as `name`."""
-  outs = [_decode(config, params, inputs, rows, exit_config, max_decode_len, False)
+                   exit_config: ExitConfig, *, max_decode_len: int, batch_size: int,
+                   mesh: Optional[DecodeMesh] = None) -> DecodedOutputs:
+  """One decode of every example, as `name` (on `mesh`; None: one device)."""
+  outs = [_decode(config, params, inputs, rows, exit_config, max_decode_len, False, mesh)
           for rows in _chunks(inputs.num_examples, batch_size)]
   return _decoded(name, np.concatenate([o.tokens for o in outs]),
                   np.concatenate([o.exit_layers for o in outs]), inputs)

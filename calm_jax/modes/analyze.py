@@ -6,7 +6,9 @@ The models compared are the config's model (fresh init, `model.hf_path` or
 <workdir>/model) in `analysis.compare_checkpoints`. Per model, the layer-wise
 studies read per-layer statistics under each input setting in `analysis.inputs`
 (teacher-forced on the references, free-running on the full model's own outputs); the
-oracle study decodes free-running with the local oracle.
+oracle study decodes free-running with the local oracle. Every decode runs on the run's
+mesh (`mesh` section; printed as `[analyze] mesh data=D model=M over P process(es)`); the
+teacher-forced forward passes run on one device.
 
 Writes to the workdir, per study S: analysis_S.json (the numbers, with what they mean and
 which inputs they come from) and analysis_S.png; and analysis.json, an index of the run.
@@ -28,12 +30,14 @@ from calm_jax.data.metrics import TEXT_SIMILARITIES
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.measures import build_measure, checked_measure
+from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.exit_classifiers.registry import is_learned
 from calm_jax.model.config import T5Config
 from calm_jax.model.hf_import import load_hf_t5
 from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, encode_targets, run_context
 from calm_jax.modes.checks import is_integer, is_number
+from calm_jax.modes.mesh import run_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,8 +296,9 @@ class ModelAnalysis:
 
 def analyze_model(source: ModelSource, inputs: collect.AnalysisInputs,
                   settings: AnalysisSettings, exit_config: ExitConfig,
-                  max_decode_len: int) -> ModelAnalysis:
-  """Collects the arrays of one model and runs every requested study on them."""
+                  max_decode_len: int, mesh: Optional[DecodeMesh] = None) -> ModelAnalysis:
+  """Collects the arrays of one model and runs every requested study on them; every
+  decode runs on `mesh` (None: one device)."""
   cfg, params, size = source.config, source.params, settings.batch_size
   trace_exit = _trace_exit(exit_config)
   tokens, full = {}, None
@@ -303,7 +308,7 @@ def analyze_model(source: ModelSource, inputs: collect.AnalysisInputs,
   if needs_layerwise and "free_running" in settings.inputs:
     tokens["free_running"], full = collect.free_running(
         cfg, params, inputs, max_decode_len=max_decode_len, batch_size=size,
-        trace_exit=trace_exit)
+        trace_exit=trace_exit, mesh=mesh)
   measure = trace_exit.measure if trace_exit else None
   results = {study: {setting: LAYERWISE[study].run(tokens[setting], settings, measure)
                      for setting in settings.inputs}
@@ -311,9 +316,9 @@ def analyze_model(source: ModelSource, inputs: collect.AnalysisInputs,
   oracle_result = None
   if "oracle" in settings.studies:
     full = full or collect.full_decode(cfg, params, inputs, max_decode_len=max_decode_len,
-                                       batch_size=size)
+                                       batch_size=size, mesh=mesh)
     oracles = collect.oracle_decodes(cfg, params, inputs, exit_config,
-                                     max_decode_len=max_decode_len, batch_size=size)
+                                     max_decode_len=max_decode_len, batch_size=size, mesh=mesh)
     oracle_result = oracle.oracle_study(full, oracles, inputs.references,
                                         num_layers=cfg.num_decoder_layers,
                                         similarity=settings.similarity)
@@ -413,6 +418,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Runs the analyze mode; returns the path of analysis.json."""
   checked = check(config, workdir)
   context, settings, exit_config = checked.context, checked.analysis, checked.exit
+  mesh = run_mesh(config, "analyze")
   sources = model_sources(context, settings)
   check_models(sources, settings, exit_config, context.vocabulary)
   inputs = analysis_inputs(context, settings.num_examples)
@@ -420,7 +426,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   for source in sources:
     logging.info("analysing %s on %d examples", source.name, inputs.num_examples)
     reports.append(analyze_model(source, inputs, settings, exit_config,
-                                 config.decode.max_decode_len))
+                                 config.decode.max_decode_len, mesh))
   path = context.path("analysis.json")
   if context.writes:
     path = write_outputs(context, reports, settings, inputs.num_examples)

@@ -1,10 +1,14 @@
 """The analyze mode end to end on tiny models, checked against the forward pass and the
-decoder run independently; its settings checks. Chunked collection:
-tests/analysis/test_collect.py."""
+decoder run independently; on 8 simulated devices the studies of one device; its settings
+checks. Chunked collection: tests/analysis/test_collect.py."""
 
 import dataclasses
 import json
+import math
 import os
+import pickle
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -153,6 +157,48 @@ def test_oracle_rows_match_the_decoder(analyzed):
   stability = study_json(workdir, "stability")["models"][0]["results"]["free_running"]
   assert rows["oracle_full_compute"]["mean_exit_layer"] == pytest.approx(
       stability["mean_first_agreement_layer"], abs=1e-12)
+
+
+def assert_same_numbers(ours, expected, where="") -> None:
+  """Equal JSON values; floats to float32 rounding (the mesh's shards decode other batch
+  shapes), NaN equal to NaN."""
+  if isinstance(expected, dict):
+    assert list(ours) == list(expected), where
+    for key in expected:
+      assert_same_numbers(ours[key], expected[key], f"{where}.{key}")
+  elif isinstance(expected, list):
+    assert len(ours) == len(expected), where
+    for i, (a, b) in enumerate(zip(ours, expected)):
+      assert_same_numbers(a, b, f"{where}[{i}]")
+  elif isinstance(expected, float) and math.isnan(expected):
+    assert isinstance(ours, float) and math.isnan(ours), where
+  elif isinstance(expected, float):
+    assert ours == pytest.approx(expected, rel=1e-5, abs=1e-6), where
+  else:
+    assert ours == expected, where
+
+
+def test_eight_devices_give_the_studies_of_one_device(analyzed, tmp_path, jax_processes):
+  """The free-running and oracle decodes on data=4 x model=2 (6 examples over 4 shards):
+  every study's numbers equal the 1-device run's."""
+  config, workdir, _, _ = analyzed
+  config = pickle.loads(pickle.dumps(config))
+  with config.unlocked():
+    config.mesh.model = 2
+  with open(tmp_path / "config.pkl", "wb") as f:
+    pickle.dump(config, f)
+  script = ("import pickle, sys\nfrom calm_jax import modes\n"
+            "modes.run(pickle.load(open(sys.argv[1], 'rb')), sys.argv[2])")
+  done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "config.pkl"),
+                         str(tmp_path / "mesh")], cwd=jax_processes.root,
+                        env=jax_processes.environment(8), capture_output=True, text=True,
+                        timeout=900, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "[analyze] mesh data=4 model=2 over 1 process(es)" in done.stdout.splitlines()
+  for name in ["analysis"] + [f"analysis_{study}" for study in STUDIES]:
+    ours = json.load(open(tmp_path / "mesh" / f"{name}.json", encoding="utf-8"))
+    expected = json.load(open(workdir / f"{name}.json", encoding="utf-8"))
+    assert_same_numbers(ours, expected, name)
 
 
 def test_saturation_groups_are_disjoint_and_sized_as_configured(analyzed):
