@@ -5,7 +5,8 @@ Every setting of the `train` and `mesh` sections is checked before the model loa
 run checkpoints under <workdir>/checkpoints/train, resumes from there when restarted in the
 same workdir, logs to <workdir>/train_metrics.jsonl and <workdir>/tensorboard/train, and
 ends by writing a params-only export to <workdir>/model, which later modes load with
---config.model.checkpoint=<workdir>/model.
+--config.model.checkpoint=<workdir>/model (with train.kd_linear_map, FREE's learned KD map
+beside it as kd_map.npy).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from calm_jax.modes import memory
 from calm_jax.modes.context import RunContext, run_context
 from calm_jax.modes.training_setup import TrainingSetup, training_data, training_setup
 from calm_jax.training.calm import train_calm
-from calm_jax.training.checkpoints import export_params
+from calm_jax.training.checkpoints import export_kd_map, export_params
 from calm_jax.training.data import EncodedExamples
 from calm_jax.training.loop import LoopSettings
 from calm_jax.training.objectives import AnytimeObjective, ShallowDeepObjective
@@ -56,13 +57,14 @@ def objective_from(config: ml_collections.ConfigDict) -> Objective:
   objective = ShallowDeepObjective(shallow_exit_layer=config.exit.shallow_exit_layer,
                                    kd_weight=section.kd_weight, kd_mapping=section.kd_mapping,
                                    label_smoothing=section.label_smoothing,
-                                   z_loss=section.z_loss)
+                                   z_loss=section.z_loss,
+                                   kd_linear_map=section.get("kd_linear_map", False))
   fresh = not (config.model.hf_path or config.model.checkpoint)
   try:
     objective.validate(config.model.num_decoder_layers if fresh else None)
   except ValueError as error:
     raise ValueError(f"train.objective='shallow_deep': {error} (exit.shallow_exit_layer, "
-                     "train.kd_weight, train.kd_mapping)") from None
+                     "train.kd_weight, train.kd_mapping, train.kd_linear_map)") from None
   return objective
 
 
@@ -99,6 +101,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
                       optimizer=setup.optimizer, settings=setup.loop, workdir=workdir,
                       mesh=make_mesh(setup.mesh), rules=setup.mesh.rules)
   export = export_params(context.path(EXPORT_DIR), model_config, result.params)
+  export_kd_map(export, result.extra)  # FREE's learned KD map (train.kd_linear_map) or None
   if context.writes:
     print(f"[train] {_summary(result.history)}. Model exported to {export}; use it with "
           f"--config.model.checkpoint={export}", flush=True)

@@ -7,7 +7,9 @@ from the latest one, after checking that it describes the same model; a checkpoi
 different model is reported as such instead of failing inside Orbax.
 
 An export (`export_params`) is a directory with `config.json` (the T5Config) and `params/`
-(an Orbax checkpoint of the parameters alone), loaded by `load_exported`.
+(an Orbax checkpoint of the parameters alone), loaded by `load_exported`; a model trained
+with FREE's learned KD map also holds the map as `kd_map.npy` (`export_kd_map`,
+`load_kd_map`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from calm_jax.utils.files import write_json_atomically
+from calm_jax.utils.files import replace_atomically, write_json_atomically
 from calm_jax.model.config import T5Config
 
 EXPORT_CONFIG = "config.json"
 EXPORT_PARAMS = "params"
+EXPORT_KD_MAP = "kd_map.npy"
 # Description keys a resumed run may change (announced, not refused): the run's length.
 RESUMABLE_CHANGES = ("total_steps",)
 
@@ -167,3 +170,32 @@ def load_exported(directory: str) -> Tuple[T5Config, Any]:
   with _readable(params_dir, "exported parameters"):
     params = ocp.StandardCheckpointer().restore(params_dir)
   return config, params
+
+
+def export_kd_map(directory: str, kd_map: Any) -> str:
+  """Writes FREE's learned KD map [d, d] into an export directory (process 0, atomically),
+  or with None removes an older export's map; returns its path."""
+  path = os.path.join(os.path.abspath(directory), EXPORT_KD_MAP)
+  if jax.process_index() != 0:
+    return path
+  if kd_map is None:
+    if os.path.isfile(path):
+      os.unlink(path)
+  else:
+    # replicated on the training mesh: this process's copy is the whole map
+    local = kd_map.addressable_data(0) if isinstance(kd_map, jax.Array) else kd_map
+    values = np.asarray(local, np.float32)  # [d, d]
+    def write(temporary: str) -> None:
+      with open(temporary, "wb") as f:
+        np.save(f, values)
+    replace_atomically(path, write)
+  return path
+
+
+def load_kd_map(directory: str) -> Optional[np.ndarray]:
+  """The learned KD map [d, d] of an export, or None when it was trained without one."""
+  path = os.path.join(directory, EXPORT_KD_MAP)
+  if not os.path.isfile(path):
+    return None
+  with _readable(path, "learned KD map"):
+    return np.load(path)

@@ -73,6 +73,9 @@ class TrainResult:
   history: List[Dict[str, Any]]  # metrics of every step run by this call, in order
   start_step: int  # 0, or the checkpoint step the run resumed from
   last_step: int  # steps completed
+  # Parameters trained beside the model's that its callers keep apart (training.calm:
+  # FREE's learned KD map [d, d]), or None
+  extra: Any = None
 
 
 def _place(tree: Any, shardings: Any) -> Any:

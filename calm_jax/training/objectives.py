@@ -184,11 +184,17 @@ class ShallowDeepObjective:
   kd_mapping: str = "last"  # one of distillation.KD_MAPPINGS
   label_smoothing: float = 0.0  # in [0, 1), as in AnytimeObjective
   z_loss: float = 0.0  # >= 0, as in AnytimeObjective
+  # A learned linear map [d, d] on the shallow states before the KD (identity at the start,
+  # trained with the model; training.calm keeps it beside the model's parameters)
+  kd_linear_map: bool = False
 
   def validate(self, num_layers: Optional[int] = None) -> None:
-    """ValueError naming the bad field; the layer count, once known, bounds s."""
+    """ValueError naming the bad field; the layer count, once known, bounds s (and picks
+    the published uniform list)."""
     AnytimeObjective(label_smoothing=self.label_smoothing, z_loss=self.z_loss).validate()
     distillation.check_mapping(self.kd_mapping)
+    if not isinstance(self.kd_linear_map, bool):
+      raise ValueError(f"kd_linear_map must be True or False, got {self.kd_linear_map!r}")
     layer = self.shallow_exit_layer
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 1 or (
         num_layers is not None and layer >= num_layers):
@@ -197,6 +203,7 @@ class ShallowDeepObjective:
                        "needs at least one deep layer after it)")
     if not isinstance(self.kd_weight, numbers.Real) or not self.kd_weight >= 0:
       raise ValueError(f"kd_weight must be >= 0, got {self.kd_weight!r}")
+    distillation.check_mapping(self.kd_mapping, layer, num_layers)
 
 
 def shallow_deep_loss(config: T5Config, objective: ShallowDeepObjective, params: Any,

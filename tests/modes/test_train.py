@@ -43,7 +43,11 @@ def test_check_returns_the_checked_training_settings(tmp_path, demo_config):
 
 @pytest.mark.parametrize("field, value, message", [
     ("exit.shallow_exit_layer", 3, r"shallow_exit_layer=3 must be in \[1, 2\]"),
-    ("train.kd_mapping", "nearest", "kd_mapping='nearest'; allowed: last, uniform, dynamic"),
+    ("train.kd_mapping", "nearest",
+     "kd_mapping='nearest'; allowed: last, uniform, uniform_published, dynamic"),
+    ("train.kd_mapping", "uniform_published",
+     "'uniform_published' has no list for 3 decoder layers with shallow exit 1"),
+    ("train.kd_linear_map", "yes", "kd_linear_map must be True or False, got 'yes'"),
     ("train.kd_weight", -0.5, "kd_weight must be >= 0"),
 ])
 def test_shallow_deep_settings_are_checked_before_the_model_loads(
@@ -68,3 +72,11 @@ def test_shallow_deep_objective_takes_the_exit_sections_shallow_layer(tmp_path, 
   objective = train.check(config, str(tmp_path)).objective
   assert objective == ShallowDeepObjective(shallow_exit_layer=2, kd_weight=1.0,
                                            kd_mapping="dynamic")
+
+
+def test_shallow_deep_objective_reads_the_learned_kd_map_switch(tmp_path, demo_config):
+  config = demo_config()
+  with config.unlocked():
+    config.train.objective = "shallow_deep"
+    config.train.kd_linear_map = True
+  assert train.check(config, str(tmp_path)).objective.kd_linear_map

@@ -70,3 +70,26 @@ def test_shallow_deep_objective_with_a_bad_shallow_layer_fails_before_any_work(t
                optimizer=OptimizerConfig(), settings=LoopSettings(steps=1, batch_size=4),
                workdir=str(tmp_path / "bad"))
   assert not (tmp_path / "bad").exists()
+
+
+def test_learned_kd_map_trains_beside_the_model(tmp_path, tiny_config, tiny_data):
+  """kd_linear_map: the map starts as the identity (so the first step's loss is the plain
+  KD's), trains with the model, and comes back apart from the model's parameters."""
+  def run(workdir, kd_linear_map):
+    objective = objectives.ShallowDeepObjective(shallow_exit_layer=1, kd_weight=1.0,
+                                                kd_linear_map=kd_linear_map)
+    return train_calm(
+        tiny_config, init_params(tiny_config, jax.random.PRNGKey(0)), tiny_data(),
+        objective=objective,
+        optimizer=OptimizerConfig(optimizer="adamw", learning_rate=1e-2, warmup_steps=1),
+        settings=LoopSettings(steps=2, batch_size=4, log_every=1, checkpoint_every=2),
+        workdir=str(workdir))
+  plain, mapped = run(tmp_path / "plain", False), run(tmp_path / "mapped", True)
+  assert plain.extra is None
+  assert mapped.history[0]["loss"] == pytest.approx(plain.history[0]["loss"], rel=1e-6)
+  assert mapped.history[0]["kd"] == pytest.approx(plain.history[0]["kd"], rel=1e-6)
+  kd_map = np.asarray(mapped.extra)
+  assert kd_map.shape == (tiny_config.d_model,) * 2
+  assert not np.allclose(kd_map, np.eye(tiny_config.d_model))  # trained
+  model_tree = jax.tree.structure(init_params(tiny_config, jax.random.PRNGKey(0)))
+  assert jax.tree.structure(mapped.params) == model_tree

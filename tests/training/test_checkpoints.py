@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from calm_jax.model.t5 import init_params
-from calm_jax.training.checkpoints import export_params, load_exported
+from calm_jax.training.checkpoints import (export_kd_map, export_params, load_exported,
+                                          load_kd_map)
 
 
 def test_export_round_trip_and_model_source(tmp_path, tiny_config):
@@ -57,3 +58,15 @@ def test_a_corrupt_export_names_the_file_and_what_to_do(tmp_path, tiny_config):
                      "delete it .* or export it again$") as error:
     load_exported(directory)
   assert "\n" not in str(error.value)
+
+
+def test_a_learned_kd_map_is_saved_with_the_export_and_removed_by_one_without(tmp_path):
+  directory = str(tmp_path / "model")
+  os.makedirs(directory)
+  assert load_kd_map(directory) is None
+  kd_map = np.arange(9, dtype=np.float32).reshape(3, 3)
+  export_kd_map(directory, jax.numpy.asarray(kd_map))
+  np.testing.assert_array_equal(load_kd_map(directory), kd_map)
+  assert sorted(os.listdir(directory)) == ["kd_map.npy"]  # no temporary file left
+  export_kd_map(directory, None)  # an export trained without a map holds none
+  assert load_kd_map(directory) is None

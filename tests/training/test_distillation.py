@@ -1,6 +1,7 @@
 """FREE's layer-wise distillation (calm_jax.training.distillation) on hand-made states
 against NumPy: the fixed mappings, the monotone dynamic alignment (against every monotone
-assignment), the stop-gradient on the deep side, the learned map, and the mapping check."""
+assignment), FREE's published uniform lists, the stop-gradient on the deep side, the
+learned map, and the mapping check."""
 
 import itertools
 
@@ -82,5 +83,41 @@ def test_only_the_shallow_side_gets_gradients_and_the_map_applies_first():
 
 
 def test_unknown_mapping_is_refused():
-  with pytest.raises(ValueError, match="kd_mapping='nearest'; allowed: last, uniform, dynamic"):
+  with pytest.raises(ValueError, match="kd_mapping='nearest'; allowed: last, uniform, "
+                                       "uniform_published, dynamic"):
     distillation.check_mapping("nearest")
+
+
+@pytest.mark.parametrize("num_layers, shallow, teachers", [
+    (24, 4, [6, 12, 18, 24]),
+    (24, 10, [3, 6, 8, 11, 13, 16, 18, 20, 22, 24]),
+    (24, 12, [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24]),
+    (12, 3, [4, 8, 12]),
+])
+def test_published_uniform_lists_pair_shallow_layer_i_with_their_ith_teacher(
+    num_layers, shallow, teachers):
+  assert distillation.fixed_pairs("uniform_published", shallow, num_layers) == tuple(
+      zip(range(1, shallow + 1), teachers))
+
+
+def test_published_uniform_loss_reads_teachers_anywhere_behind_stop_gradient():
+  """L 24, s 12: shallow layer i learns layer 2i, so layers 2..12 are students and (behind
+  stop_gradient) teachers at once."""
+  rng = np.random.default_rng(4)
+  states = rng.normal(size=(24, 2, 3, 2)).astype(np.float32)
+  mask = np.ones((2, 3), np.float32)
+  loss = lambda s: distillation.distillation_loss(s, jnp.asarray(mask), 12, "uniform_published")
+  expected = np.mean([_mse(states[i - 1], states[2 * i - 1], mask) for i in range(1, 13)])
+  np.testing.assert_allclose(float(loss(jnp.asarray(states))), expected, rtol=1e-5)
+  # Only the student side carries gradients: layer 2i - 1 (0-based) of pair i is a teacher.
+  grads = np.asarray(jax.grad(loss)(jnp.asarray(states)))
+  student_side = 2 * (states[:12] - states[1:24:2]) / (12 * 2 * mask.sum())  # d mean / d s
+  np.testing.assert_allclose(grads[:12], student_side * mask[..., None], rtol=1e-4, atol=1e-7)
+  assert np.all(grads[12:] == 0)
+
+
+def test_published_uniform_without_a_list_is_refused():
+  with pytest.raises(ValueError, match=r"'uniform_published' has no list for 6 decoder layers "
+                                       r"with shallow exit 2; published for \(L 24, s 12\)"):
+    distillation.check_mapping("uniform_published", 2, 6)
+  distillation.check_mapping("uniform_published")  # L unknown yet: the name alone is fine

@@ -85,16 +85,20 @@ def test_objective_settings_are_checked():
     objectives.AnytimeObjective(label_smoothing=1.0).validate()
 
 
-@pytest.mark.parametrize("mapping", ["last", "uniform"])
-def test_shallow_deep_loss_is_the_weighted_two_exit_nll_plus_kd(mapping, tiny_config,
-                                                                tiny_data):
+@pytest.mark.parametrize("mapping, with_map", [("last", False), ("uniform", False),
+                                               ("last", True)])
+def test_shallow_deep_loss_is_the_weighted_two_exit_nll_plus_kd(mapping, with_map,
+                                                                tiny_config, tiny_data):
   config = tiny_config  # three decoder layers; the shallow exit at layer 1
   params = init_params(config, jax.random.PRNGKey(1))
   data = tiny_data(4)
   batch = objectives.Batch(inputs=jnp.asarray(data.inputs), targets=jnp.asarray(data.targets))
   objective = objectives.ShallowDeepObjective(shallow_exit_layer=1, kd_weight=0.5,
                                               kd_mapping=mapping)
-  loss, metrics = objectives.shallow_deep_loss(config, objective, params, batch)
+  kd_map = (np.random.default_rng(2).normal(size=(config.d_model, config.d_model))
+            .astype(np.float32) if with_map else None)  # the learned linear map [d, d]
+  loss, metrics = objectives.shallow_deep_loss(
+      config, objective, params, batch, kd_map=None if kd_map is None else jnp.asarray(kd_map))
   states = np.asarray(forward(config, params, batch.inputs, shift_right(config, batch.targets),
                               (batch.inputs != 0).astype(jnp.int32)).hidden_states)
   mask = data.targets != 0
@@ -103,7 +107,8 @@ def test_shallow_deep_loss_is_the_weighted_two_exit_nll_plus_kd(mapping, tiny_co
     log_p = numpy_log_softmax(exit_logits(config, params, states[layer]))
     nll.append(-np.take_along_axis(log_p, data.targets[..., None], -1)[..., 0][mask].mean())
   deep = 3 if mapping == "last" else 1 + int(np.ceil(1 * 2 / 1))  # both give layer 3
-  kd = np.mean((states[0] - states[deep - 1]) ** 2, axis=-1)[mask].mean()
+  student = states[0] if kd_map is None else states[0].astype(np.float64) @ kd_map
+  kd = np.mean((student - states[deep - 1]) ** 2, axis=-1)[mask].mean()
   expected = (1 * nll[0] + 3 * nll[1]) / (1 + 3) + 0.5 * kd
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["kd"]), kd, rtol=1e-5)
@@ -114,7 +119,10 @@ def test_shallow_deep_loss_is_the_weighted_two_exit_nll_plus_kd(mapping, tiny_co
 @pytest.mark.parametrize("change, message", [
     (dict(shallow_exit_layer=3), r"shallow_exit_layer=3 must be in \[1, 2\]"),
     (dict(shallow_exit_layer=0), r"shallow_exit_layer=0 must be in \[1, 2\]"),
-    (dict(kd_mapping="nearest"), "kd_mapping='nearest'; allowed: last, uniform, dynamic"),
+    (dict(kd_mapping="nearest"),
+     "kd_mapping='nearest'; allowed: last, uniform, uniform_published, dynamic"),
+    (dict(kd_mapping="uniform_published"), "'uniform_published' has no list for 3 decoder"),
+    (dict(kd_linear_map=1), "kd_linear_map must be True or False, got 1"),
     (dict(kd_weight=-1.0), "kd_weight must be >= 0, got -1.0"),
 ])
 def test_shallow_deep_settings_are_checked(change, message):
