@@ -2,8 +2,9 @@
 
 Per-token work that grows with a cache, the parameters or a measure's store shows up in the
 optimized HLO as an instruction that only moves data (a copy, transpose, slice, gather,
-concatenation, ... outside any fusion, so it writes a buffer of its own) inside the token
-loop's body or anything it calls (the layer loop, the switch branches). This compiles the early-exit
+concatenation, ... outside any fusion, or a fusion made of nothing else: either writes a
+buffer of its own) inside the token loop's body or anything it calls (the layer loop or
+the unrolled layers' conditionals, the switch branches). This compiles the early-exit
 decoder (and plain greedy decoding, for comparison) from abstract shapes, so the large and
 XL shapes cost no memory, and lists every such instruction at or above --min_bytes, with
 the computation it sits in.
@@ -16,6 +17,7 @@ import dataclasses
 import os
 import re
 import sys
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.timing import SHAPES  # noqa: E402
 from calm_jax.decoding import generate as generate_module  # noqa: E402
 from calm_jax.decoding.exit_rule import ExitConfig  # noqa: E402
-from calm_jax.decoding.greedy import _greedy_decode  # noqa: E402
+from calm_jax.decoding.greedy import GreedyPlan, _greedy_jit  # noqa: E402
 from calm_jax.decoding.measures import MeasureContext  # noqa: E402
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan  # noqa: E402
 from calm_jax.decoding.sampling import SamplingConfig  # noqa: E402
@@ -53,6 +55,11 @@ MOVES = ("copy", "transpose", "dynamic-slice", "slice", "gather", "concatenate",
          "broadcast", "reverse")
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* "
                          r"(" + "|".join(MOVES) + r")\(")
+FUSION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* fusion\(.*"
+                    r"calls=%?([\w.\-]+)")
+FUSED_OP = re.compile(r"=\s*[^ ]+\s+([a-z\-]+)\(")
+# Operations inside a fused computation that neither compute nor move data themselves.
+PLUMBING = {"parameter", "constant", "bitcast", "reshape", "tuple", "get-tuple-element"}
 COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 CALLS = re.compile(r"(?:body|condition|to_apply|calls)=%?([\w.\-]+)"
                    r"|branch_computations=\{([^}]*)\}")
@@ -79,8 +86,10 @@ def callees(lines):
 
 
 def token_loop_computations(comps):
-  """Names of the computations the outermost loop holding another loop runs (its body
-  and everything that body calls), fused computations left out."""
+  """Names of the computations the token loop runs (its body and everything that body
+  calls), fused computations left out. The token loop is the while loop that reaches the
+  most computations (its layer loop, conditionals and switch branches): the encoder's
+  and the cache set-up's loops reach a handful."""
   def reachable(start):
     seen, todo = set(), [start]
     while todo:
@@ -93,27 +102,42 @@ def token_loop_computations(comps):
 
   bodies = [m.group(1) for lines in comps.values() for line in lines
             for m in [re.search(r" while\(.*body=%?([\w.\-]+)", line)] if m]
-  nested = [b for b in bodies if any(" while(" in line for name in reachable(b) - {b}
-                                     for line in comps.get(name, []))
-            or any(" while(" in line for line in comps.get(b, []))]
-  outer = nested[0] if nested else (bodies[0] if bodies else None)
-  if outer is None:
+  if not bodies:
     return set()
+  outer = max(bodies, key=lambda body: len(reachable(body)))
   return {name for name in reachable(outer) if not name.startswith("fused")}
 
 
+def _moving_fusion(comps, fused: str) -> Optional[str]:
+  """The data moves a fused computation is made of ('slice', 'copy+transpose', ...), or
+  None when it also computes (or updates a buffer in place: dynamic-update-slice)."""
+  ops = {m.group(1) for line in comps.get(fused, []) for m in [FUSED_OP.search(line)] if m}
+  if not ops or not ops <= set(MOVES) | PLUMBING:
+    return None
+  moves = sorted(ops & set(MOVES))
+  return "+".join(moves) if moves else "copy"
+
+
 def loop_copies(hlo: str, min_bytes: int):
-  """[(bytes, kind, dtype[shape], computation)] of data moves in the token loop."""
+  """[(bytes, kind, dtype[shape], computation)] of data moves in the token loop: move
+  instructions, and fusions that only move data (a slice of a stacked cache fused with a
+  bitcast writes a buffer all the same)."""
   comps = computations(hlo)
   found = []
   for name in sorted(token_loop_computations(comps)):
     for line in comps[name]:
-      match = INSTRUCTION.match(line)
+      match, kind = INSTRUCTION.match(line), None
       if match:
+        kind = match.group(4)
+      else:
+        match = FUSION.match(line)
+        kind = match and _moving_fusion(comps, match.group(4))
+        kind = kind and f"fusion({kind})"
+      if kind:
         dims = [int(x) for x in match.group(3).split(",") if x]
         size = int(np.prod(dims or [1])) * BYTES.get(match.group(2), 4)
         if size >= min_bytes:
-          found.append((size, match.group(4), f"{match.group(2)}[{match.group(3)}]", name))
+          found.append((size, kind, f"{match.group(2)}[{match.group(3)}]", name))
   return sorted(found, reverse=True)
 
 
@@ -139,7 +163,8 @@ def decoder_hlo(config: T5Config, params, measure: str) -> str:
 
 def greedy_hlo(config: T5Config, params) -> str:
   ids = jax.ShapeDtypeStruct((FLAGS.batch, FLAGS.input_len), jnp.int32)
-  return _greedy_decode.lower(config, params, ids, ids, FLAGS.decode_len).compile().as_text()
+  return _greedy_jit.lower(GreedyPlan(config, FLAGS.decode_len), params, ids,  # pylint: disable=protected-access
+                          ids).compile().as_text()
 
 
 def main(_):

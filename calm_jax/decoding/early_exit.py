@@ -41,6 +41,7 @@ from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import row_keys, select_row_tokens
 from calm_jax.model.incremental import (DecoderCache, decoder_layer_rows, decoder_step,
                                         init_decoder_cache, step_self_bias, write_self_kv)
+from calm_jax.model.layer_layout import is_per_layer
 from calm_jax.model.t5 import embed, encode, exit_logits
 
 Array = jnp.ndarray
@@ -85,7 +86,7 @@ class LayerLoopState:
   memory_entries: Any  # what this position leaves in the measure's store at each layer,
   #                      leaves [L, B, ...] (zeros at layers not reached); () if no store
   trace: Array  # [B, L] float32 per-layer confidence, NaN where not computed ([B, 0] if off)
-  cache: DecoderCache
+  cache: Optional[DecoderCache]  # None inside an unrolled layer's conditional (read only there)
 
 
 @flax.struct.dataclass
@@ -151,37 +152,83 @@ def _check_tokens(plan: DecodePlan, inputs: LayerInputs, measure_state,
   return select_row_tokens(logits, keys, plan.sampling)
 
 
+def _measure_verdict(plan: DecodePlan, context: MeasureContext, wanted, inputs: LayerInputs,
+                     measure_state, keys):
+  """(confidence [R], measure state, token [R]) of the measure where `wanted` (a Python bool
+  when the layer is static, then no conditional is compiled) and zeros elsewhere."""
+  measure_at, skip = _measure_branches(plan, context)
+  if isinstance(wanted, bool):
+    return (measure_at if wanted else skip)(inputs, measure_state, keys)
+  return jax.lax.cond(wanted, measure_at, skip, inputs, measure_state, keys)
+
+
 def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
-                   size: int, s: LayerLoopState, wanted: Array) -> LayerOutput:
-  """Layer s.layers_run and (where `wanted`) its measure on `size` rows that include every
-  running one; s.cache already holds this layer's K/V at this position."""
+                   size: int, layer, wanted, s: LayerLoopState) -> LayerOutput:
+  """Layer `layer` (0-based: a Python int when the layer loop is unrolled, else traced) and
+  (where `wanted`) its measure on `size` rows that include every running one; s.cache
+  already holds this layer's K/V at this position."""
   config, context = plan.model, constants.context
   batch = s.hidden.shape[0]
-  branches = _measure_branches(plan, context)
-  at_layer = lambda stored: jax.lax.dynamic_index_in_dim(stored, s.layers_run,
+  at_layer = lambda stored: jax.lax.dynamic_index_in_dim(stored, layer,
                                                          keepdims=False)  # [L, B, ...] -> [B, ...]
   memory = jax.tree.map(at_layer, at.memory)
-  inputs = LayerInputs(layer=s.layers_run + 1, hidden=None, final_top1=at.final_top1,
+  inputs = LayerInputs(layer=jnp.int32(layer + 1), hidden=None, final_top1=at.final_top1,
                        position=at.position, memory=memory)
   if size == batch:
-    output = decoder_layer_rows(config, context.params, s.cache, s.layers_run, s.hidden,
+    output = decoder_layer_rows(config, context.params, s.cache, layer, s.hidden,
                                 at.self_bias)  # [B, 1, d]
-    verdict = jax.lax.cond(wanted, *branches, inputs.replace(hidden=output[:, 0]),
-                           s.measure_state, at.keys)
+    verdict = _measure_verdict(plan, context, wanted, inputs.replace(hidden=output[:, 0]),
+                               s.measure_state, at.keys)
     return LayerOutput(output, *verdict)
   rows = jnp.argsort(s.exited, stable=True)[:size]  # [R] running rows first
   take = lambda full: jnp.take(full, rows, axis=0)
-  part = decoder_layer_rows(config, context.params, s.cache, s.layers_run, take(s.hidden),
+  part = decoder_layer_rows(config, context.params, s.cache, layer, take(s.hidden),
                             at.self_bias, rows)  # [R, 1, d]
   inputs = inputs.replace(hidden=part[:, 0], memory=jax.tree.map(take, memory),
                           final_top1=None if at.final_top1 is None else take(at.final_top1))
-  confidence, measure_state, token = jax.lax.cond(
-      wanted, *branches, inputs, jax.tree.map(take, s.measure_state),
+  confidence, measure_state, token = _measure_verdict(
+      plan, context, wanted, inputs, jax.tree.map(take, s.measure_state),
       jax.tree.map(take, at.keys))
   put = lambda full, piece: full.at[rows].set(piece)
   return LayerOutput(put(s.hidden, part), put(jnp.zeros((batch,), jnp.float32), confidence),
                      jax.tree.map(put, s.measure_state, measure_state),
                      put(jnp.zeros((batch,), jnp.int32), token))
+
+
+def _write_layer_kv(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs, layer,
+                    s: LayerLoopState) -> LayerLoopState:
+  """Layer `layer`'s K/V at this position for every row: running rows from their true
+  input, exited rows from their frozen exit state (state propagation)."""
+  return s.replace(cache=write_self_kv(plan.model, constants.context.params, s.cache, layer,
+                                       s.hidden, at.position))
+
+
+def _run_layer(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs, layer,
+               cache: DecoderCache, s: LayerLoopState) -> LayerLoopState:
+  """The layer loop state after layer `layer` (0-based; a Python int when unrolled, so its
+  weights, cache slices, exit point and trace column are static), reading `cache`, which
+  holds this layer's K/V at this position; s.cache is not read (None when unrolled)."""
+  layer_no = layer + 1
+  exit_point = is_exit_point(layer_no, plan.exit, plan.num_layers)
+  wanted = plan.checks_at(layer_no, exit_point, at.allow_early)
+  buckets = plan.buckets(s.hidden.shape[0])
+  with_cache = s.replace(cache=cache)
+  on_rows = [functools.partial(_layer_on_rows, plan, constants, at, size, layer, wanted)
+             for size in buckets]
+  if len(buckets) == 1:
+    out = on_rows[0](with_cache)
+  else:
+    # The smallest bucket that holds every running row.
+    branch = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
+    out = jax.lax.switch(branch, on_rows, with_cache)
+  return _record_layer(plan, constants.context, at, s, layer, out, wanted)
+
+
+def unrolls_layers(params: Any) -> bool:
+  """Whether the layer loop is unrolled: per-layer weights (model.layer_layout) give each
+  layer its own buffers, so layer i is a static piece of the program, guarded by one
+  conditional; stacked weights keep a while_loop over a traced layer index."""
+  return is_per_layer(params)
 
 
 def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
@@ -191,40 +238,47 @@ def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs
   With compaction (`DecodePlan.buckets`), a layer runs only on a bucket of rows holding the
   running examples, so examples that left early stop costing compute; exited rows still
   get their propagated K/V written at every layer the loop runs.
+
+  Unrolled, every layer writes its K/V (from the exit states once no example runs, so
+  nothing is left for propagate_state) outside the layer's conditional, which only reads
+  the cache: a conditional that updated the cache would copy all of it at every layer.
   """
   num_layers, full_compute = plan.num_layers, plan.full_compute
-  buckets = plan.buckets(state.hidden.shape[0])
-  on_rows = [functools.partial(_layer_on_rows, plan, constants, at, size) for size in buckets]
+  write_kv = functools.partial(_write_layer_kv, plan, constants, at)
+  run_layer = functools.partial(_run_layer, plan, constants, at)
+
+  def someone_running(s: LayerLoopState) -> Array:
+    return ~jnp.all(s.exited)
+
+  if unrolls_layers(constants.context.params):
+    s = state
+    for layer in range(num_layers):
+      cache = write_kv(layer, s).cache
+      layer_run = functools.partial(run_layer, layer, cache)
+      if full_compute:
+        s = layer_run(s.replace(cache=None))
+      else:
+        s = jax.lax.cond(someone_running(s), layer_run, lambda s: s, s.replace(cache=None))
+      s = s.replace(cache=cache)
+    return s
 
   def keep_going(s: LayerLoopState) -> Array:
     if full_compute:
       return s.layers_run < num_layers
-    return (s.layers_run < num_layers) & ~jnp.all(s.exited)
+    return (s.layers_run < num_layers) & someone_running(s)
 
-  def run_layer(s: LayerLoopState) -> LayerLoopState:
-    layer_no = s.layers_run + 1
-    # Every row writes this layer's K/V: running rows from their true input, exited rows
-    # from their frozen exit state (state propagation).
-    s = s.replace(cache=write_self_kv(plan.model, constants.context.params, s.cache,
-                                      s.layers_run, s.hidden, at.position))
-    exit_point = is_exit_point(layer_no, plan.exit, num_layers)
-    wanted = plan.checks_at(layer_no, exit_point, at.allow_early)
-    if len(buckets) == 1:
-      out = on_rows[0](s, wanted)
-    else:
-      # The smallest bucket that holds every running row.
-      branch = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
-      out = jax.lax.switch(branch, on_rows, s, wanted)
-    return _record_layer(plan, constants.context, at, s, out, wanted)
+  def one_layer(s: LayerLoopState) -> LayerLoopState:
+    s = write_kv(s.layers_run, s)
+    return run_layer(s.layers_run, s.cache, s)
 
-  return jax.lax.while_loop(keep_going, run_layer, state)
+  return jax.lax.while_loop(keep_going, one_layer, state)
 
 
 def _record_layer(plan: DecodePlan, context: MeasureContext, at: PositionInputs,
-                  s: LayerLoopState, out: LayerOutput, wanted: Array) -> LayerLoopState:
-  """The layer loop state after layer s.layers_run + 1 (its output `out`; the measure ran
+                  s: LayerLoopState, layer, out: LayerOutput, wanted) -> LayerLoopState:
+  """The layer loop state after layer `layer` (0-based; its output `out`; the measure ran
   where `wanted`): exits, trace and store entries."""
-  layer_no = s.layers_run + 1
+  layer_no = layer + 1
   exit_point = is_exit_point(layer_no, plan.exit, plan.num_layers)
   computed = wanted & exit_point & (~s.exited | plan.full_compute)  # [B]
   passes = out.confidence >= (at.lambda_t if plan.needs.thresholded else 1.0)
@@ -232,15 +286,15 @@ def _record_layer(plan: DecodePlan, context: MeasureContext, at: PositionInputs,
   frozen = s.exited[:, None, None] & (not plan.full_compute)
   trace = s.trace
   if trace.shape[1]:
-    trace = trace.at[:, s.layers_run].set(jnp.where(computed, out.confidence, jnp.nan))
+    trace = trace.at[:, layer].set(jnp.where(computed, out.confidence, jnp.nan))
   hidden = jnp.where(frozen, s.hidden, out.output)  # exited rows: their exit state
   entries = s.memory_entries
   if plan.measure.store is not None:
     entry = plan.measure.store.entry(context, hidden[:, 0])
-    entries = jax.tree.map(lambda all_layers, one: all_layers.at[s.layers_run].set(one),
+    entries = jax.tree.map(lambda all_layers, one: all_layers.at[layer].set(one),
                            entries, entry)
   return s.replace(
-      layers_run=layer_no,
+      layers_run=jnp.int32(layer_no) if isinstance(layer, int) else layer_no,
       hidden=hidden,
       exited=s.exited | leaves,
       exit_layer=jnp.where(leaves, layer_no, s.exit_layer),
@@ -321,7 +375,7 @@ def _generate_one_position(plan: DecodePlan, constants: DecodeConstants,
                        _position_inputs(plan, constants, state, final_top1, keys),
                        _start_layers(plan, context, state, cache))
   cache, memory = layers.cache, state.measure_memory
-  if plan.exit.propagation == "copy_state":
+  if plan.exit.propagation == "copy_state" and not unrolls_layers(context.params):
     cache = propagate_state(config, context.params, cache, layers.exit_hidden,
                             layers.layers_run, position)
   if plan.measure.store is not None:
@@ -384,7 +438,7 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
       trace=jnp.full((batch, plan.max_decode_len, plan.trace_width), jnp.nan, jnp.float32),
       measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
       cache=init_decoder_cache(config, context.params, encoded, attention_mask,
-                               plan.max_decode_len),
+                               plan.max_decode_len, per_layer=unrolls_layers(context.params)),
       rng=rng)
   not_finished = lambda s: (s.position < plan.max_decode_len) & ~jnp.all(s.done)
   state = jax.lax.while_loop(not_finished,

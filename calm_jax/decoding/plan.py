@@ -89,7 +89,8 @@ class DecodePlan:
     return (batch,)
 
   def checks_at(self, layer_no: Array, exit_point: Array, allow_early: Array) -> Array:
-    """[] bool: whether the measure runs at 1-based layer `layer_no`.
+    """[] bool: whether the measure runs at 1-based layer `layer_no` (a Python bool where
+    that is known from a static layer number).
 
     A measure on the full logits (the costly head) runs only where it can decide an exit,
     where the trace records it, or at layer L (its logits give the token); cheap measures
@@ -99,7 +100,10 @@ class DecodePlan:
     where = exit_point | self.needs.every_layer
     if self.return_trace or self.needs.logits != "full" or self.needs.every_exit_point:
       return where
-    return where & (jnp.any(allow_early) | (layer_no == self.num_layers))
+    at_last = layer_no == self.num_layers
+    if isinstance(at_last, bool):  # a static layer number (the unrolled layer loop)
+      return bool(where) and (at_last or jnp.any(allow_early))
+    return where & (jnp.any(allow_early) | at_last)
 
 
 def check_synchronized(exit_config: ExitConfig, measure: Measure, sampling: SamplingConfig,

@@ -2,9 +2,15 @@
 
 The self-attention cache holds every decoder layer's keys and values for every output
 position, [L, B, H, T, dh], written in place at (layer, position). Cross-attention keys and
-values are computed once per input for all layers. Layers are addressed by a (possibly
-traced) index, so a `lax.while_loop` over layers runs one traced body; the decoder's layer
-weights may be stacked or per layer (model.layer_layout decides how layer i is read).
+values are computed once per input for all layers, stacked [L, B, H, S, dh] or, for the
+unrolled layer loop (per-layer weights, model.layer_layout), a tuple of L arrays
+[B, H, S, dh], each its own buffer: a layer read out of a stacked cross cache by a static
+index is still copied before every use (at T5 v1.1-small's shape with 256 inputs, 6 MB per
+token; 4x that at 1024 inputs), while its own buffer is read in place. (The self-attention
+cache stays stacked: split into per-layer buffers that the loop updates, XLA copied each
+buffer several times per token.) Layers are addressed by a (possibly traced) index, so a
+`lax.while_loop` over layers runs one traced body; a per-layer cross cache needs Python int
+layers.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ class DecoderCache:
 
   self_k: Array  # [L, B, H, T, dh] self-attention keys of every layer and output position
   self_v: Array  # [L, B, H, T, dh] self-attention values, same layout
-  cross_k: Array  # [L, B, H, S, dh] cross-attention keys from the encoder output
-  cross_v: Array  # [L, B, H, S, dh] cross-attention values
+  # Cross-attention keys and values from the encoder output: [L, B, H, S, dh], or a tuple
+  # of L arrays [B, H, S, dh] (per-layer buffers, module docstring).
+  cross_k: Any
+  cross_v: Any
   cross_bias: Array  # [B, 1, 1, S] float32 additive mask of encoder padding
 
   @property
@@ -40,13 +48,31 @@ class DecoderCache:
     return self.self_k.shape[3]
 
 
+def cache_layer(field: Any, layer) -> Array:
+  """Layer `layer`'s entry of one cache field: [B, ...] (a Python int for per-layer
+  buffers; any index, possibly traced, for a stacked [L, B, ...] field)."""
+  if isinstance(field, (tuple, list)):
+    if not isinstance(layer, int):
+      raise TypeError(f"per-layer cache buffers are read at a Python int layer, not {layer!r}")
+    return field[layer]
+  return jax.lax.dynamic_index_in_dim(field, layer, keepdims=False)
+
+
+def _split_layers(stacked: Array) -> Tuple[Array, ...]:  # [L, B, ...] -> L x [B, ...]
+  return tuple(stacked[i] for i in range(stacked.shape[0]))
+
+
 def init_decoder_cache(config: T5Config, params: Params, encoded: Array,
-                       attention_mask: Optional[Array], max_decode_len: int) -> DecoderCache:
-  """An empty self-attention cache and the cross-attention K/V of every layer."""
+                       attention_mask: Optional[Array], max_decode_len: int,
+                       per_layer: bool = False) -> DecoderCache:
+  """An empty self-attention cache and the cross-attention K/V of every layer, as per-layer
+  buffers when `per_layer` (module docstring)."""
   batch = encoded.shape[0]
   if attention_mask is None:
     attention_mask = jnp.ones(encoded.shape[:2], jnp.int32)
-  cross_k, cross_v = cross_kv_all_layers(config, params, encoded)
+  cross_k, cross_v = cross_kv_all_layers(config, params, encoded)  # [L, B, H, S, dh] each
+  if per_layer:
+    cross_k, cross_v = _split_layers(cross_k), _split_layers(cross_v)
   shape = (config.num_decoder_layers, batch, config.num_heads, max_decode_len, config.d_kv)
   zeros = jnp.zeros(shape, config.jnp_dtype)
   return DecoderCache(self_k=zeros, self_v=zeros, cross_k=cross_k, cross_v=cross_v,
@@ -98,8 +124,8 @@ def decoder_layer_rows(config: T5Config, params: Params, cache: DecoderCache, la
 
   The early-exit decoder passes a bucket of rows holding every example that has not exited
   (and possibly some that have), so a batch whose examples left early does less work."""
-  def pick(stacked):  # [L, B, ...] -> [R, ...]
-    one_layer = jax.lax.dynamic_index_in_dim(stacked, layer, keepdims=False)
+  def pick(field):  # [L, B, ...] (or L x [B, ...]) -> [R, ...]
+    one_layer = cache_layer(field, layer)
     return one_layer if rows is None else jnp.take(one_layer, rows, axis=0)
   cross_bias = cache.cross_bias if rows is None else jnp.take(cache.cross_bias, rows, axis=0)
 
