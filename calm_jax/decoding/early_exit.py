@@ -20,6 +20,11 @@ Per output position t:
 With propagation='full_compute' the layer loop always runs all L layers on true states, so
 the cache holds what the full model would have written; exits only choose the token.
 
+With per-layer weights (model.layer_layout, the CPU default) the layer loop is unrolled:
+layer i writes its K/V, then runs under one conditional (skipped once no example runs), with
+its weights, cross-attention buffers, exit point and trace column static; with stacked
+weights it is a while_loop over a traced layer index (the threshold grid's vmap).
+
 Static choices come in one `DecodePlan`, traced constants in one `DecodeConstants`, and
 what stays fixed over one position in one `PositionInputs`.
 """

@@ -5,13 +5,17 @@ layer loop that reads layer i by a traced index (`dynamic_index_in_dim`) makes X
 backend copy the layer's weights out of the stack before each matrix product, which roughly
 halves the bandwidth at which weights stream once a layer no longer fits the caches (the
 T5-large shape runs at about half of what the same products reach on their own buffers:
-bench/layer_layout.py). The 'per_layer' layout keeps each layer's weights in its own
-buffers, a tuple of L trees under `decoder/layers`, and runs layer i as branch i of a
-`lax.switch`, so each branch's products read their weights in place.
+bench/layer_layout.py; bench/loop_copies.py lists the copies). The 'per_layer' layout keeps
+each layer's weights in its own buffers, a tuple of L trees under `decoder/layers`, so
+each layer's products read their weights in place: greedy decoding and the early-exit
+decoder unroll their layer loops over it (layer i a static piece of the program, the
+early-exit decoder guarding each with one conditional), and a traced layer index runs
+layer i as branch i of a `lax.switch`.
 
 Layouts:
   'stacked'    decoder/layers leaves [L, ...]; layer i read by dynamic index
-  'per_layer'  decoder/layers a tuple of L trees; layer i run as switch branch i
+  'per_layer'  decoder/layers a tuple of L trees; layer i static (unrolled loops) or run
+               as switch branch i
   'auto'       'per_layer' on the CPU, 'stacked' elsewhere (each conditional of a GPU
                while loop costs a host round trip; bench/gpu.sh measures both)
 
