@@ -17,6 +17,8 @@ DECAYS = ("paper", "code")
 PROPAGATIONS = ("copy_state", "full_compute")
 DECODINGS = ("per_token", "synchronized")
 ADAPTIVE_THRESHOLDS = ("none", "beta_mixture")
+# Fields read on the host between decode calls (decoding.free_adaptive), never compiled
+HOST_SIDE_FIELDS = ("adaptive_threshold", "adaptive_target", "adaptive_max_refits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,9 @@ class ExitConfig:
   rollback_threshold: float = float("inf")
   verify: bool = False  # synchronized: replace every pending token the deep layers disagree with
   adaptive_threshold: str = "none"  # synchronized: 'beta_mixture' refits lambda between calls
+  # beta_mixture: the posterior probability of agreement from which on tokens exit, (0, 1)
+  adaptive_target: float = 0.9
+  adaptive_max_refits: int = 10  # beta_mixture: refits, after which lambda stays put (>= 0)
 
   def validate(self, num_layers: int) -> None:
     """Raises ValueError naming the bad field; call before compiling anything. Only the
@@ -106,9 +111,19 @@ class ExitConfig:
                        "synchronized decoding only; set decoding='synchronized' (got "
                        f"verify={self.verify!r}, rollback_threshold={rollback!r}, "
                        f"adaptive_threshold={self.adaptive_threshold!r})")
+    self._validate_adaptive()
     if self.verify is True and rollback != float("inf"):
       raise ValueError(f"ExitConfig.verify=True replaces every disagreement; leave "
                        f"rollback_threshold at inf (got {rollback!r})")
+
+  def _validate_adaptive(self) -> None:
+    target, refits = self.adaptive_target, self.adaptive_max_refits
+    if (not isinstance(target, numbers.Real) or isinstance(target, bool)
+        or not 0 < target < 1):
+      raise ValueError(f"ExitConfig.adaptive_target must be in (0, 1), got {target!r}")
+    if isinstance(refits, bool) or not isinstance(refits, numbers.Integral) or refits < 0:
+      raise ValueError(f"ExitConfig.adaptive_max_refits must be an integer >= 0, got "
+                       f"{refits!r}")
 
   @classmethod
   def from_section(cls, section) -> "ExitConfig":
@@ -121,8 +136,10 @@ class ExitConfig:
     return cls(**values)
 
   def compiled_part(self) -> "ExitConfig":
-    """This config without its runtime values, so that changing them never recompiles."""
-    return dataclasses.replace(self, threshold=0.0, tau=0.0, classifier_path="")
+    """This config without its runtime values (and the adaptive threshold's host-side
+    settings), so that changing them never recompiles."""
+    host_side = {name: getattr(ExitConfig, name) for name in HOST_SIDE_FIELDS}  # defaults
+    return dataclasses.replace(self, threshold=0.0, tau=0.0, classifier_path="", **host_side)
 
 
 def is_exit_point(layer, exit_config: ExitConfig, num_layers: int):

@@ -56,6 +56,24 @@ class AdaptiveThreshold:
     return self.threshold
 
 
+def adaptive_threshold_for(exit_config: ExitConfig) -> Optional[AdaptiveThreshold]:
+  """The refitting threshold `exit_config` asks for (adaptive_threshold='beta_mixture':
+  its lambda to start with, adaptive_target, adaptive_max_refits), or None."""
+  if exit_config.adaptive_threshold == "none":
+    return None
+  return AdaptiveThreshold(threshold=float(exit_config.threshold),
+                           target=float(exit_config.adaptive_target),
+                           max_refits=int(exit_config.adaptive_max_refits))
+
+
+def describe(adaptive: AdaptiveThreshold, start: float) -> str:
+  """One line: lambda before and after, the refits, the pairs seen."""
+  pairs = sum(len(a) for a in adaptive.agreed)
+  return (f"beta_mixture threshold: lambda {start:g} -> {adaptive.threshold:.4g} after "
+          f"{adaptive.refits} refit(s) (at most {adaptive.max_refits}) on {pairs} judged "
+          f"tokens, target {adaptive.target:g}")
+
+
 def decode_batches(decode, batches: Iterable[Tuple[Any, Any]], exit_config: ExitConfig,
                    adaptive: AdaptiveThreshold) -> List[Any]:
   """decode(input_ids, attention_mask, exit_config) over each (ids, mask) batch, lambda

@@ -77,7 +77,24 @@ def get_mode(config: ml_collections.ConfigDict, workdir: str) -> Mode:
     raise ValueError(f"config.mode={config.mode!r} is not a mode; allowed: {', '.join(MODES)}")
   if not workdir:
     raise ValueError("--workdir is required: the directory where outputs are written")
+  _check_adaptive_threshold(config)
   return MODES[config.mode]
+
+
+# Modes that decode at a lambda they choose themselves or read as given for a whole split
+# (calibration, evaluation, analysis): FREE's between-call refits have no place there.
+_FIXED_LAMBDA_MODES = ("calibrate", "evaluate", "analyze", "all")
+
+
+def _check_adaptive_threshold(config: ml_collections.ConfigDict) -> None:
+  """exit.adaptive_threshold refits lambda between the decode calls of `decode` and
+  `generate` only; elsewhere it is refused before any work."""
+  adaptive = config.get("exit", {}).get("adaptive_threshold", "none")
+  if adaptive != "none" and config.mode in _FIXED_LAMBDA_MODES:
+    raise ValueError(f"exit.adaptive_threshold={adaptive!r} refits lambda between the decode "
+                     "calls of the decode and generate modes; mode "
+                     f"{config.mode!r} decodes at the lambda it calibrates or is given: set "
+                     "exit.adaptive_threshold='none'")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Any:

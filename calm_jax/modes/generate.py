@@ -23,6 +23,7 @@ from absl import logging
 
 from calm_jax.data.vocabulary import Vocabulary
 from calm_jax.decoding.exit_rule import ExitConfig
+from calm_jax.decoding.free_adaptive import adaptive_threshold_for
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.sharded import DecodeMesh
 from calm_jax.exit_classifiers.storage import classifier_params_for
@@ -142,20 +143,30 @@ def decode_in_batches(model_config: T5Config, params: Any, input_ids: np.ndarray
                       max_decode_len: int, batch_size: int,
                       mesh: Optional[DecodeMesh] = None) -> Tuple[np.ndarray, np.ndarray]:
   """Tokens and exit layers, each [N, max_decode_len], decoded batch by batch (each batch
-  split over `mesh`'s data shards); prints a rate line per batch on process 0."""
+  split over `mesh`'s data shards); prints a rate line per batch on process 0. With
+  exit.adaptive_threshold='beta_mixture' lambda is refitted between batches
+  (decoding.free_adaptive) from the deep layers' verdicts on the real rows."""
   count = len(input_ids)
   rows = min(batch_size or count, count)
+  adaptive = adaptive_threshold_for(exit_config)
   tokens, layers, start = [], [], time.perf_counter()
   for part in batch_slices(count, rows):
+    if adaptive is not None:
+      exit_config = dataclasses.replace(exit_config, threshold=adaptive.threshold)
     out = generate(model_config, params, _padded(input_ids[part], rows),
                    _padded(mask[part], rows), exit=exit_config, max_decode_len=max_decode_len,
                    classifier_params=classifier_params, mesh=mesh)
     size = part.stop - part.start
-    tokens.append(np.asarray(out.tokens)[:size])  # [b, T]
-    layers.append(np.asarray(out.exit_layers)[:size])  # [b, T]
+    out = jax.tree.map(lambda field: np.asarray(field)[:size], out)  # padding rows dropped
+    tokens.append(out.tokens)  # [b, T]
+    layers.append(out.exit_layers)  # [b, T]
+    if adaptive is not None:
+      adaptive.observe(out)
     if jax.process_index() == 0:
       rate = part.stop / max(time.perf_counter() - start, 1e-9)
-      print(f"[generate] {part.stop}/{count} inputs decoded ({rate:.1f} inputs/s)", flush=True)
+      refit = f"; next lambda {adaptive.threshold:.4g}" if adaptive is not None else ""
+      print(f"[generate] {part.stop}/{count} inputs decoded ({rate:.1f} inputs/s){refit}",
+            flush=True)
   return np.concatenate(tokens), np.concatenate(layers)
 
 

@@ -20,7 +20,7 @@ VALUES = {
     "exit.decay": "paper", "exit.top_k": 64, "exit.min_top_k": 10, "exit.classifier_path": "",
     "exit.decoding": "per_token", "exit.shallow_exit_layer": 1, "exit.max_pending": 4,
     "exit.rollback_threshold": float("inf"), "exit.verify": False,
-    "exit.adaptive_threshold": "none",
+    "exit.adaptive_threshold": "none", "exit.adaptive_target": 0.9, "exit.adaptive_max_refits": 10,
     "calibration.num_examples": 200, "calibration.similarity": "string_match",
     "calibration.epsilon": 0.1, "calibration.deltas": (0.05, 0.1, 0.2, 0.3),
     "calibration.objective": "textual", "calibration.batch_size": 0,

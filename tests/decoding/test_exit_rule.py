@@ -99,6 +99,9 @@ def test_is_exit_point(num_layers, min_exit, interval, expected):
     (dict(jsd_by_distance=1), "ExitConfig.jsd_by_distance must be true or false, got 1"),
     (dict(measure="softmax_max", contrastive_token="yes"),
      "ExitConfig.contrastive_token must be true or false, got 'yes'"),
+    (dict(adaptive_target=1.0), r"ExitConfig.adaptive_target must be in \(0, 1\), got 1.0"),
+    (dict(adaptive_max_refits=-1),
+     "ExitConfig.adaptive_max_refits must be an integer >= 0, got -1"),
 ])
 def test_exit_config_validate_rejects(fields, message):
   with pytest.raises(ValueError, match=message):
@@ -132,6 +135,13 @@ def test_compiled_part_drops_only_runtime_values():
   assert config.compiled_part() == other.compiled_part()
   assert hash(config.compiled_part()) == hash(other.compiled_part())
   assert config.compiled_part() != ExitConfig(measure="softmax_max").compiled_part()
+
+
+def test_compiled_part_drops_the_host_side_adaptive_settings():
+  fixed = ExitConfig(decoding="synchronized", threshold=0.3)
+  adaptive = ExitConfig(decoding="synchronized", threshold=0.5, adaptive_threshold="beta_mixture",
+                        adaptive_target=0.8, adaptive_max_refits=3)
+  assert adaptive.compiled_part() == fixed.compiled_part()
 
 
 def test_unknown_exit_option_in_a_config_section():

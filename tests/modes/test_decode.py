@@ -63,3 +63,20 @@ def test_check_names_a_bad_value_before_the_model_loads(tmp_path, no_model_loadi
   with pytest.raises(ValueError, match=message):
     decode.check(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+def test_beta_mixture_decodes_one_example_per_call_and_refits_between(tmp_path, demo_config,
+                                                                     capsys):
+  """FREE verified with the adaptive threshold: the output is the full model's whatever
+  lambda the refits choose, and the run says how lambda moved."""
+  config = demo_config(threshold=0.0)
+  with config.unlocked():
+    config.exit.update(decoding="synchronized", verify=True, max_pending=2,
+                       adaptive_threshold="beta_mixture", adaptive_max_refits=1)
+  records = _decoded(tmp_path, config)
+  model_config, params = load_model(config.model, config.seed)
+  examples = split_examples(config, "test", 3)
+  ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
+  full = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
+  assert [r["output_ids"] for r in records] == full.tolist()
+  assert "[decode] beta_mixture threshold: lambda 0 -> " in capsys.readouterr().out

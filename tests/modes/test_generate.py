@@ -193,3 +193,50 @@ def test_main_reads_standard_input(tmp_path):
   assert [r["input"] for r in records] == ["copy: ab", "add: 1+2"]
   assert all(1 <= layer <= 2 for r in records for layer in r["exit_layers"])
   assert "[generate] wrote" in done.stdout
+
+
+# ------------------------------------------------------------------ adaptive threshold
+
+def test_beta_mixture_refits_lambda_between_batches_on_the_real_rows(monkeypatch, capsys):
+  """decode_in_batches with exit.adaptive_threshold='beta_mixture': each batch decodes at
+  the lambda refitted from the earlier batches' verdicts, padding rows left out (a stub
+  decoder returns hand-made verdicts; padding rows carry ones that would move the fit)."""
+  from calm_jax.decoding.free_adaptive import AdaptiveThreshold  # pylint: disable=import-outside-toplevel
+  from calm_jax.decoding.synchronized import SynchronizedOutput  # pylint: disable=import-outside-toplevel
+  seen = []
+
+  def verdicts(call, ids):
+    """(confidences, agreed) [B, 12] of call number `call`; copies of row 0 (the padding
+    of a short batch) all agree at confidence 0.01."""
+    rng = np.random.default_rng(call)
+    agreed = (rng.uniform(size=(len(ids), 12)) < 0.6).astype(np.int32)
+    confidences = np.where(agreed == 1, rng.beta(8, 2, agreed.shape),
+                           rng.beta(2, 5, agreed.shape))
+    padding = np.all(ids == ids[:1], axis=1) & (np.arange(len(ids)) > 0)
+    confidences[padding], agreed[padding] = 0.01, 1
+    return confidences, agreed
+
+  def stub(model_config, params, ids, mask, *, exit, **kwargs):  # pylint: disable=redefined-builtin
+    del model_config, params, mask, kwargs
+    seen.append(exit.threshold)
+    confidences, agreed = verdicts(len(seen), ids)
+    zeros = np.zeros(agreed.shape, np.int32)
+    return SynchronizedOutput(tokens=zeros, exit_layers=zeros + 1, confidences=confidences,
+                              deep_passes=np.zeros(len(ids), np.int32), deep_agreed=agreed)
+  monkeypatch.setattr(generate_mode, "generate", stub)
+  ids = np.arange(7 * 3).reshape(7, 3).astype(np.int32) + 1  # batches of 3: 3, 3, 1 + 2 copies
+  exit_config = ExitConfig(decoding="synchronized", threshold=0.5,
+                           adaptive_threshold="beta_mixture", adaptive_max_refits=3)
+  generate_mode.decode_in_batches(None, None, ids, np.ones_like(ids), exit_config, None, 12, 3)
+  printed = [float(line.rsplit(" ", 1)[1]) for line in capsys.readouterr().out.splitlines()]
+  # The same lambdas from the real rows' verdicts alone.
+  replay, expected = AdaptiveThreshold(threshold=0.5, target=0.9, max_refits=3), []
+  last = np.repeat(ids[6:7], 3, axis=0)  # the short batch as decoded: padded to 3 rows
+  for call, (rows, real) in enumerate(((ids[0:3], 3), (ids[3:6], 3), (last, 1)), start=1):
+    confidences, agreed = verdicts(call, rows)
+    expected.append(replay.observe(SynchronizedOutput(
+        tokens=None, exit_layers=None, confidences=confidences[:real], deep_passes=None,
+        deep_agreed=agreed[:real])))
+  assert seen == [0.5] + expected[:2] and replay.refits == 3
+  np.testing.assert_allclose(printed, expected, rtol=1e-3)  # printed with 4 digits
+  assert len(set(seen)) == 3

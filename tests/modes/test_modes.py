@@ -56,3 +56,20 @@ def test_every_check_names_a_bad_value_before_any_model_work(tmp_path, no_model_
   with pytest.raises(ValueError, match=message):
     modes.run(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", ["calibrate", "evaluate", "analyze", "all"])
+def test_beta_mixture_threshold_is_refused_where_lambda_is_calibrated_or_given(
+    tmp_path, no_model_loading, demo_config, mode):
+  config = demo_config()
+  with config.unlocked():
+    config.mode = mode
+    config.exit.decoding = "synchronized"
+    config.exit.adaptive_threshold = "beta_mixture"
+  message = (f"exit.adaptive_threshold='beta_mixture' refits lambda between the decode calls "
+             f"of the decode and generate modes; mode '{mode}' decodes at the lambda")
+  with pytest.raises(ValueError, match=message):
+    modes.check(config, str(tmp_path))
+  with pytest.raises(ValueError, match=message):
+    modes.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
