@@ -10,8 +10,9 @@
 #  1. the device and JAX's view of it;
 #  2. layer layouts at float32 and bfloat16 (calm and large shapes, batch 1 and 8): the
 #     stacked layout (a dynamic layer index in one while loop) against per-layer buffers
-#     run as switch branches — on a GPU each conditional of a while loop may cost a host
-#     round trip, which is what 'auto' = stacked on GPUs assumes and this measures;
+#     (unrolled layer loops; the early-exit decoder's layers one conditional each) — on a
+#     GPU each while-loop step or conditional may cost a host round trip, which is what
+#     'auto' = stacked on GPUs assumes and this measures;
 #  3. greedy vs the early-exit decoder at lambda = 1 and static exits (calm shape, batch 1
 #     and 8, 256 and 1024 inputs), float32;
 #  4. the data moves inside the compiled token loop (calm, batch 8, 1024 inputs).

@@ -2,7 +2,7 @@
 
 For each shape and batch: full greedy decoding and the early-exit decoder at lambda = 1
 (softmax_diff, never exits), each with the layer weights 'stacked' (read by dynamic index)
-and 'per_layer' (a switch over per-layer buffers), timed in interleaved rounds. Prints ms
+and 'per_layer' (per-layer buffers, unrolled layer loops), timed in interleaved rounds. Prints ms
 per generated token, the weight bytes each token must read, the streaming bandwidth a
 matrix-vector product reaches here, and each configuration as a multiple of that bound.
 
