@@ -53,6 +53,9 @@ class SynchronizedOutput:
   exit_layers: Array  # [B, T] int32 layer whose state gave the token: s or L; 0 after EOS
   confidences: Array  # [B, T] float32 the measure's confidence at layer s; 0 after EOS
   deep_passes: Array  # [B] int32 deep passes each example ran
+  # [B] int32 steps of layers 1..s each example ran: its tokens, plus those a deep pass
+  # discarded (regenerated after a rollback or a verification)
+  shallow_steps: Array
   # [B, T] int32 whether the deep layers' prediction agreed (1) or not (0) with a token
   # emitted from layer s (a replaced token: 0); UNCHECKED for deep-layer tokens and pad
   deep_agreed: Array
@@ -74,6 +77,7 @@ class SyncState:
   confidences: Array  # [B, T] float32
   deep_agreed: Array  # [B, T] int32 (1, 0 or UNCHECKED)
   deep_passes: Array  # [B] int32
+  shallow_steps: Array  # [B] int32 steps each example ran layers 1..s in
   cache: DecoderCache
   causal_bias: Array  # [1, H, T, T] float32 self-attention bias of every output position
   rng: Array  # PRNG key, split once per step
@@ -268,9 +272,12 @@ def _judge(plan: DecodePlan, state: SyncState, judged: Array, agreed: Array,
 def _synchronized_step(plan: DecodePlan, constants: DecodeConstants,
                        state: SyncState) -> SyncState:
   """One step of every running example: layers 1..s, then the deep passes that are due."""
-  rng, shallow_rng, deep_rng = jax.random.split(state.rng, 3)
+  if plan.sampling.greedy:  # the keys are never read: no split per step
+    rng = shallow_rng = deep_rng = state.rng
+  else:
+    rng, shallow_rng, deep_rng = jax.random.split(state.rng, 3)
   hidden, token, confidence, cache = _shallow_step(plan, constants, state, shallow_rng)
-  state = state.replace(cache=cache, rng=rng)
+  state = state.replace(cache=cache, rng=rng, shallow_steps=state.shallow_steps + ~state.done)
   exits, flush = _decide(plan, constants, state, token, confidence)
   step = ShallowStep(hidden=hidden, token=token, confidence=confidence, exits=exits,
                      flush=flush)
@@ -309,6 +316,7 @@ def _initial_state(plan: DecodePlan, constants: DecodeConstants, input_ids: Arra
       confidences=jnp.zeros((batch, length), jnp.float32),
       deep_agreed=jnp.full((batch, length), UNCHECKED, jnp.int32),
       deep_passes=zeros,
+      shallow_steps=zeros,
       cache=init_decoder_cache(config, params, encoded, attention_mask, length),
       causal_bias=causal_self_bias(config, params, length),
       rng=rng)
@@ -325,4 +333,4 @@ def synchronized_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: A
                              state)
   return SynchronizedOutput(tokens=state.tokens, exit_layers=state.exit_layers,
                             confidences=state.confidences, deep_passes=state.deep_passes,
-                            deep_agreed=state.deep_agreed)
+                            shallow_steps=state.shallow_steps, deep_agreed=state.deep_agreed)

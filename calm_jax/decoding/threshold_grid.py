@@ -22,7 +22,8 @@ the same example compute exactly the same states.
    the smaller thresholds. On a trained model most neighbouring thresholds share their
    decisions, so few pairs are decoded at all.
 
-Outputs equal `generate_grid`'s exactly (tested).
+Outputs equal `generate_grid`'s exactly (tested). Synchronized decoding (FREE) has no
+trace: there every pair is decoded, packed with one threshold per row.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class _GridJob:
     return generate_with_thresholds(
         self.config, self.params, self.input_ids[padded], self.attention_mask[padded],
         thresholds=np.concatenate([thresholds, np.ones(extra, thresholds.dtype)]),
-        exit=self.exit_config, max_decode_len=self.max_decode_len, return_trace=True,
+        exit=self.exit_config, max_decode_len=self.max_decode_len,
+        return_trace=self.exit_config.decoding != "synchronized",
         skip_rows=np.arange(size) >= rows.size, classifier_params=self.classifier_params,
         mesh=self.mesh)
 
@@ -204,6 +206,8 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
   job = _GridJob(config, params, input_ids, attention_mask, exit, max_decode_len,
                  batch if batch_size is None else int(batch_size), margin, classifier_params,
                  mesh)
+  if exit.decoding == "synchronized":
+    return _decode_every_pair(job, thresholds, progress or (lambda filled, decoded: None))
   decode = functools.partial(generate, config, params, max_decode_len=max_decode_len,
                              return_trace=True, classifier_params=classifier_params,
                              mesh=mesh)
@@ -223,6 +227,32 @@ def decode_threshold_grid(config: T5Config, params: Any, input_ids, attention_ma
                                                  full.confidences, full.trace)))
   decoded = _walk_grid(job, grid, reference, progress or (lambda filled, decoded: None))
   return dataclasses.replace(grid, decoded_pairs=decoded)
+
+
+def _decode_every_pair(job: _GridJob, thresholds: np.ndarray,
+                       progress: Callable[[int, int], None]) -> GridDecode:
+  """The grid of synchronized decoding (FREE): it has no per-layer trace to prove two
+  thresholds' decodes equal, so every (threshold, example) pair is decoded, packed
+  batch_size pairs a call with one threshold per row (exact by batch invariance); the
+  full model's output is the pairs' decode at lambda = 1, decoded the same way."""
+  batch, size = job.input_ids.shape[0], thresholds.size
+  with_full = np.concatenate([thresholds, np.ones(1, thresholds.dtype)])  # [K + 1]
+  ks, rows = (a.ravel() for a in np.meshgrid(np.arange(size + 1), np.arange(batch),
+                                             indexing="ij"))  # [(K + 1) * B] pairs
+  shape = (size + 1, batch, job.max_decode_len)
+  tokens, exit_layers = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+  confidences = np.zeros(shape, np.float32)
+  for start in range(0, ks.size, job.batch_size):
+    part = slice(start, start + job.batch_size)
+    out = job.decode_rows(rows[part], with_full[ks[part]])
+    count = ks[part].size
+    tokens[ks[part], rows[part]] = np.asarray(out.tokens)[:count]
+    exit_layers[ks[part], rows[part]] = np.asarray(out.exit_layers)[:count]
+    confidences[ks[part], rows[part]] = np.asarray(out.confidences)[:count]
+    progress(min(start + count, size * batch), start + count)
+  return GridDecode(thresholds, tokens[:size], exit_layers[:size], confidences[:size],
+                    tokens[size], exit_layers[size], job.config.num_decoder_layers,
+                    ks.size)
 
 
 def _walk_grid(job: _GridJob, grid: GridDecode, reference: _Reference,

@@ -9,7 +9,9 @@ the average exit layer, the task metric against the references, the consistency 
 against the full model's output, and whether that loss exceeds delta on the test split (a
 violation). Static exits at `evaluate.static_layers` and the oracle are decoded the same
 way without calibration, against the static decoder exiting at layer L; plain greedy
-decoding is its own row, against the first measure's reference.
+decoding is its own row, against the first measure's reference. With `evaluate.free`, FREE's
+synchronized decoding follows, calibrated the same way, and its verified (lossless) mode
+(`modes.evaluate_free`).
 
 Only then is anything timed: every configuration in `evaluate.timing_rounds` interleaved
 rounds (`modes.evaluate_timing`), on two clocks: throughput (the whole test split as one
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import ml_collections
 import numpy as np
@@ -49,6 +51,7 @@ from calm_jax.exit_classifiers.storage import load_classifier
 from calm_jax.modes.context import (CLASSIFIER_DIR, EncodedSplit, RunContext, run_context,
                                     run_task)
 from calm_jax.modes import memory
+from calm_jax.modes.evaluate_free import FreeSettings, free_rows, free_settings
 from calm_jax.modes.evaluate_report import plot_report, report_table
 from calm_jax.modes.evaluate_timing import Configuration, time_configurations
 from calm_jax.modes.grid import CalibrationSettings, GridLosses, calibration_settings
@@ -108,6 +111,7 @@ class Settings:
   evaluate: EvaluateSettings
   calibration: CalibrationSettings
   exit: ExitConfig  # the base exit rule each measured configuration changes
+  free: Optional[FreeSettings] = None  # evaluate.free: FREE's rows (modes.evaluate_free)
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
@@ -116,13 +120,15 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Settings:
   evaluate = evaluate_settings(config.evaluate, workdir)
   calibration = calibration_settings(config.calibration)
   base_exit = ExitConfig.from_section(config.exit)
+  free = free_settings(config.evaluate, base_exit)
   context = run_context(config, workdir, splits=("data.test_split", "data.calibration_split"),
-                        exits=measured_exits(evaluate, base_exit))
+                        exits=measured_exits(evaluate, base_exit)
+                        + (free.exits() if free else []))
   memory.check_decoding(config, context.model_shape,
                         max(evaluate.num_examples,
                             calibration.batch_size or calibration.num_examples),
                         "evaluate.num_examples, calibration.batch_size")
-  return Settings(context, evaluate, calibration, base_exit)
+  return Settings(context, evaluate, calibration, base_exit, free)
 
 
 def measured_exits(settings: EvaluateSettings, base_exit: ExitConfig) -> List[ExitConfig]:
@@ -398,6 +404,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   for measure in settings.evaluate.measures:
     rows.extend(_measure_rows(evaluator, base_exit, measure, calib))
   rows.extend(_reference_rows(evaluator, base_exit))
+  if settings.free is not None:
+    rows.extend(free_rows(evaluator, settings.free, calib))
   rows.insert(0, _greedy_row(evaluator, rows[0]["timing"] if rows else "greedy"))
   rows = _timed_rows(evaluator, rows)
   report = _report(settings, model_config.num_decoder_layers, (test, calib), rows)

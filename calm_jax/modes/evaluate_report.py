@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from calm_jax.modes.evaluate_free import free_lines  # noqa: E402
 from calm_jax.utils.files import replace_atomically  # noqa: E402
 
 
@@ -77,6 +78,7 @@ def report_table(report: Dict[str, Any]) -> str:
         f"{_realized(row, 'wall_clock')} | {_measured(row, 'latency')} | "
         f"{_realized(row, 'latency')} | {_quality(row):.2f} | {row['test_loss']:.4f} | "
         f"{violation} |")
+  lines.extend(free_lines(report))
   return "\n".join(lines)
 
 

@@ -87,3 +87,16 @@ def test_static_full_compute_and_oracle():
   assert cost_model.decode_work(np.array([[2]]), prices, oracle, 4) == pytest.approx(
       4 * layer_at(0) + HEAD + 2 * layer_at(0) + 2 * SOFTMAX_CHECK + 2 * KV)
   assert cost_model.ideal_speedup(1.0, 0.0) is None
+
+
+def test_synchronized_work_reads_the_deep_layers_once_per_pass():
+  layers = CONFIG.num_decoder_layers
+  softmax = ExitConfig(measure="softmax_diff", decoding="synchronized", shallow_exit_layer=1)
+  steps, passes = np.array([5, 3]), np.array([2, 3])  # 8 shallow steps, 5 deep passes
+  prices = cost_model.work_prices(CONFIG, softmax, input_len=S)
+  expected = 8 * (LAYER + SOFTMAX_CHECK) + 5 * (3 * LAYER + HEAD)
+  assert cost_model.synchronized_work(steps, passes, prices, softmax, layers) == expected
+  state = ExitConfig(measure="state_saturation", decoding="synchronized", shallow_exit_layer=2)
+  prices = cost_model.work_prices(CONFIG, state, input_len=S)
+  expected = 8 * (2 * LAYER + prices.first_check + HEAD) + 5 * (2 * LAYER + HEAD)
+  assert cost_model.synchronized_work(steps, passes, prices, state, layers) == expected

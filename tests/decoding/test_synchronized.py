@@ -20,6 +20,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate, generate_with_thresholds
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.decoding.synchronized import UNCHECKED
+from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.config import T5Config
 from calm_jax.model.t5 import shift_right
 
@@ -82,6 +83,7 @@ def test_never_exiting_is_the_full_model(model):
   assert not generated.all(), "no row stopped early: EOS handling is untested"
   np.testing.assert_array_equal(out.exit_layers, np.where(generated, L, 0))
   np.testing.assert_array_equal(out.deep_passes, generated.sum(axis=1))  # one per token
+  np.testing.assert_array_equal(out.shallow_steps, generated.sum(axis=1))
   assert np.all(out.deep_agreed == UNCHECKED)
 
 
@@ -133,16 +135,17 @@ def _log_probs_fn(model_id):
 def _reference(model, row, threshold, rollback):
   """Synchronized decoding of one example replayed on the teacher-forced forward: every
   layer's state at every position is the full model's on the tokens so far, which is what
-  the decoder's real deep K/V give. Returns (tokens, exit layers, deep passes)."""
+  the decoder's real deep K/V give. Returns (tokens, exit layers, deep passes, shallow
+  steps)."""
   _MODELS[id(model)] = model
   config, log_probs = model[0], _log_probs_fn(id(model))
 
   def predictions(tokens):  # [2, T, V]
     return np.asarray(log_probs(row, np.asarray([tokens + [0] * (T - len(tokens))], np.int32)))
 
-  out, layers, pending, passes = [], [], 0, 0
+  out, layers, pending, passes, steps = [], [], 0, 0, 0
   while len(out) < T and (not out or out[-1] != config.eos_token_id):
-    t = len(out)
+    t, steps = len(out), steps + 1
     shallow, _ = predictions(out)[:, t]
     top = np.sort(np.exp(shallow))
     exits = threshold < 1 and top[-1] - top[-2] >= threshold
@@ -163,7 +166,7 @@ def _reference(model, row, threshold, rollback):
       if not exits:
         out, layers = out + [int(np.argmax(deep[t]))], layers + [L]
     pending = 0
-  return out, layers, passes
+  return out, layers, passes, steps
 
 
 @pytest.mark.parametrize("rollback", [float("inf"), 3.0])
@@ -172,17 +175,33 @@ def test_rollback_rule_against_a_teacher_forced_replay(model, rollback):
   out = _batch(model, exit_config)
   replaced = 0
   for row, threshold in enumerate(ROW_THRESHOLDS):
-    tokens, layers, passes = _reference(model, row, threshold, rollback)
+    tokens, layers, passes, steps = _reference(model, row, threshold, rollback)
     count = len(tokens)
     np.testing.assert_array_equal(out.tokens[row, :count], tokens, err_msg=f"row {row}")
     np.testing.assert_array_equal(out.exit_layers[row, :count], layers, err_msg=f"row {row}")
     assert np.all(out.exit_layers[row, count:] == 0)
     assert out.deep_passes[row] == passes, f"row {row}"
+    assert out.shallow_steps[row] == steps, f"row {row}"
   disagreed = out.deep_agreed == 0
   replaced = (disagreed & (out.exit_layers == L)).sum()
   kept = (disagreed & (out.exit_layers == SHALLOW)).sum()
   # Without a rollback every disagreement is kept; at 3 nats some cost more, some less.
   assert kept > 0 and (replaced > 0) == (rollback == 3.0)
+
+
+def test_threshold_grid_decodes_every_pair_as_generate_would(model):
+  """decode_threshold_grid under synchronized decoding (no trace to share decodes): each
+  grid point is the batch decoded at that threshold, the full output the lambda = 1 one."""
+  config, params, ids, mask, greedy = model
+  thresholds = (1.0, 0.3, 0.0)
+  grid = decode_threshold_grid(config, params, ids, mask, thresholds=thresholds, exit=SYNC,
+                               max_decode_len=T, batch_size=8)
+  assert grid.decoded_pairs == 4 * 8  # three thresholds and the full model's
+  for k, threshold in enumerate(thresholds):
+    out = _batch(model, SYNC, (threshold,) * 8)
+    for field in ("tokens", "exit_layers", "confidences"):
+      np.testing.assert_array_equal(getattr(grid, field)[k], getattr(out, field), err_msg=field)
+  np.testing.assert_array_equal(grid.full_tokens, greedy)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -248,3 +248,45 @@ def test_killed_evaluate_resumes_to_the_files_of_an_uninterrupted_run(
   assert sorted(os.listdir(killed)) == sorted(os.listdir(uninterrupted))
   names = REPORT_FILES + ("run_record.json",)
   assert _contents(killed, names) == _contents(uninterrupted, names)
+
+
+def test_free_rows_calibrate_synchronized_decoding_and_verify_it_losslessly(tmp_path,
+                                                                           evaluate_config):
+  """evaluate.free: FREE's lambda from LTT on its own grid (recomputed here pair by pair),
+  the calibrated rows' scores, and the verified row equal to greedy decoding."""
+  config = evaluate_config(measures=(), static_layers=(), oracle=False, free=True)
+  report = json.load(open(modes.run(config, str(tmp_path)), encoding="utf-8"))
+  free = "FREE (softmax_diff, s=1)"
+  assert [r["measure"] for r in report["rows"]] == [
+      "greedy (full model)", "FREE lambda=1", free, free, "FREE verified"]
+  assert {r["reference"] for r in report["rows"]} == {"FREE lambda=1"}
+  assert "| FREE verified |" in open(tmp_path / "report.md", encoding="utf-8").read()
+  model_config, params = load_model(config.model, config.seed)
+  calib = encode_split(config, "validation", 8, BYTE)
+  test = encode_split(config, "test", 6, BYTE)
+  sync = ExitConfig(decoding="synchronized", shallow_exit_layer=1, max_pending=4)
+  decode = lambda split, threshold, **change: generate(
+      model_config, params, split.input_ids, split.attention_mask, max_decode_len=6,
+      exit=ExitConfig(**{**sync.__dict__, "threshold": threshold, **change}))
+  cut = lambda out: [t[l > 0].tolist() for t, l in zip(np.asarray(out.tokens),
+                                                        np.asarray(out.exit_layers))]
+  full_calib = cut(decode(calib, 1.0))
+  losses = consistency.consistency_losses(
+      "textual", [cut(decode(calib, t)) for t in (1.0, 0.5, 0.2)], full_calib,
+      similarity="token_agreement")  # [8, 3]
+  full_test = cut(decode(test, 1.0))
+  for row in report["rows"][2:4]:
+    chosen = ltt.calibrate(losses, (1.0, 0.5, 0.2), row["delta"], 0.1, "ltt_hoeffding_bentkus")
+    assert row["threshold"] == chosen.threshold
+    out = decode(test, chosen.threshold)
+    loss = consistency.consistency_losses("textual", [cut(out)], full_test,
+                                          similarity="token_agreement").mean()
+    assert row["test_loss"] == pytest.approx(loss)
+    tokens = (np.asarray(out.exit_layers) > 0).sum()
+    assert row["deep_passes_per_token"] == pytest.approx(np.asarray(out.deep_passes).sum()
+                                                         / tokens)
+  verified = report["rows"][4]
+  assert verified["threshold"] == report["rows"][3]["threshold"]  # the largest delta's
+  assert verified["test_loss"] == 0.0
+  assert verified["quality"] == report["rows"][0]["quality"]
+  assert cut(decode(test, verified["threshold"], verify=True)) == full_test

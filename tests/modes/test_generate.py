@@ -222,7 +222,8 @@ def test_beta_mixture_refits_lambda_between_batches_on_the_real_rows(monkeypatch
     confidences, agreed = verdicts(len(seen), ids)
     zeros = np.zeros(agreed.shape, np.int32)
     return SynchronizedOutput(tokens=zeros, exit_layers=zeros + 1, confidences=confidences,
-                              deep_passes=np.zeros(len(ids), np.int32), deep_agreed=agreed)
+                              deep_passes=np.zeros(len(ids), np.int32),
+                              shallow_steps=np.zeros(len(ids), np.int32), deep_agreed=agreed)
   monkeypatch.setattr(generate_mode, "generate", stub)
   ids = np.arange(7 * 3).reshape(7, 3).astype(np.int32) + 1  # batches of 3: 3, 3, 1 + 2 copies
   exit_config = ExitConfig(decoding="synchronized", threshold=0.5,
@@ -236,7 +237,7 @@ def test_beta_mixture_refits_lambda_between_batches_on_the_real_rows(monkeypatch
     confidences, agreed = verdicts(call, rows)
     expected.append(replay.observe(SynchronizedOutput(
         tokens=None, exit_layers=None, confidences=confidences[:real], deep_passes=None,
-        deep_agreed=agreed[:real])))
+        shallow_steps=None, deep_agreed=agreed[:real])))
   assert seen == [0.5] + expected[:2] and replay.refits == 3
   np.testing.assert_allclose(printed, expected, rtol=1e-3)  # printed with 4 digits
   assert len(set(seen)) == 3
