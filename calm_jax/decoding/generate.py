@@ -68,7 +68,7 @@ def _constants(plan: DecodePlan, params: Any, exit_config: ExitConfig, threshold
   context = MeasureContext(params=params, classifier_params=classifier_params,
                            model_config=plan.model)
   return DecodeConstants(context=context, threshold=threshold,
-                         tau=jnp.float32(exit_config.tau))
+                         tau=np.float32(exit_config.tau))  # host scalar: no device put
 
 
 def _spans_devices(mesh: Optional[DecodeMesh]) -> bool:
@@ -95,7 +95,13 @@ def _decode(plan: DecodePlan, constants: DecodeConstants, input_ids, attention_m
 def _check_rng(sampling: SamplingConfig, rng) -> jax.Array:
   if not sampling.greedy and rng is None:
     raise ValueError("sampling (temperature > 0) needs an explicit rng key")
-  return rng if rng is not None else jax.random.PRNGKey(0)
+  return rng if rng is not None else _default_rng()
+
+
+@functools.lru_cache(maxsize=None)
+def _default_rng() -> jax.Array:
+  """PRNGKey(0), made once (greedy decoding never reads it; making it costs a dispatch)."""
+  return jax.random.PRNGKey(0)
 
 
 def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
@@ -120,7 +126,7 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   params = _layout_params(params, layer_layout, mesh)
-  constants = _constants(plan, params, exit, jnp.float32(exit.threshold), classifier_params)
+  constants = _constants(plan, params, exit, np.float32(exit.threshold), classifier_params)
   return _decode(plan, constants, input_ids, attention_mask, rng, None, mesh)
 
 
@@ -169,7 +175,7 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
                      f"{skip.dtype} {skip.shape}")
   params = _layout_params(params, layer_layout, mesh)
   constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
-  return _decode(plan, constants, input_ids, attention_mask, jax.random.PRNGKey(0),
+  return _decode(plan, constants, input_ids, attention_mask, _default_rng(),
                  jnp.asarray(skip), mesh)
 
 

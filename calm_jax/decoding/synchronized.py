@@ -51,7 +51,9 @@ class SynchronizedOutput:
 
   tokens: Array  # [B, T] int32 emitted ids; pad after EOS
   exit_layers: Array  # [B, T] int32 layer whose state gave the token: s or L; 0 after EOS
-  confidences: Array  # [B, T] float32 the measure's confidence at layer s; 0 after EOS
+  # [B, T] float32 the measure's confidence at layer s; 0 after EOS and where lambda >= 1
+  # (nothing exits there: the head and the measure do not run at layer s)
+  confidences: Array
   deep_passes: Array  # [B] int32 deep passes each example ran
   # [B] int32 steps of layers 1..s each example ran: its tokens, plus those a deep pass
   # discarded (regenerated after a rollback or a verification)
@@ -121,7 +123,10 @@ def _set_where(values: Array, positions: Array, new: Array, where: Array) -> Arr
 def _shallow_step(plan: DecodePlan, constants: DecodeConstants, state: SyncState,
                   rng: Array) -> tuple:
   """Layers 1..s for every example's current token (K/V written where running): the
-  ShallowStep's hidden state, token and confidence, and the cache."""
+  ShallowStep's hidden state, token and confidence, and the cache. The head and the measure
+  at layer s run only when some running example may exit (lambda < 1: at lambda >= 1 the
+  deep layers give every token, and the head's d x V product is the costliest piece of a
+  step at a large vocabulary); an example that cannot exit gets confidence 0."""
   config, context = plan.model, constants.context
   shallow, measure = plan.exit.shallow_exit_layer, plan.measure
   running = ~state.done
@@ -132,13 +137,30 @@ def _shallow_step(plan: DecodePlan, constants: DecodeConstants, state: SyncState
   for layer in range(shallow):
     x, cache = window_layer_step(config, context.params, cache, layer, x, state.position,
                                  running[:, None], bias)
-    if layer + 1 == shallow or plan.needs.every_layer:
-      logits = exit_logits(config, context.params, x[:, 0])  # [B, V]
-      inputs = LayerInputs(layer=jnp.int32(layer + 1), hidden=x[:, 0],
-                           logits=logits if plan.needs.logits == "full" else None)
-      confidence, measure_state = measure.confidence(context, inputs, measure_state)
-  token = select_tokens(logits, rng, plan.sampling)
-  return x[:, 0], token, confidence.astype(jnp.float32), cache
+    if plan.needs.every_layer and layer + 1 < shallow:  # measures reading every layer
+      _, measure_state = _measure_at(plan, context, layer + 1, x[:, 0], measure_state)
+
+  def head(hidden):  # [B, d] -> token [B], confidence [B] at layer s
+    logits, confidence = _measure_at(plan, context, shallow, hidden, measure_state)[0]
+    return select_tokens(logits, rng, plan.sampling), confidence.astype(jnp.float32)
+
+  def no_exit(hidden):
+    batch = hidden.shape[0]
+    return jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.float32)
+  may_exit = running & (constants.threshold < 1.0)  # [B]
+  token, confidence = jax.lax.cond(jnp.any(may_exit), head, no_exit, x[:, 0])
+  return x[:, 0], token, jnp.where(may_exit, confidence, 0.0), cache
+
+
+def _measure_at(plan: DecodePlan, context, layer_no: int, hidden: Array,
+                measure_state) -> tuple:
+  """((logits [B, V], confidence [B]), measure state) of the measure at 1-based layer
+  `layer_no` on states hidden [B, d]."""
+  logits = exit_logits(plan.model, context.params, hidden)  # [B, V]
+  inputs = LayerInputs(layer=jnp.int32(layer_no), hidden=hidden,
+                       logits=logits if plan.needs.logits == "full" else None)
+  confidence, measure_state = plan.measure.confidence(context, inputs, measure_state)
+  return (logits, confidence), measure_state
 
 
 def _decide(plan: DecodePlan, constants: DecodeConstants, state: SyncState, token: Array,
