@@ -139,14 +139,15 @@ def synchronized_work(shallow_steps: np.ndarray, deep_passes: np.ndarray,
                       prices: WorkPrices, exit_config: ExitConfig, num_layers: int) -> float:
   """Weight elements a synchronized (FREE) decode reads at batch 1, from its shallow steps
   and deep passes ([N] each): a step runs layers 1..s, the measure and the head (the
-  shallow token), a deep pass layers s+1..L and the head once for all the positions it
+  shallow token; neither where lambda >= 1), a deep pass layers s+1..L and the head once for all the positions it
   covers. This is the ideal where decoding is bound by streaming the weights; counted in
   multiply-adds, every token a pass covers runs the deep layers, so a model small enough
   to be bound by arithmetic or per-step overhead instead gains nothing from the passes'
   shared weight reads. Attention to cached positions is left out."""
   shallow = exit_config.shallow_exit_layer
   logits_measure = _needs(exit_config).logits == "full"
-  step = (shallow * prices.layer_weights + prices.first_check
-          + (0 if logits_measure else prices.head))
+  step = shallow * prices.layer_weights
+  if exit_config.threshold < 1.0:  # at lambda >= 1 nothing exits: no measure, no head at s
+    step += prices.first_check + (0 if logits_measure else prices.head)
   deep = (num_layers - shallow) * prices.layer_weights + prices.head
   return float(np.sum(shallow_steps) * step + np.sum(deep_passes) * deep)

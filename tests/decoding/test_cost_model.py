@@ -91,12 +91,18 @@ def test_static_full_compute_and_oracle():
 
 def test_synchronized_work_reads_the_deep_layers_once_per_pass():
   layers = CONFIG.num_decoder_layers
-  softmax = ExitConfig(measure="softmax_diff", decoding="synchronized", shallow_exit_layer=1)
+  softmax = ExitConfig(measure="softmax_diff", decoding="synchronized", shallow_exit_layer=1,
+                       threshold=0.5)
   steps, passes = np.array([5, 3]), np.array([2, 3])  # 8 shallow steps, 5 deep passes
   prices = cost_model.work_prices(CONFIG, softmax, input_len=S)
   expected = 8 * (LAYER + SOFTMAX_CHECK) + 5 * (3 * LAYER + HEAD)
   assert cost_model.synchronized_work(steps, passes, prices, softmax, layers) == expected
-  state = ExitConfig(measure="state_saturation", decoding="synchronized", shallow_exit_layer=2)
+  state = ExitConfig(measure="state_saturation", decoding="synchronized", shallow_exit_layer=2,
+                     threshold=0.5)
   prices = cost_model.work_prices(CONFIG, state, input_len=S)
   expected = 8 * (2 * LAYER + prices.first_check + HEAD) + 5 * (2 * LAYER + HEAD)
   assert cost_model.synchronized_work(steps, passes, prices, state, layers) == expected
+  never = ExitConfig(measure="softmax_diff", decoding="synchronized", threshold=1.0)
+  prices = cost_model.work_prices(CONFIG, never, input_len=S)  # no head at layer s
+  expected = 8 * LAYER + 5 * (3 * LAYER + HEAD)
+  assert cost_model.synchronized_work(steps, passes, prices, never, layers) == expected
