@@ -1,16 +1,25 @@
 """Calibration-grid decoding on one device vs a data-parallel mesh, in one run.
 
 Decodes N inputs under K thresholds with `decode_threshold_grid` (what calibrate and
-evaluate run) on 1 device and on a ('data', 'model') mesh of every device, timed in
-interleaved rounds, and checks that both give the same tokens and exit layers.
+evaluate run) on 1 device and on a ('data', 'model') mesh of every device (D data shards),
+timed in interleaved rounds, and checks that both give the same tokens and exit layers.
 
-Printed per configuration: (threshold, example) pairs per second of wall time, and pairs
-per CPU-second (time.process_time over all threads of the process). On a machine whose
-devices are real (a GPU node, a TPU slice), the wall-clock ratio is the speedup. On a CPU
-with simulated devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, set here
-when the flag is absent), the devices share the machine's cores, so wall time cannot speed
-up; the CPU time then is the work all devices did together, and its ratio to the 1-device
-run is the per-device overhead of sharding (the issue's bar: at most 1.15).
+On a machine whose devices are real (a GPU node, a TPU slice), the wall-clock ratio is the
+speedup. On a CPU with simulated devices (XLA_FLAGS=--xla_force_host_platform_device_count=8,
+set here when the flag is absent) the devices share the machine's cores and memory bus, so
+wall time cannot speed up, and what is compared is work: CPU seconds (time.process_time,
+all threads). Two framings of "per-device work", printed side by side:
+
+- strong scaling (same global batch): the mesh's CPU time for the N examples vs one
+  device's for the same N examples. Each shard then runs its loops, and streams every
+  decoder weight per step, for N / D rows where one device streams them once for N rows,
+  so a decode bound by weight traffic costs up to D times the weight reads.
+- weak scaling (same rows per device): the mesh's CPU time / D (one device's share)
+  vs one device decoding one shard's share alone: the N examples in D contiguous blocks
+  of N / D, one after another, each with batch_size / D rows per call, divided by D. The
+  same rows per device per call, so the ratio is what sharding itself adds per device
+  (the issue's bar: at most 1.15). Printed for the grid and for one decode call
+  (`generate_with_thresholds` on every (example, threshold) row vs its D blocks alone).
 
   .venv/bin/python bench/sharded_decode.py [--examples=64 --thresholds=10 --model=1]
 """
@@ -30,7 +39,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.timing import SHAPES, interleaved
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate
+from calm_jax.decoding.generate import generate, generate_with_thresholds
 from calm_jax.decoding.sharded import decode_mesh
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.config import T5Config
@@ -70,6 +79,12 @@ def _thresholds(config, params, ids, mask) -> np.ndarray:
   return np.concatenate([[1.0], levels]).astype(np.float32)
 
 
+def _blocks(rows: int, count: int):
+  """`count` contiguous slices of `rows` rows (each data shard's share of a batch)."""
+  size = rows // count
+  return [slice(i * size, (i + 1) * size) for i in range(count)]
+
+
 def main(argv):
   del argv
   config, params = _model()
@@ -77,29 +92,50 @@ def main(argv):
   ids = rng.integers(3, config.vocab_size, (_EXAMPLES.value, _INPUT_LEN.value)).astype(np.int32)
   mask = np.ones_like(ids)
   thresholds = _thresholds(config, params, ids, mask)
-  meshes = {"1 device": None,
-            "mesh": decode_mesh(MeshConfig(data=-1, model=_MODEL.value))}
-  decode = lambda mesh: decode_threshold_grid(
-      config, params, ids, mask, thresholds=thresholds, exit=ExitConfig(measure="softmax_diff"),
-      max_decode_len=_DECODE_LEN.value, batch_size=_BATCH.value or None, mesh=mesh)
-  results = {name: decode(mesh) for name, mesh in meshes.items()}  # compiles, and compared
-  one, sharded = results["1 device"], results["mesh"]
+  mesh = decode_mesh(MeshConfig(data=-1, model=_MODEL.value))
+  shards = mesh.data_size
+  batch = _BATCH.value or _EXAMPLES.value
+  if _EXAMPLES.value % shards or batch % shards:
+    raise app.UsageError(f"--examples and --batch_size must divide by the {shards} shards")
+  exit_config = ExitConfig(measure="softmax_diff")
+  grid = lambda rows, size, where: decode_threshold_grid(
+      config, params, ids[rows], mask[rows], thresholds=thresholds, exit=exit_config,
+      max_decode_len=_DECODE_LEN.value, batch_size=size, mesh=where)
+  # One decode call: every (example, threshold) pair as a row, example-major.
+  pair_ids, pair_mask = np.repeat(ids, thresholds.size, 0), np.repeat(mask, thresholds.size, 0)
+  pair_thresholds = np.tile(thresholds, _EXAMPLES.value)
+  call = lambda rows, where: generate_with_thresholds(
+      config, params, pair_ids[rows], pair_mask[rows], thresholds=pair_thresholds[rows],
+      exit=exit_config, max_decode_len=_DECODE_LEN.value, mesh=where)
+  everything = slice(None)
+  blocks, pair_blocks = _blocks(_EXAMPLES.value, shards), _blocks(pair_ids.shape[0], shards)
+  fns = {
+      "grid, 1 device": lambda: grid(everything, batch, None),
+      "grid, mesh": lambda: grid(everything, batch, mesh),
+      "grid, D blocks on 1 device": lambda: [grid(b, batch // shards, None) for b in blocks],
+      "call, mesh": lambda: call(everything, mesh),
+      "call, D blocks on 1 device": lambda: [call(b, None) for b in pair_blocks],
+  }
+  one, sharded = fns["grid, 1 device"](), fns["grid, mesh"]()  # compiles, and compared
   assert np.array_equal(one.tokens, sharded.tokens), "tokens differ"
   assert np.array_equal(one.exit_layers, sharded.exit_layers), "exit layers differ"
-  fns = {name: (lambda mesh=mesh: decode(mesh)) for name, mesh in meshes.items()}
   wall, _ = interleaved(fns, _ROUNDS.value, clock="wall")
   cpu, _ = interleaved(fns, _ROUNDS.value, clock="cpu")
   pairs = thresholds.size * _EXAMPLES.value
-  print(f"{jax.device_count()} {jax.default_backend()} devices; {meshes['mesh'].describe()}; "
+  print(f"{jax.device_count()} {jax.default_backend()} devices; {mesh.describe()}; "
         f"shape {_SHAPE.value}; {_EXAMPLES.value} examples x {thresholds.size} thresholds = "
-        f"{pairs} pairs ({one.decoded_pairs} decoded, the rest copied); mean exit layer "
-        f"{one.exit_layers[one.exit_layers > 0].mean():.2f} of {one.num_layers}")
-  for name in meshes:
-    print(f"  {name:9s} {pairs / wall[name]:8.1f} pairs/s wall   "
+        f"{pairs} pairs ({one.decoded_pairs} decoded, the rest copied), batch {batch}; mean "
+        f"exit layer {one.exit_layers[one.exit_layers > 0].mean():.2f} of {one.num_layers}")
+  for name in fns:
+    print(f"  {name:27s} {pairs / wall[name]:8.1f} pairs/s wall   "
           f"{pairs / cpu[name]:8.1f} pairs per CPU-second")
-  print(f"wall speedup of the mesh: {wall['1 device'] / wall['mesh']:.2f}x; CPU work of the "
-        f"mesh / 1 device: {cpu['mesh'] / cpu['1 device']:.2f} (per-device overhead; "
-        "bar 1.15)")
+  print(f"wall speedup of the mesh: {wall['grid, 1 device'] / wall['grid, mesh']:.2f}x")
+  print(f"strong scaling, CPU work of the mesh / 1 device, same {_EXAMPLES.value} examples: "
+        f"{cpu['grid, mesh'] / cpu['grid, 1 device']:.2f}")
+  print(f"weak scaling, per-device work: mesh CPU / {shards} vs one {_EXAMPLES.value // shards}"
+        f"-example block alone (batch {batch // shards}): grid "
+        f"{cpu['grid, mesh'] / cpu['grid, D blocks on 1 device']:.2f}, one decode call "
+        f"{cpu['call, mesh'] / cpu['call, D blocks on 1 device']:.2f} (bar 1.15)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # The repository must already be on every worker at ~/calm_jax (e.g. gcloud ... scp --worker=all),
 # and on TPU hosts requirements.txt's jax must be replaced by jax[tpu].
 #
-# Decoding modes (decode, generate, the grids of calibrate and evaluate) use the run's mesh too:
+# Decoding modes (decode, generate, calibrate, evaluate, analyze) use the run's mesh too:
 #   --config.mesh.data=-1     every chip of every worker takes a share of the rows; each data
 #                             shard runs its own decode loops (one slow example holds only its
 #                             shard); each worker decodes its own rows, process 0 writes outputs
@@ -13,8 +13,9 @@
 #   --config.calibration.batch_size=B   rows per grid decode call: a multiple of the data size
 #                             keeps every chip fed (fewer rows are padded with finished rows)
 #   --config.calibration.save_every=N   calibrate / evaluate save their grid every N examples to
-#                             <workdir>/resume/<mode>; rerun the same command after a preemption
-#                             to continue (the workdir must be storage every worker shares)
+#                             <workdir>/resume/<mode> (evaluate also each test decode and timing
+#                             round); rerun the same command after a preemption to continue (the
+#                             workdir must be storage every worker shares)
 # Every decoding mode prints its mesh first, e.g. "[calibrate] mesh data=32 model=1 over 8 process(es)".
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"

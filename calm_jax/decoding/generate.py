@@ -78,7 +78,7 @@ def _spans_devices(mesh: Optional[DecodeMesh]) -> bool:
 def _layout_params(params: Any, layer_layout: str, mesh: Optional[DecodeMesh]) -> Any:
   """Params in `layer_layout`, placed on `mesh` first when it spans several devices."""
   if _spans_devices(mesh):
-    params = place_params(params, mesh)
+    return place_params(params, mesh, layer_layout)
   return decoding_params(params, layer_layout)
 
 

@@ -90,6 +90,6 @@ def greedy_decode(config: T5Config, params: Any, input_ids: Array,
   plan = GreedyPlan(config, max_decode_len)
   if mesh is None or mesh.mesh.size == 1:
     return _greedy_jit(plan, decoding_params(params, layer_layout), input_ids, attention_mask)
-  params = decoding_params(place_params(params, mesh), layer_layout)
+  params = place_params(params, mesh, layer_layout)
   return decode_on_mesh(greedy_impl, plan, params, input_ids, attention_mask,
                         jax.random.PRNGKey(0), None, mesh)

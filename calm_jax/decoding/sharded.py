@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from calm_jax.decoding.plan import DecodeConstants
+from calm_jax.model.layer_layout import check_layout, in_layout
 from calm_jax.training.sharding import MeshConfig, make_mesh, param_shardings
 from calm_jax.utils.conversion_cache import ConversionCache
 
@@ -72,17 +73,26 @@ def _place(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(one, tree, shardings)
 
 
-# The last placement of each mesh, so that decoding the same parameters again (a
-# threshold grid's waves) does not copy them again.
-_PLACED = ConversionCache(
-    lambda params, where: _place(params, param_shardings(params, where.mesh, where.rules)),
-    keep=1, arrays_only=False)
+def _place_in_layout(params: Params, key: Tuple[DecodeMesh, str]) -> Params:
+  where, layout = key
+  placed = _place(params, param_shardings(params, where.mesh, where.rules))
+  return in_layout(placed, layout)
 
 
-def place_params(params: Params, where: DecodeMesh) -> Params:
+# The last placements (per mesh and layer layout), so that decoding the same parameters
+# again (a threshold grid's waves, evaluate's timing rounds) neither copies nor converts
+# them again. The layout conversion is kept here, with the placement, rather than in
+# layer_layout's cache of one tree per layout: there, decoding the same parameters on one
+# device and on the mesh in turn would evict one conversion with the other and convert the
+# weights again at every switch.
+_PLACED = ConversionCache(_place_in_layout, keep=2, arrays_only=False)
+
+
+def place_params(params: Params, where: DecodeMesh, layout: str = "stacked") -> Params:
   """Stacked parameters placed on the mesh by the logical-axis rules (split over 'model',
-  replicated over 'data'); the last placement is reused for the same arrays."""
-  return _PLACED.get(params, where)
+  replicated over 'data'), then in decoding layer `layout` (model.layer_layout: 'stacked',
+  'per_layer' or 'auto'); the last placements are reused for the same arrays."""
+  return _PLACED.get(params, (where, check_layout(layout)))
 
 
 def padded_batch(rows: int, where: DecodeMesh) -> int:
