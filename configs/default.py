@@ -32,7 +32,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.d_kv = 16  # width of one attention head
   config.model.d_ff = 128  # feed-forward hidden width
   config.model.num_layers = 2  # encoder layers
-  config.model.num_decoder_layers = 4  # decoder layers (exit points)
+  # Decoder layers (exit points). Six, not four: at this width a decoder layer costs little
+  # next to the encoder, the head and each position's fixed work, so with four layers even
+  # exiting every token at layer 1 bought only about 2x (ideal 2.3x); six leave early exit
+  # room to show (static exit at layer 1: 2.8x on the CPU clock, ideal 3.0x, batch 200).
+  config.model.num_decoder_layers = 6
   config.model.num_heads = 4  # attention heads
   config.model.feed_forward_proj = "gated-gelu"  # 'relu' (T5 v1.0) or 'gated-gelu' (v1.1)
   config.model.tie_word_embeddings = False  # untied LM head, as in T5 v1.1

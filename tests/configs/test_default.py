@@ -8,7 +8,7 @@ from calm_jax.decoding.exit_rule import ExitConfig
 VALUES = {
     "mode": "all", "seed": 0,
     "model.vocab_size": 259, "model.d_model": 64, "model.d_kv": 16, "model.d_ff": 128,
-    "model.num_layers": 2, "model.num_decoder_layers": 4, "model.num_heads": 4,
+    "model.num_layers": 2, "model.num_decoder_layers": 6, "model.num_heads": 4,
     "model.feed_forward_proj": "gated-gelu", "model.tie_word_embeddings": False,
     "model.scale_decoder_outputs": False, "model.dropout_rate": 0.0, "model.dtype": "float32",
     "model.encoder_attention_type": "full", "model.local_radius": 127,
