@@ -170,18 +170,16 @@ def _stats(config, exit_config, outputs, greedy, input_len):
   count, num_layers = emitted.sum(), config.num_decoder_layers
   greedy_config = ExitConfig(measure="static", static_exit_layer=num_layers)
   greedy_prices = cost_model.work_prices(config, greedy_config, input_len)
-  greedy_reads = generated_mask.sum() * (num_layers * greedy_prices.layer_weights
-                                         + greedy_prices.head)
+  greedy_work = cost_model.decode_work(np.where(generated_mask, num_layers, 0),
+                                       greedy_prices, greedy_config, num_layers)
   prices = cost_model.work_prices(config, exit_config, input_len)
   passes, steps = _joined(outputs, "deep_passes"), _joined(outputs, "shallow_steps")
   if passes is None:  # per-token decoding: layers, checks, head, propagated K/V
-    greedy_work = cost_model.decode_work(np.where(generated_mask, num_layers, 0),
-                                         greedy_prices, greedy_config, num_layers)
     ideal = greedy_work / cost_model.decode_work(exit_layers, prices, exit_config, num_layers)
     per_pass = per_step = float("nan")
   else:
-    ideal = greedy_reads / cost_model.synchronized_work(steps, passes, prices, exit_config,
-                                                        num_layers)
+    ideal = greedy_work / cost_model.synchronized_work(steps, passes, prices, exit_config,
+                                                       num_layers, exit_layers)
     per_pass, per_step = passes.sum() / count, steps.sum() / count
   agreement = float((tokens == greedy)[generated_mask].mean())
   return float(exit_layers[emitted].mean()), per_pass, per_step, ideal, agreement

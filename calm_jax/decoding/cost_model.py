@@ -136,18 +136,27 @@ def ideal_speedup(reference_work: float, work: float) -> Optional[float]:
 
 
 def synchronized_work(shallow_steps: np.ndarray, deep_passes: np.ndarray,
-                      prices: WorkPrices, exit_config: ExitConfig, num_layers: int) -> float:
+                      prices: WorkPrices, exit_config: ExitConfig, num_layers: int,
+                      exit_layers: Optional[np.ndarray] = None) -> float:
   """Weight elements a synchronized (FREE) decode reads at batch 1, from its shallow steps
   and deep passes ([N] each): a step runs layers 1..s, the measure and the head (the
   shallow token; neither where lambda >= 1), a deep pass layers s+1..L and the head once for all the positions it
   covers. This is the ideal where decoding is bound by streaming the weights; counted in
   multiply-adds, every token a pass covers runs the deep layers, so a model small enough
   to be bound by arithmetic or per-step overhead instead gains nothing from the passes'
-  shared weight reads. Attention to cached positions is left out."""
+  shared weight reads. With `exit_layers` [N, T] (0 = no token) every generated token's
+  attention in all L layers is added as decode_work prices it (at position t: t + 1 cached
+  and input_len encoder positions), so the two compare; without, it is left out."""
   shallow = exit_config.shallow_exit_layer
   logits_measure = _needs(exit_config).logits == "full"
   step = shallow * prices.layer_weights
   if exit_config.threshold < 1.0:  # at lambda >= 1 nothing exits: no measure, no head at s
     step += prices.first_check + (0 if logits_measure else prices.head)
   deep = (num_layers - shallow) * prices.layer_weights + prices.head
-  return float(np.sum(shallow_steps) * step + np.sum(deep_passes) * deep)
+  attention = 0.0
+  if exit_layers is not None:
+    exit_layers = np.asarray(exit_layers)
+    positions = np.broadcast_to(np.arange(exit_layers.shape[1]), exit_layers.shape)
+    t = positions[exit_layers > 0].astype(np.float64)
+    attention = num_layers * prices.attention_position * np.sum(t + 1 + prices.input_len)
+  return float(np.sum(shallow_steps) * step + np.sum(deep_passes) * deep + attention)

@@ -339,7 +339,10 @@ def _initial_state(plan: DecodePlan, constants: DecodeConstants, input_ids: Arra
       deep_agreed=jnp.full((batch, length), UNCHECKED, jnp.int32),
       deep_passes=zeros,
       shallow_steps=zeros,
-      cache=init_decoder_cache(config, params, encoded, attention_mask, length),
+      # Per-layer cross K/V buffers: every layer index here is a Python int, and a layer
+      # sliced out of the stacked cross cache was copied per use (model.incremental).
+      cache=init_decoder_cache(config, params, encoded, attention_mask, length,
+                               per_layer=True),
       causal_bias=causal_self_bias(config, params, length),
       rng=rng)
 

@@ -115,7 +115,7 @@ def _row(evaluator, kind: str, measure: str, name: str, exit_config: ExitConfig,
                                   evaluator.test.input_ids.shape[1])
   work = lambda rows: cost_model.synchronized_work(
       stats.shallow_steps[rows], stats.deep_passes[rows], prices, exit_config,
-      evaluator.num_layers)
+      evaluator.num_layers, decoded.exit_layers[rows])
   evaluator.work[name] = {"batch": work(slice(None)),
                           "sample": work(slice(0, evaluator.sample_size))}
   row = {"kind": kind, "measure": measure, "timing": name, "threshold": exit_config.threshold,

@@ -106,3 +106,17 @@ def test_synchronized_work_reads_the_deep_layers_once_per_pass():
   prices = cost_model.work_prices(CONFIG, never, input_len=S)  # no head at layer s
   expected = 8 * LAYER + 5 * (3 * LAYER + HEAD)
   assert cost_model.synchronized_work(steps, passes, prices, never, layers) == expected
+
+
+def test_synchronized_work_with_attention_compares_with_greedy():
+  """FREE at lambda = 1 (a step of layer 1 without the head, a pass of layers 2..4 per
+  token) reads what greedy decoding does, attention included."""
+  never = ExitConfig(measure="softmax_diff", decoding="synchronized", threshold=1.0)
+  exit_layers = np.array([[4, 4, 4], [4, 4, 0]])  # five tokens at positions 0-2, 0-1
+  ones = np.array([3, 2])  # a shallow step and a deep pass per token
+  prices = cost_model.work_prices(CONFIG, never, input_len=S)
+  free = cost_model.synchronized_work(ones, ones, prices, never, 4, exit_layers)
+  static = ExitConfig(measure="static", static_exit_layer=4)
+  greedy = cost_model.decode_work(exit_layers, cost_model.work_prices(CONFIG, static, S),
+                                  static, 4)
+  assert free == greedy == sum(4 * layer_at(t) + HEAD for t in (0, 1, 2, 0, 1))
