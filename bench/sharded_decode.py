@@ -21,6 +21,12 @@ all threads). Two framings of "per-device work", printed side by side:
   (the issue's bar: at most 1.15). Printed for the grid and for one decode call
   (`generate_with_thresholds` on every (example, threshold) row vs its D blocks alone).
 
+A control separates what the mesh program adds from what running D simulated devices at
+once costs on a shared CPU: the D blocks of the call dispatched at once, block i to device
+i, each a plain 1-device decode (no shard_map, no mesh). mesh / that control near 1 means
+the sharded program itself adds nothing; the rest of the weak-scaling ratio is the
+devices competing for the same cores, caches and memory bus.
+
   .venv/bin/python bench/sharded_decode.py [--examples=64 --thresholds=10 --model=1]
 """
 
@@ -43,6 +49,7 @@ from calm_jax.decoding.generate import generate, generate_with_thresholds
 from calm_jax.decoding.sharded import decode_mesh
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import decoding_params
 from calm_jax.model.t5 import init_params
 from calm_jax.training.sharding import MeshConfig
 
@@ -108,6 +115,18 @@ def main(argv):
       config, params, pair_ids[rows], pair_mask[rows], thresholds=pair_thresholds[rows],
       exit=exit_config, max_decode_len=_DECODE_LEN.value, mesh=where)
   everything = slice(None)
+  # The control: block i decoded on device i, all dispatched before any is awaited.
+  per_device = [jax.device_put(decoding_params(params), device) for device in jax.devices()]
+
+  def blocks_at_once():
+    outs = []
+    for rows, device, device_params in zip(pair_blocks, jax.devices(), per_device):
+      with jax.default_device(device):
+        outs.append(generate_with_thresholds(
+            config, device_params, pair_ids[rows], pair_mask[rows],
+            thresholds=pair_thresholds[rows], exit=exit_config,
+            max_decode_len=_DECODE_LEN.value))
+    return outs
   blocks, pair_blocks = _blocks(_EXAMPLES.value, shards), _blocks(pair_ids.shape[0], shards)
   fns = {
       "grid, 1 device": lambda: grid(everything, batch, None),
@@ -115,6 +134,7 @@ def main(argv):
       "grid, D blocks on 1 device": lambda: [grid(b, batch // shards, None) for b in blocks],
       "call, mesh": lambda: call(everything, mesh),
       "call, D blocks on 1 device": lambda: [call(b, None) for b in pair_blocks],
+      "call, D blocks at once, D devices": blocks_at_once,
   }
   one, sharded = fns["grid, 1 device"](), fns["grid, mesh"]()  # compiles, and compared
   assert np.array_equal(one.tokens, sharded.tokens), "tokens differ"
@@ -127,7 +147,7 @@ def main(argv):
         f"{pairs} pairs ({one.decoded_pairs} decoded, the rest copied), batch {batch}; mean "
         f"exit layer {one.exit_layers[one.exit_layers > 0].mean():.2f} of {one.num_layers}")
   for name in fns:
-    print(f"  {name:27s} {pairs / wall[name]:8.1f} pairs/s wall   "
+    print(f"  {name:33s} {pairs / wall[name]:8.1f} pairs/s wall   "
           f"{pairs / cpu[name]:8.1f} pairs per CPU-second")
   print(f"wall speedup of the mesh: {wall['grid, 1 device'] / wall['grid, mesh']:.2f}x")
   print(f"strong scaling, CPU work of the mesh / 1 device, same {_EXAMPLES.value} examples: "
@@ -136,6 +156,10 @@ def main(argv):
         f"-example block alone (batch {batch // shards}): grid "
         f"{cpu['grid, mesh'] / cpu['grid, D blocks on 1 device']:.2f}, one decode call "
         f"{cpu['call, mesh'] / cpu['call, D blocks on 1 device']:.2f} (bar 1.15)")
+  print(f"control, one decode call: mesh / the D blocks at once on D devices without the mesh "
+        f"{cpu['call, mesh'] / cpu['call, D blocks at once, D devices']:.2f}; those blocks at "
+        f"once / in turn on 1 device "
+        f"{cpu['call, D blocks at once, D devices'] / cpu['call, D blocks on 1 device']:.2f}")
 
 
 if __name__ == "__main__":

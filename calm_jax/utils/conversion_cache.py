@@ -4,7 +4,11 @@ Decoding the same parameters again (a threshold grid's waves, evaluate's timing 
 must not copy or re-place them again. An entry is keyed by the identity of the input's
 leaves and keeps them alive, so no id is reused while the entry exists. By default only
 trees of `jax.Array` leaves (immutable) are kept; `arrays_only=False` also keeps trees of
-host arrays, which their owner must then not change in place.
+host arrays, which their owner must then not change in place. A conversion that returns
+its input itself (a tree already in the wanted form) is not kept: there is nothing to
+reuse, and keeping it would evict the entry of a real conversion (decoding one device's
+per-layer copy would otherwise make the next decode of the stacked original convert it
+again).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class ConversionCache:
         a is b for a, b in zip(entry[0], leaves)):
       return entry[1]
     converted = self._convert(tree, key)
+    if converted is tree:
+      return converted
     if not self._arrays_only or all(isinstance(leaf, jax.Array) for leaf in leaves):
       self._entries.pop(key, None)
       self._entries[key] = (leaves, converted)
