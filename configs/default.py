@@ -99,7 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   # at exit.shallow_exit_layer and at L, plus layer-wise distillation).
   config.train.objective = "anytime"
   config.train.kd_weight = 1.0  # shallow_deep: weight of the distillation term (>= 0)
-  config.train.kd_mapping = "last"  # shallow_deep: 'last', 'uniform' or 'dynamic' pairs
+  # shallow_deep: 'last', 'uniform' (the formula), 'uniform_published' (FREE's fixed lists,
+  # for (L, s) = (24, 4/6/8/10/12) and (12, 3)) or 'dynamic' layer pairs
+  config.train.kd_mapping = "last"
+  # shallow_deep: a learned [d, d] map on the shallow states (saved as <export>/kd_map.npy)
+  config.train.kd_linear_map = False
 
   # The exit classifier's optimizer and loop (batch_size counts examples, all their tokens;
   # checkpoints in <workdir>/checkpoints/exit_<classifier>), then the classifier.
@@ -139,6 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Every configuration is timed in this many interleaved rounds (medians; at least 5).
   config.evaluate.timing_rounds = 7
   config.evaluate.latency_examples = 8  # test examples also timed one at a time (batch 1)
+  # FREE rows (modes/evaluate_free.py): synchronized decoding calibrated like the measures,
+  # and the verified (lossless) mode; off by default, ~3 more minutes on the demo CPU.
+  config.evaluate.free = False
   config.evaluate.classifier_dir = ""  # "" = <workdir>/exit_classifiers
 
   config.analysis = ml_collections.ConfigDict()

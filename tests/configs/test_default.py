@@ -31,6 +31,7 @@ VALUES = {
     "train.clip_norm": 1.0, "train.layer_weighting": "calm", "train.label_smoothing": 0.0,
     "train.z_loss": 0.0, "train.log_every": 100, "train.checkpoint_every": 500,
     "train.objective": "anytime", "train.kd_weight": 1.0, "train.kd_mapping": "last",
+    "train.kd_linear_map": False,
     "train.keep_checkpoints": 2, "train.async_checkpoints": True,
     "train_exit.classifier": "meta_mlp", "train_exit.hidden_width": 0,
     "train_exit.lstm_layers": 2, "train_exit.width": 64, "train_exit.num_heads": 4,
@@ -46,7 +47,7 @@ VALUES = {
     "evaluate.measures": ("softmax_diff", "state_saturation", "meta_mlp"),
     "evaluate.rule": "ltt_hoeffding_bentkus", "evaluate.num_examples": 200,
     "evaluate.static_layers": (1, 2), "evaluate.timing_rounds": 7,
-    "evaluate.latency_examples": 8,
+    "evaluate.latency_examples": 8, "evaluate.free": False,
     "analysis.num_examples": 32, "analysis.batch_size": 0, "analysis.after_layers": (0, 1, 2),
     "analysis.similarity": "exact_match",
 }
