@@ -62,7 +62,7 @@ BAD_RUNS = [
      r"^exit.top_k=0 must be an integer in \[2, 259\] \(the vocabulary size\) for measure "
      r"'softmax_topk'$"),
     (("--config.exit.min_exit_layer=9",),  # mode all: train_exit's setting, checked first
-     r"^exit.min_exit_layer=9 must be in \[1, 4\] \(the decoder has 4 layers\)$"),
+     r"^exit.min_exit_layer=9 must be in \[1, 6\] \(the decoder has 6 layers\)$"),
     (("--config.data.test_split=nonsense",),  # mode all: evaluate's split, checked first
      r"^data.test_split='nonsense' of data.task='generated': split='nonsense' is not a split "),
     (("--config.model.vocab_size=512", "--config.mode=calibrate"),

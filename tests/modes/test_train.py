@@ -3,6 +3,7 @@ model loads (the run itself is tested end to end with train_exit, in test_train_
 
 import os
 
+import ml_collections
 import pytest
 
 from calm_jax import modes
@@ -57,7 +58,9 @@ def test_shallow_deep_settings_are_checked_before_the_model_loads(
     config.mode = "train"
     config.train.objective = "shallow_deep"
     section, name = field.split(".")
-    config[section][name] = value
+    # Rebuilt, so that a value of another type than the default's (kd_linear_map='yes')
+    # reaches the check instead of ConfigDict's own type check.
+    config[section] = ml_collections.ConfigDict({**config[section].to_dict(), name: value})
   with pytest.raises(ValueError, match=message):
     train.check(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
