@@ -417,3 +417,17 @@ def jax_processes():
     return outs
   return types.SimpleNamespace(root=root, environment=environment, result=result,
                                two_processes=two_processes)
+
+
+@pytest.fixture
+def saved_resume_keys(monkeypatch):
+  """The keys every ResumeStore.save of this process writes, in order (the saves still
+  happen); clear it before the run whose saves a test counts."""
+  from calm_jax.modes import resume  # pylint: disable=import-outside-toplevel
+  saved, original = [], resume.ResumeStore.save
+
+  def recording_save(self, key, arrays):
+    saved.append(key)
+    original(self, key, arrays)
+  monkeypatch.setattr(resume.ResumeStore, "save", recording_save)
+  return saved

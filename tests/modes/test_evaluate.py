@@ -22,7 +22,6 @@ from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.threshold_grid import decode_threshold_grid
 from calm_jax.model.source import load_model
-from calm_jax.modes import resume
 from calm_jax.modes.context import encode_split
 from calm_jax.modes.resume import resume_key
 from calm_jax.utils import timing
@@ -219,7 +218,7 @@ TIMING = [f"timing_{clock}_{index}" for clock in ("throughput", "latency") for i
     (TIMING[1], DECODES[:2] + GRID + DECODES[2:] + TIMING[:2]),
 ])
 def test_killed_evaluate_resumes_to_the_files_of_an_uninterrupted_run(
-    tmp_path, jax_processes, uninterrupted, kill_after, saved_before):
+    tmp_path, jax_processes, uninterrupted, kill_after, saved_before, saved_resume_keys):
   killed = tmp_path / "killed"
   done = _run_script(jax_processes, tmp_path, _small_evaluate_config(), killed, kill_after)
   assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
@@ -231,19 +230,10 @@ def test_killed_evaluate_resumes_to_the_files_of_an_uninterrupted_run(
   # The restart decodes and times only what was not saved. Its clock goes on from the
   # killed run's reads: a round timed again would read other ticks than the uninterrupted
   # run did, so equal files also show that saved rounds were read back, not re-timed.
-  saved = []
-  original = resume.ResumeStore.save
-
-  def recording_save(self, key, arrays):
-    saved.append(key)
-    original(self, key, arrays)
-  resume.ResumeStore.save = recording_save
-  try:
-    _run_with_clock(_small_evaluate_config(), killed, TickClock(start=reads))
-  finally:
-    resume.ResumeStore.save = original
+  saved_resume_keys.clear()
+  _run_with_clock(_small_evaluate_config(), killed, TickClock(start=reads))
   everything = DECODES[:2] + GRID + DECODES[2:] + TIMING
-  assert saved == [key for key in everything if key not in saved_before]
+  assert saved_resume_keys == [key for key in everything if key not in saved_before]
   assert "resume" not in os.listdir(killed)
   assert sorted(os.listdir(killed)) == sorted(os.listdir(uninterrupted))
   names = REPORT_FILES + ("run_record.json",)

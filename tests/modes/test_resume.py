@@ -89,7 +89,8 @@ def test_store_saves_parts_and_refuses_another_run(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-def test_killed_calibrate_resumes_to_the_files_of_an_uninterrupted_run(tmp_path):
+def test_killed_calibrate_resumes_to_the_files_of_an_uninterrupted_run(tmp_path,
+                                                                      saved_resume_keys):
   killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
   done = subprocess.run([sys.executable, "-c", KILLED_RUN, killed, json.dumps(OVERRIDES)],
                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
@@ -106,20 +107,10 @@ def test_killed_calibrate_resumes_to_the_files_of_an_uninterrupted_run(tmp_path)
   assert sorted(os.listdir(store))[1:] == ["grid_softmax_diff_0.npz", "grid_softmax_diff_2.npz"]
 
   # The restart decodes only the last part; then an uninterrupted run for comparison.
-  saved = []
-  from calm_jax.modes import resume  # pylint: disable=import-outside-toplevel
-  original = resume.ResumeStore.save
-
-  def recording_save(self, key, arrays):
-    saved.append(key)
-    original(self, key, arrays)
-  resume.ResumeStore.save = recording_save
-  try:
-    modes.run(_config(OVERRIDES), killed)
-    assert saved == ["grid_softmax_diff_4"]
-    modes.run(_config(OVERRIDES), whole)
-  finally:
-    resume.ResumeStore.save = original
+  saved_resume_keys.clear()
+  modes.run(_config(OVERRIDES), killed)
+  assert saved_resume_keys == ["grid_softmax_diff_4"]
+  modes.run(_config(OVERRIDES), whole)
   assert sorted(os.listdir(killed)) == sorted(os.listdir(whole))
   assert "resume" not in os.listdir(killed)
   outputs = ("calibration.json", "validity.json", "validity.md", "validity.png")
