@@ -37,14 +37,18 @@ def test_demo_decode_writes_the_early_exit_outputs(tmp_path, demo_config):
   assert [r["exit_layers"] for r in records] == [row[row > 0].tolist() for row in layers]
 
 
-def test_demo_with_threshold_one_is_the_full_greedy_model(tmp_path, demo_config):
-  config = demo_config(threshold=1.0)
-  records = _decoded(tmp_path, config)
+def _full_greedy_ids(config):
+  """The full model's greedy ids of the decode mode's three test examples (5 positions)."""
   model_config, params = load_model(config.model, config.seed)
   examples = split_examples(config, "test", 3)
   ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
-  full = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
-  assert [r["output_ids"] for r in records] == full.tolist()
+  return np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5)).tolist()
+
+
+def test_demo_with_threshold_one_is_the_full_greedy_model(tmp_path, demo_config):
+  config = demo_config(threshold=1.0)
+  records = _decoded(tmp_path, config)
+  assert [r["output_ids"] for r in records] == _full_greedy_ids(config)
   assert all(set(r["exit_layers"]) == {3} for r in records)
 
 
@@ -74,9 +78,5 @@ def test_beta_mixture_decodes_one_example_per_call_and_refits_between(tmp_path, 
     config.exit.update(decoding="synchronized", verify=True, max_pending=2,
                        adaptive_threshold="beta_mixture", adaptive_max_refits=1)
   records = _decoded(tmp_path, config)
-  model_config, params = load_model(config.model, config.seed)
-  examples = split_examples(config, "test", 3)
-  ids, mask = byte_vocab.encode_batch([e.inputs for e in examples], config.data.max_input_len)
-  full = np.asarray(greedy_decode(model_config, params, ids, mask, max_decode_len=5))
-  assert [r["output_ids"] for r in records] == full.tolist()
+  assert [r["output_ids"] for r in records] == _full_greedy_ids(config)
   assert "[decode] beta_mixture threshold: lambda 0 -> " in capsys.readouterr().out
