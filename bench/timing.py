@@ -8,15 +8,23 @@ import jax
 import jax.numpy as jnp
 
 from calm_jax.utils import timing
+from configs import default as default_config
+
+
+def _demo_shape() -> Dict[str, Any]:
+  """The T5Config values of configs/default.py's model (so the benchmarks follow it)."""
+  model = default_config.get_config().model
+  fields = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers",
+            "num_decoder_layers", "feed_forward_proj", "tie_word_embeddings", "dropout_rate")
+  return {name: model[name] for name in fields}
+
 
 _T5_V11 = dict(vocab_size=32128, d_kv=64, feed_forward_proj="gated-gelu",
                tie_word_embeddings=False, scale_decoder_outputs=False, dropout_rate=0.0)
 # T5Config values of the shapes the benchmarks run: the demo's model, the CALM paper's
 # (8 + 8 layers at T5 v1.1-small widths), T5 v1.1-large, and 6 + 6 layers at v1.1-XL widths.
 SHAPES = {
-    "demo": dict(vocab_size=259, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
-                 num_decoder_layers=4, feed_forward_proj="gated-gelu",
-                 tie_word_embeddings=False, dropout_rate=0.0),
+    "demo": _demo_shape(),
     "calm": dict(_T5_V11, d_model=512, num_heads=6, d_ff=1024, num_layers=8,
                  num_decoder_layers=8),
     "large": dict(_T5_V11, d_model=1024, num_heads=16, d_ff=2816, num_layers=24,
