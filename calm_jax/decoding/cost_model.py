@@ -5,10 +5,15 @@ points up to e, the exit head (unless a check already computed its logits) and, 
 state propagation, the K/V projections of the L - e layers it skipped. Pricing each piece
 in multiply-adds per example (equal to the weight elements read per token at batch 1, where
 decoding is bound by memory bandwidth, and proportional to FLOPs at large batch) and summing
-over a decode's generated tokens gives its work; the ideal speedup of a configuration is the
-work of the same decoder at lambda = 1 on the same inputs over its own work. A measured
-wall-clock speedup is judged against that ideal (realized / ideal): what is lost between
-the two is the decoder's machinery (loops, branches, row compaction), not the exit rule.
+over a decode's generated tokens gives its work; the token loop's ideal speedup is the
+work of the same decoder at lambda = 1 on the same inputs over its own work. A whole decode
+also runs the encoder and each layer's cross-attention K/V once per input, the same for
+every configuration; its products span all input positions at once, so multiply-adds price
+it badly against the loop's one-position steps. Its share of the reference's time is
+measured instead (the evaluate mode times it in the same rounds), and `with_fixed_part`
+turns the loop's ideal into the whole decode's (Amdahl's law). A measured wall-clock
+speedup is judged against that ideal (realized / ideal): what is lost between the two is
+the decoder's machinery (loops, branches, row compaction), not the exit rule.
 
 It works on the host, on exit layers [N, T] (0 after EOS) from any decoder.
 """
@@ -133,6 +138,18 @@ def _checks(e: np.ndarray, prices: WorkPrices, exit_config: ExitConfig, num_laye
 def ideal_speedup(reference_work: float, work: float) -> Optional[float]:
   """Work of the lambda = 1 decoder over this configuration's work (None without work)."""
   return reference_work / work if work > 0 else None
+
+
+def with_fixed_part(loop_ideal: Optional[float], fixed_share: float) -> Optional[float]:
+  """The ideal speedup of a whole decode whose token loop alone would gain `loop_ideal`,
+  when a share `fixed_share` in [0, 1) of the reference's time goes to work every
+  configuration does once per input (the encoder, the cross-attention K/V) and no exit
+  shortens: 1 / (fixed_share + (1 - fixed_share) / loop_ideal)."""
+  if not 0.0 <= fixed_share < 1.0:
+    raise ValueError(f"fixed_share must be in [0, 1), got {fixed_share!r}")
+  if loop_ideal is None:
+    return None
+  return 1.0 / (fixed_share + (1.0 - fixed_share) / loop_ideal)
 
 
 def synchronized_work(shallow_steps: np.ndarray, deep_passes: np.ndarray,

@@ -416,6 +416,32 @@ def _exit_tokens(plan: DecodePlan, context: MeasureContext, layers: LayerLoopSta
                       lambda: layers.exit_token)
 
 
+def _encoded_cache(plan: DecodePlan, params: Any, input_ids: Array,
+                   attention_mask: Array) -> DecoderCache:
+  """The decode's start, before its first token: the inputs encoded, each layer's
+  cross-attention K/V and an empty self-attention cache."""
+  encoded = encode(plan.model, params, input_ids, attention_mask)
+  return init_decoder_cache(plan.model, params, encoded, attention_mask, plan.max_decode_len,
+                            per_layer=unrolls_layers(params))
+
+
+def fixed_part_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array,
+                    attention_mask: Array, rng: Array, skip_rows: Optional[Array] = None
+                    ) -> Array:
+  """What every decode of these inputs runs once before its token loop, whatever its exit
+  rule (generate_impl's start: encoder, cross-attention K/V), as a program of its own so it
+  can be timed beside whole decodes; returns [B] float32 sums of each row's cross K/V (a
+  result that needs every buffer computed)."""
+  del rng, skip_rows  # the decoders' signature (sharded.decode_on_mesh calls it so)
+  cache = _encoded_cache(plan, constants.context.params, input_ids, attention_mask)
+  per_row = lambda buffer: jnp.sum(buffer.astype(jnp.float32),
+                                   axis=tuple(range(1, buffer.ndim)))  # [B]
+  buffers = jax.tree.leaves((cache.cross_k, cache.cross_v))
+  if not unrolls_layers(constants.context.params):  # stacked [L, B, ...]
+    buffers = [jnp.moveaxis(buffer, 0, 1) for buffer in buffers]
+  return sum(per_row(buffer) for buffer in buffers)
+
+
 def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array,
                   attention_mask: Array, rng: Array,
                   skip_rows: Optional[Array] = None) -> GenerateOutput:
@@ -431,7 +457,6 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
     context = context.replace(head_table=head_table(config, context.params))
   constants = constants.replace(context=context)
   batch = input_ids.shape[0]
-  encoded = encode(config, context.params, input_ids, attention_mask)
   store = plan.measure.store
   state = TokenLoopState(
       position=jnp.array(0, jnp.int32),
@@ -442,9 +467,7 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
       confidences=jnp.zeros((batch, plan.max_decode_len), jnp.float32),
       trace=jnp.full((batch, plan.max_decode_len, plan.trace_width), jnp.nan, jnp.float32),
       measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
-      cache=init_decoder_cache(config, context.params, encoded, attention_mask,
-                               plan.max_decode_len, per_layer=unrolls_layers(context.params)),
-      rng=rng)
+      cache=_encoded_cache(plan, context.params, input_ids, attention_mask), rng=rng)
   not_finished = lambda s: (s.position < plan.max_decode_len) & ~jnp.all(s.done)
   state = jax.lax.while_loop(not_finished,
                              functools.partial(_generate_one_position, plan, constants), state)

@@ -1,5 +1,6 @@
 """Public entry points of the early-exit decoder: `generate`, `generate_with_thresholds`
-and `generate_grid`.
+and `generate_grid`; and `decode_fixed_part`, the start every decode of some inputs shares
+(encoder, cross-attention K/V), on its own, for timing.
 
 Arguments are checked before anything is compiled. The threshold and tau are traced
 arguments: a new value never recompiles, and `generate_grid` vmaps one compiled call over a
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from calm_jax.decoding.early_exit import GenerateOutput, generate_impl
+from calm_jax.decoding.early_exit import GenerateOutput, fixed_part_impl, generate_impl
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.inputs import prepare_inputs
 from calm_jax.decoding.measures import MeasureContext
@@ -44,6 +45,7 @@ def decode_impl(plan: DecodePlan, constants: DecodeConstants, input_ids, attenti
 
 
 _generate_jit = jax.jit(decode_impl, static_argnames=("plan",))
+_fixed_part_jit = jax.jit(fixed_part_impl, static_argnames=("plan",))
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))
@@ -128,6 +130,25 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   params = _layout_params(params, layer_layout, mesh)
   constants = _constants(plan, params, exit, np.float32(exit.threshold), classifier_params)
   return _decode(plan, constants, input_ids, attention_mask, rng, None, mesh)
+
+
+def decode_fixed_part(config: T5Config, params: Any, input_ids, attention_mask=None, *,
+                      max_decode_len: int, layer_layout: str = "auto",
+                      mesh: Optional[DecodeMesh] = None) -> Any:
+  """[B] float32: runs what every `generate` call on these inputs runs before its first
+  token (the encoder and each layer's cross-attention K/V, early_exit.fixed_part_impl),
+  compiled and placed as `generate` would, and nothing else. Timed beside whole decodes, it
+  is the part of their time that no exit rule can shorten (modes/evaluate.py)."""
+  plan = DecodePlan.checked(config, ExitConfig(), SamplingConfig(), max_decode_len, False)
+  check_layout(layer_layout)
+  input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, None)
+  params = _layout_params(params, layer_layout, mesh)
+  constants = _constants(plan, params, ExitConfig(), np.float32(1.0), None)
+  rng = _default_rng()
+  if not _spans_devices(mesh):
+    return _fixed_part_jit(plan, constants, input_ids, attention_mask, rng)
+  return decode_on_mesh(fixed_part_impl, plan, constants, input_ids, attention_mask, rng,
+                        None, mesh)
 
 
 def check_threshold_grid(thresholds) -> np.ndarray:

@@ -18,7 +18,9 @@ rounds (`modes.evaluate_timing`), on two clocks: throughput (the whole test spli
 batch) and latency (`evaluate.latency_examples` test examples one at a time). A speedup is
 the median per-round ratio against the row's reference, with its spread over rounds, beside
 the ideal speedup that the work of the decoded tokens implies (`decoding.cost_model`:
-layers run, the measure's checks, the exit head, propagated K/V) and realized / ideal.
+layers run, the measure's checks, the exit head, propagated K/V), applied to the reference's
+time less the fixed part every configuration runs once per input (encoder, cross-attention
+K/V: `generate.decode_fixed_part`, timed in the same rounds), and realized / ideal.
 
 Every decode, the timed ones included, runs on the run's mesh (`mesh` section): the rows
 over its data shards, the parameters over 'model'. A killed run restarted with the same
@@ -42,7 +44,7 @@ import numpy as np
 from calm_jax.calibration import consistency, ltt
 from calm_jax.decoding import cost_model
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate
+from calm_jax.decoding.generate import decode_fixed_part, generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.measures import build_measure, checked_measure
 from calm_jax.decoding.sharded import DecodeMesh
@@ -61,6 +63,9 @@ from calm_jax.modes.resume import open_store, resume_key
 
 # Fewer rounds leave the median at the mercy of one noisy round.
 MIN_TIMING_ROUNDS = 5
+# The timed configuration that runs only what every decode starts with (encoder, cross K/V).
+FIXED_PART = "fixed part (encoder, cross-attention K/V)"
+MAX_FIXED_SHARE = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +184,7 @@ class Evaluator:
     self.max_decode_len = context.config.decode.max_decode_len
     self.configurations: List[Configuration] = []
     self.work: Dict[str, Dict[str, float]] = {}  # name -> {'batch': .., 'sample': ..}
+    self._add_fixed_part()
     self.full = self._stored("greedy", self._greedy_full)
     self.full_ids = _generated_ids(self.full.tokens, self.vocabulary.eos_id)
     self.full_texts = [self.vocabulary.decode(ids) for ids in self.full_ids]
@@ -219,6 +225,16 @@ class Evaluator:
             for i in range(self.sample_size)]
     return lambda: [decode_rows(ids, mask) for ids, mask in rows]
 
+  def _add_fixed_part(self) -> None:
+    """The start every configuration runs once per input (encoder, cross-attention K/V),
+    timed in the same rounds as the decodes: the part of their time no exit shortens."""
+    rows = lambda ids, mask: decode_fixed_part(self.model_config, self.params, ids, mask,
+                                               max_decode_len=self.max_decode_len,
+                                               mesh=self.mesh)
+    batch = lambda: rows(self.test.input_ids, self.test.attention_mask)
+    self.configurations.append(Configuration(FIXED_PART, FIXED_PART, batch,
+                                             self._run_sample(rows)))
+
   def add_greedy(self, reference: str) -> None:
     """Plain greedy decoding (its own code path) as a timed configuration."""
     decode_rows = self._greedy_rows
@@ -255,20 +271,27 @@ class Evaluator:
 
   def time_all(self) -> Dict[str, Dict[str, Any]]:
     """Every registered configuration timed in the same interleaved rounds: per name, the
-    throughput and latency figures with their ideal speedups and realized / ideal."""
+    throughput and latency figures with their ideal speedups and realized / ideal, and under
+    FIXED_PART the fixed part's median seconds per clock."""
     progress = lambda line: print(f"[evaluate] timing {line}", flush=True)
     clocks = time_configurations(self.configurations, self.settings.timing_rounds, progress,
                                  self.resume)
-    figures = {}
+    figures = {FIXED_PART: {clock: clocks[clock][FIXED_PART].seconds for clock in clocks}}
     for config in self.configurations:
+      if config.name == FIXED_PART:
+        continue
       row = {}
       for clock, work_key, prefix in (("throughput", "batch", "wall_clock"),
                                       ("latency", "sample", "latency")):
         timing = clocks[clock][config.name]
-        ideal = cost_model.ideal_speedup(self.work[config.reference][work_key],
-                                         self.work[config.name][work_key])
+        loop_ideal = cost_model.ideal_speedup(self.work[config.reference][work_key],
+                                              self.work[config.name][work_key])
+        share = _fixed_share(clocks[clock][FIXED_PART].seconds,
+                             clocks[clock][config.reference].seconds)
+        ideal = cost_model.with_fixed_part(loop_ideal, share)
         row.update({f"{prefix}_seconds": timing.seconds, f"{prefix}_speedup": timing.speedup,
                     f"{prefix}_spread": timing.spread, f"{prefix}_ideal_speedup": ideal,
+                    f"{prefix}_loop_ideal_speedup": loop_ideal, f"{prefix}_fixed_share": share,
                     f"{prefix}_realized": None if not ideal else timing.speedup / ideal})
       figures[config.name] = {"reference": config.reference, **row}
     return figures
@@ -291,6 +314,12 @@ class Evaluator:
         "test_loss": float(losses.mean()),
         "exit_layer_counts": np.bincount(layers, minlength=self.num_layers + 1)[1:].tolist(),
     }
+
+
+def _fixed_share(fixed_seconds: float, reference_seconds: float) -> float:
+  """The fixed part's share of a reference's median time, held below 1 (a fixed part timed
+  at or above a whole decode's time, which only noise can give, would leave no loop)."""
+  return min(max(fixed_seconds / reference_seconds, 0.0), MAX_FIXED_SHARE)
 
 
 def _generated_mask(tokens: np.ndarray, eos_id: int) -> np.ndarray:
@@ -370,9 +399,10 @@ def _greedy_row(evaluator: Evaluator, reference: str) -> Dict[str, Any]:
                                if k != "test_loss"}}
 
 
-def _timed_rows(evaluator: Evaluator, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """The rows with their clocks' figures (every configuration timed together)."""
-  figures = evaluator.time_all()
+def _timed_rows(figures: Dict[str, Dict[str, Any]], rows: List[Dict[str, Any]]
+                ) -> List[Dict[str, Any]]:
+  """The rows with their clocks' figures (`Evaluator.time_all`: every configuration timed
+  together)."""
   timed = []
   for row in rows:
     row = {**row, **figures[row.pop("timing")]}
@@ -407,8 +437,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   if settings.free is not None:
     rows.extend(free_rows(evaluator, settings.free, calib))
   rows.insert(0, _greedy_row(evaluator, rows[0]["timing"] if rows else "greedy"))
-  rows = _timed_rows(evaluator, rows)
+  figures = evaluator.time_all()
+  rows = _timed_rows(figures, rows)
   report = _report(settings, model_config.num_decoder_layers, (test, calib), rows)
+  report["fixed_part_seconds"] = figures[FIXED_PART]
   path = context.path("report.json")
   if context.writes:
     table = report_table(report)

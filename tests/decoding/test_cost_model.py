@@ -120,3 +120,14 @@ def test_synchronized_work_with_attention_compares_with_greedy():
   greedy = cost_model.decode_work(exit_layers, cost_model.work_prices(CONFIG, static, S),
                                   static, 4)
   assert free == greedy == sum(4 * layer_at(t) + HEAD for t in (0, 1, 2, 0, 1))
+
+
+def test_with_fixed_part_is_amdahls_law():
+  # A loop that would gain 3x, with 40% of the reference's time fixed: 1 / (0.4 + 0.6 / 3).
+  assert cost_model.with_fixed_part(3.0, 0.4) == pytest.approx(1 / 0.6)
+  assert cost_model.with_fixed_part(3.0, 0.0) == pytest.approx(3.0)
+  assert cost_model.with_fixed_part(0.5, 0.5) == pytest.approx(1 / 1.5)  # slower loop
+  assert cost_model.with_fixed_part(None, 0.3) is None
+  for share in (-0.1, 1.0, 1.5):
+    with pytest.raises(ValueError, match=f"fixed_share must be in \\[0, 1\\), got {share}"):
+      cost_model.with_fixed_part(2.0, share)

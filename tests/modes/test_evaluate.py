@@ -48,10 +48,19 @@ def test_evaluate_mode_reports_what_an_independent_recomputation_gives(tmp_path,
           row[f"{clock}_speedup"] / row[f"{clock}_ideal_speedup"])
     if row["kind"] == "reference":  # timed against itself: exactly 1 in every round
       assert row["wall_clock_spread"] == [1.0, 1.0] and row["wall_clock_ideal_speedup"] == 1.0
+  by_name = {row["measure"]: row for row in report["rows"]}
+  for row in report["rows"]:  # the loop's ideal applied to all but the timed fixed part
+    for clock, fixed_clock in (("wall_clock", "throughput"), ("latency", "latency")):
+      share = min(report["fixed_part_seconds"][fixed_clock]
+                  / by_name[row["reference"]][f"{clock}_seconds"], 0.99)  # noise: below 1
+      assert 0 < share and row[f"{clock}_fixed_share"] == pytest.approx(share)
+      loop = row[f"{clock}_loop_ideal_speedup"]
+      assert row[f"{clock}_ideal_speedup"] == pytest.approx(1 / (share + (1 - share) / loop))
   assert report["timing_rounds"] == 5 and report["latency_examples"] == 2
   static_1, oracle = report["rows"][5], report["rows"][6]
-  assert static_1["wall_clock_ideal_speedup"] > 1.5  # 1 of 3 layers, plus propagated K/V
-  assert oracle["wall_clock_ideal_speedup"] < 1.0  # a full pass first, then the exit
+  assert static_1["wall_clock_loop_ideal_speedup"] > 1.5  # 1 of 3 layers, + propagated K/V
+  assert 1 < static_1["wall_clock_ideal_speedup"] < static_1["wall_clock_loop_ideal_speedup"]
+  assert oracle["wall_clock_loop_ideal_speedup"] < 1.0  # a full pass first, then the exit
   model_config, params = load_model(config.model, config.seed)
   calib = encode_split(config, "validation", 8, BYTE)
   test = encode_split(config, "test", 6, BYTE)
