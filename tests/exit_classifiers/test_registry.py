@@ -60,3 +60,26 @@ def test_bad_classifiers_and_options_are_rejected(model):
   with pytest.raises(ValueError, match="'meta_linear' parameters have an unexpected entry "
                      r"\['hidden'\]"):
     check_classifier_params("meta_linear", head, config.d_model)
+
+
+def test_parameter_check_traces_the_classifier_once_per_shape(model, monkeypatch):
+  # Every decode call checks its classifier parameters; tracing the module's init each time
+  # cost several times a batch-1 decode of the demo model.
+  config = model.base_config
+  traced = []
+  real_init = registry.init_classifier
+  monkeypatch.setattr(registry, "init_classifier",
+                      lambda *args, **kw: traced.append(args[0]) or real_init(*args, **kw))
+  registry._expected_shapes.cache_clear()  # pylint: disable=protected-access
+  mlp = init_classifier("meta_mlp", config, jax.random.PRNGKey(0), hidden_width=7)
+  for _ in range(3):
+    assert check_classifier_params("meta_mlp", mlp, config.d_model) == {"hidden_width": 7}
+  assert traced == ["meta_mlp"]
+  wider = init_classifier("meta_mlp", config, jax.random.PRNGKey(0), hidden_width=9)
+  assert check_classifier_params("meta_mlp", wider, config.d_model) == {"hidden_width": 9}
+  bad = jax.tree.map(np.asarray, wider)
+  bad["out"]["kernel"] = np.zeros((5, 2), np.float32)
+  with pytest.raises(ValueError, match=r"\['out'\]\['kernel'\] has shape \(5, 2\), expected "
+                     r"\(9, 2\)"):
+    check_classifier_params("meta_mlp", bad, config.d_model)
+  assert traced == ["meta_mlp", "meta_mlp"]  # one more trace, for the new width only
