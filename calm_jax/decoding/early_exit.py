@@ -248,7 +248,7 @@ def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs
   nothing is left for propagate_state) outside the layer's conditional, which only reads
   the cache: a conditional that updated the cache would copy all of it at every layer.
   """
-  num_layers, full_compute = plan.num_layers, plan.full_compute
+  num_layers, every_layer = plan.num_layers, plan.runs_every_layer
   write_kv = functools.partial(_write_layer_kv, plan, constants, at)
   run_layer = functools.partial(_run_layer, plan, constants, at)
 
@@ -260,7 +260,7 @@ def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs
     for layer in range(num_layers):
       cache = write_kv(layer, s).cache
       layer_run = functools.partial(run_layer, layer, cache)
-      if full_compute:
+      if every_layer:
         s = layer_run(s.replace(cache=None))
       else:
         s = jax.lax.cond(someone_running(s), layer_run, lambda s: s, s.replace(cache=None))
@@ -268,7 +268,7 @@ def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs
     return s
 
   def keep_going(s: LayerLoopState) -> Array:
-    if full_compute:
+    if every_layer:
       return s.layers_run < num_layers
     return (s.layers_run < num_layers) & someone_running(s)
 
@@ -469,8 +469,14 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
       measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
       cache=_encoded_cache(plan, context.params, input_ids, attention_mask), rng=rng)
   not_finished = lambda s: (s.position < plan.max_decode_len) & ~jnp.all(s.done)
-  state = jax.lax.while_loop(not_finished,
-                             functools.partial(_generate_one_position, plan, constants), state)
+  token_loop = lambda p: jax.lax.while_loop(
+      not_finished, functools.partial(_generate_one_position, p, constants), state)
+  if plan.has_never_exit_loop:
+    # lambda >= 1 for every row: the same decode without the exit machinery.
+    state = jax.lax.cond(jnp.any(constants.threshold < 1.0), lambda: token_loop(plan),
+                         lambda: token_loop(plan.never_exiting()))
+  else:
+    state = token_loop(plan)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,
                         confidences=state.confidences,
                         trace=state.trace if plan.return_trace else None)

@@ -51,8 +51,9 @@ _fixed_part_jit = jax.jit(fixed_part_impl, static_argnames=("plan",))
 @functools.partial(jax.jit, static_argnames=("plan",))
 def _generate_grid_jit(plan: DecodePlan, constants: DecodeConstants, input_ids, attention_mask,
                        rng):
-  """generate_impl vmapped over constants.threshold [K] (without row compaction)."""
-  plan = dataclasses.replace(plan, compact=False)
+  """generate_impl vmapped over constants.threshold [K] (without row compaction or the
+  never-exit loop: under vmap a branch on the threshold would run both of its sides)."""
+  plan = dataclasses.replace(plan, compact=False, split_never_exit=False)
   one = lambda threshold: decode_impl(plan, constants.replace(threshold=threshold),
                                       input_ids, attention_mask, rng)
   return jax.vmap(one)(constants.threshold)

@@ -49,6 +49,14 @@ class DecodePlan:
   # data-dependent branch becomes a select of all branches, so the threshold grid turns
   # it off.
   compact: bool = True
+  # A decode whose threshold lets no row leave before layer L (lambda >= 1 everywhere) takes
+  # a second copy of the token loop compiled with `never_exits`; the threshold grid turns
+  # this off (under vmap the branch would run both loops).
+  split_never_exit: bool = True
+  # This copy: no row leaves before layer L, so no layer needs a conditional (every row
+  # that has not finished runs it), no row bucket is smaller than the batch, and a measure
+  # on the full logits checks at layer L only.
+  never_exits: bool = False
 
   @classmethod
   def checked(cls, model: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
@@ -82,6 +90,23 @@ class DecodePlan:
   def trace_width(self) -> int:
     return self.num_layers if self.return_trace else 0
 
+  @property
+  def has_never_exit_loop(self) -> bool:
+    """Whether the decode branches to a `never_exiting` token loop when the threshold
+    allows no early exit (thresholded measures, per-token decoding, exits not computed
+    for every layer anyway)."""
+    return (self.split_never_exit and not self.never_exits and self.needs.thresholded
+            and not self.full_compute and self.exit.decoding != "synchronized")
+
+  def never_exiting(self) -> "DecodePlan":
+    """The plan of the token loop that runs when no row may leave before layer L."""
+    return dataclasses.replace(self, compact=False, never_exits=True)
+
+  @property
+  def runs_every_layer(self) -> bool:
+    """Every layer runs on every row that has not finished: full compute, or no exits."""
+    return self.full_compute or self.never_exits
+
   def buckets(self, batch: int) -> Tuple[int, ...]:
     """The row counts a layer may run on (one when not compacting)."""
     if self.compact and not self.full_compute:
@@ -101,6 +126,8 @@ class DecodePlan:
     if self.return_trace or self.needs.logits != "full" or self.needs.every_exit_point:
       return where
     at_last = layer_no == self.num_layers
+    if self.never_exits:  # allow_early is False for every row
+      return (bool(where) and at_last) if isinstance(at_last, bool) else where & at_last
     if isinstance(at_last, bool):  # a static layer number (the unrolled layer loop)
       return bool(where) and (at_last or jnp.any(allow_early))
     return where & (jnp.any(allow_early) | at_last)

@@ -47,7 +47,7 @@ VALUES = {
     "evaluate.measures": ("softmax_diff", "state_saturation", "meta_mlp"),
     "evaluate.rule": "ltt_hoeffding_bentkus", "evaluate.num_examples": 200,
     "evaluate.static_layers": (1, 2), "evaluate.timing_rounds": 7,
-    "evaluate.latency_examples": 8, "evaluate.free": False,
+    "evaluate.latency_examples": 32, "evaluate.free": False,
     "analysis.num_examples": 32, "analysis.batch_size": 0, "analysis.after_layers": (0, 1, 2),
     "analysis.similarity": "exact_match",
 }

@@ -490,3 +490,65 @@ def test_no_loop_carries_vocabulary_wide_logits(model, measure):
   wide = [aval.shape for avals in carries for aval in avals
           if model.config.vocab_size in getattr(aval, "shape", ())]
   assert wide == []
+
+
+# --- lambda >= 1 takes a token loop without the exit machinery ----------------------------
+
+def _decode_with_plan(model, exit_config, return_trace, split, sampling=SamplingConfig()):
+  """generate's compiled decode (per-layer weights on the CPU) with the never-exit loop on
+  or off."""
+  plan = dataclasses.replace(
+      generate_module.DecodePlan.checked(model.config, exit_config, sampling, T, return_trace),
+      split_never_exit=split)
+  params = generate_module._layout_params(model.params, "auto", None)  # pylint: disable=protected-access
+  constants = generate_module._constants(plan, params, exit_config,  # pylint: disable=protected-access
+                                         np.float32(exit_config.threshold), None)
+  out = generate_module._generate_jit(plan, constants, jnp.asarray(model.ids),  # pylint: disable=protected-access
+                                      jnp.asarray(model.mask), jax.random.PRNGKey(3))
+  return plan, jax.tree.map(np.asarray, out)
+
+
+@pytest.mark.parametrize("exit_config, return_trace, sampling", [
+    (ExitConfig(measure="softmax_diff", threshold=1.0), False, SamplingConfig()),
+    (ExitConfig(measure="softmax_diff", threshold=1.0, tau=3.0), True, SamplingConfig()),
+    (ExitConfig(measure="state_saturation", threshold=1.2), True, SamplingConfig()),
+    (ExitConfig(measure="softmax_topk", threshold=1.0, top_k=8), False, SamplingConfig()),
+    (ExitConfig(measure="softmax_max", threshold=1.0), False,
+     SamplingConfig(temperature=1.0, top_k=5)),
+])
+def test_never_exit_loop_gives_what_the_early_exit_loop_gives(model, exit_config, return_trace,
+                                                              sampling):
+  plan, fast = _decode_with_plan(model, exit_config, return_trace, True, sampling)
+  _, slow = _decode_with_plan(model, exit_config, return_trace, False, sampling)
+  assert plan.has_never_exit_loop
+  np.testing.assert_array_equal(fast.tokens, slow.tokens)
+  np.testing.assert_array_equal(fast.exit_layers, slow.exit_layers)
+  assert (fast.exit_layers[fast.exit_layers > 0] == L).all()
+  np.testing.assert_allclose(fast.confidences, slow.confidences, atol=5e-5, rtol=0)
+  if return_trace:  # NaN exactly where the early-exit loop computed nothing
+    np.testing.assert_allclose(fast.trace, slow.trace, atol=5e-5, rtol=0)
+
+
+def _top_level_primitives(model, exit_config, split):
+  plan = dataclasses.replace(
+      generate_module.DecodePlan.checked(model.config, exit_config, SamplingConfig(), T,
+                                         False), split_never_exit=split)
+  constants = generate_module._constants(plan, model.params, exit_config,  # pylint: disable=protected-access
+                                         jnp.float32(1.0), None)
+  jaxpr = jax.make_jaxpr(functools.partial(generate_module.generate_impl, plan))(
+      constants, model.ids, model.mask, jax.random.PRNGKey(0))
+  return [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+
+
+def test_the_decode_branches_on_the_threshold_only_where_exits_are_thresholded(model):
+  # One branch on lambda < 1 around two token loops; none for static exits (no threshold),
+  # with full compute (no exit machinery to leave out) or with the split turned off (the
+  # threshold grid: under vmap the branch would run both loops).
+  for exit_config, split, branches in [
+      (ExitConfig(measure="softmax_diff"), True, 1),
+      (ExitConfig(measure="softmax_diff"), False, 0),
+      (ExitConfig(measure="static", static_exit_layer=2), True, 0),
+      (ExitConfig(measure="softmax_diff", propagation="full_compute"), True, 0)]:
+    primitives = _top_level_primitives(model, exit_config, split)
+    assert primitives.count("cond") == branches, (exit_config, split, primitives)
+    assert primitives.count("while") == 1 - branches, (exit_config, split)

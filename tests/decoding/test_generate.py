@@ -1,5 +1,6 @@
 """The public entry points (`generate`, `generate_with_thresholds`, `generate_grid`): every
-bad argument is rejected before anything is compiled (their outputs: test_early_exit.py)."""
+bad argument is rejected before anything is compiled (their outputs: test_early_exit.py);
+`decode_fixed_part` against the model's own encoder and cross-attention K/V."""
 
 import types
 
@@ -9,11 +10,12 @@ import pytest
 
 from calm_jax.decoding import generate as generate_module
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate, generate_grid, generate_with_thresholds
+from calm_jax.decoding.generate import (decode_fixed_part, generate, generate_grid,
+                                        generate_with_thresholds)
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.exit_classifiers.registry import init_classifier
 from calm_jax.model.config import T5Config
-from calm_jax.model.t5 import init_params
+from calm_jax.model.t5 import cross_kv_all_layers, encode, init_params
 
 # test_early_exit.py's model (T5 v1.1 style, six decoder layers) and its padded batch of 8;
 # nothing here decodes, so random parameters do.
@@ -119,3 +121,19 @@ def test_decoding_with_bad_classifier_params_fails_before_compiling(classifier_m
                              exit=ExitConfig(measure=measure),
                              max_decode_len=model.max_decode_len, classifier_params=params)
   assert generate_module._generate_jit._cache_size() == before
+
+
+@pytest.mark.parametrize("layout", ["stacked", "per_layer"])
+def test_decode_fixed_part_computes_every_layers_cross_kv(model, layout):
+  # What every decode starts with, on its own: per row, the sum of its cross-attention K/V
+  # over all layers, as the model's own encoder and projections give it.
+  out = decode_fixed_part(model.config, model.params, model.ids, model.mask,
+                          max_decode_len=T, layer_layout=layout)
+  encoded = encode(model.config, model.params, model.ids, model.mask)
+  cross_k, cross_v = cross_kv_all_layers(model.config, model.params, encoded)  # [L, B, ...]
+  expected = (np.asarray(cross_k, np.float64).sum(axis=(0, 2, 3, 4))
+              + np.asarray(cross_v, np.float64).sum(axis=(0, 2, 3, 4)))  # [B]
+  assert out.shape == (len(LENGTHS),)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-3)
+  with pytest.raises(ValueError, match=r"input_ids must have shape \[batch, length\]"):
+    decode_fixed_part(model.config, model.params, model.ids[0], max_decode_len=T)
