@@ -469,14 +469,8 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
       measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
       cache=_encoded_cache(plan, context.params, input_ids, attention_mask), rng=rng)
   not_finished = lambda s: (s.position < plan.max_decode_len) & ~jnp.all(s.done)
-  token_loop = lambda p: jax.lax.while_loop(
-      not_finished, functools.partial(_generate_one_position, p, constants), state)
-  if plan.has_never_exit_loop:
-    # lambda >= 1 for every row: the same decode without the exit machinery.
-    state = jax.lax.cond(jnp.any(constants.threshold < 1.0), lambda: token_loop(plan),
-                         lambda: token_loop(plan.never_exiting()))
-  else:
-    state = token_loop(plan)
+  state = jax.lax.while_loop(not_finished,
+                             functools.partial(_generate_one_position, plan, constants), state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,
                         confidences=state.confidences,
                         trace=state.trace if plan.return_trace else None)

@@ -3,7 +3,9 @@ and `generate_grid`; and `decode_fixed_part`, the start every decode of some inp
 (encoder, cross-attention K/V), on its own, for timing.
 
 Arguments are checked before anything is compiled. The threshold and tau are traced
-arguments: a new value never recompiles, and `generate_grid` vmaps one compiled call over a
+arguments: a new value never recompiles (except once for thresholds that let no row leave
+before the last layer, lambda >= 1: that decode runs a loop compiled without the exit
+machinery, `DecodePlan.never_exits`), and `generate_grid` vmaps one compiled call over a
 grid of thresholds. Learned measures (`exit_classifiers.registry.is_learned`) take their
 parameters as `classifier_params`, also traced; the classifier's hyperparameters are read
 off the parameter shapes, so new parameters of the same shapes never recompile either.
@@ -51,9 +53,8 @@ _fixed_part_jit = jax.jit(fixed_part_impl, static_argnames=("plan",))
 @functools.partial(jax.jit, static_argnames=("plan",))
 def _generate_grid_jit(plan: DecodePlan, constants: DecodeConstants, input_ids, attention_mask,
                        rng):
-  """generate_impl vmapped over constants.threshold [K] (without row compaction or the
-  never-exit loop: under vmap a branch on the threshold would run both of its sides)."""
-  plan = dataclasses.replace(plan, compact=False, split_never_exit=False)
+  """generate_impl vmapped over constants.threshold [K] (without row compaction)."""
+  plan = dataclasses.replace(plan, compact=False)
   one = lambda threshold: decode_impl(plan, constants.replace(threshold=threshold),
                                       input_ids, attention_mask, rng)
   return jax.vmap(one)(constants.threshold)
@@ -129,8 +130,10 @@ def generate(config: T5Config, params: Any, input_ids, attention_mask=None, *,
   rng = _check_rng(sampling, rng)
   input_ids, attention_mask = prepare_inputs(config, input_ids, attention_mask, max_input_len)
   params = _layout_params(params, layer_layout, mesh)
-  constants = _constants(plan, params, exit, np.float32(exit.threshold), classifier_params)
-  return _decode(plan, constants, input_ids, attention_mask, rng, None, mesh)
+  threshold = np.float32(exit.threshold)
+  constants = _constants(plan, params, exit, threshold, classifier_params)
+  return _decode(plan.for_thresholds(threshold), constants, input_ids, attention_mask, rng,
+                 None, mesh)
 
 
 def decode_fixed_part(config: T5Config, params: Any, input_ids, attention_mask=None, *,
@@ -197,8 +200,8 @@ def generate_with_thresholds(config: T5Config, params: Any, input_ids, attention
                      f"{skip.dtype} {skip.shape}")
   params = _layout_params(params, layer_layout, mesh)
   constants = _constants(plan, params, exit, jnp.asarray(thresholds), classifier_params)
-  return _decode(plan, constants, input_ids, attention_mask, _default_rng(),
-                 jnp.asarray(skip), mesh)
+  return _decode(plan.for_thresholds(thresholds[~skip]), constants, input_ids, attention_mask,
+                 _default_rng(), jnp.asarray(skip), mesh)
 
 
 def generate_grid(config: T5Config, params: Any, input_ids, attention_mask=None, *,

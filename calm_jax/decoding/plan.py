@@ -16,6 +16,7 @@ from typing import Tuple
 
 import flax
 import jax.numpy as jnp
+import numpy as np
 
 from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.inputs import check_max_decode_len
@@ -49,13 +50,10 @@ class DecodePlan:
   # data-dependent branch becomes a select of all branches, so the threshold grid turns
   # it off.
   compact: bool = True
-  # A decode whose threshold lets no row leave before layer L (lambda >= 1 everywhere) takes
-  # a second copy of the token loop compiled with `never_exits`; the threshold grid turns
-  # this off (under vmap the branch would run both loops).
-  split_never_exit: bool = True
-  # This copy: no row leaves before layer L, so no layer needs a conditional (every row
-  # that has not finished runs it), no row bucket is smaller than the batch, and a measure
-  # on the full logits checks at layer L only.
+  # The decode's thresholds let no row leave before layer L (lambda >= 1 for every row,
+  # known on the host before compiling): no layer needs a conditional (every row that has
+  # not finished runs it), no row bucket is smaller than the batch, and a measure on the
+  # full logits checks at layer L only. The outputs are those of the plan without it.
   never_exits: bool = False
 
   @classmethod
@@ -90,17 +88,14 @@ class DecodePlan:
   def trace_width(self) -> int:
     return self.num_layers if self.return_trace else 0
 
-  @property
-  def has_never_exit_loop(self) -> bool:
-    """Whether the decode branches to a `never_exiting` token loop when the threshold
-    allows no early exit (thresholded measures, per-token decoding, exits not computed
-    for every layer anyway)."""
-    return (self.split_never_exit and not self.never_exits and self.needs.thresholded
-            and not self.full_compute and self.exit.decoding != "synchronized")
-
-  def never_exiting(self) -> "DecodePlan":
-    """The plan of the token loop that runs when no row may leave before layer L."""
-    return dataclasses.replace(self, compact=False, never_exits=True)
+  def for_thresholds(self, thresholds: np.ndarray) -> "DecodePlan":
+    """The plan to compile for these host thresholds [] or [B]: `never_exits` when none
+    lets a row leave early and the measure is thresholded (per-token decoding, exits not
+    computed at every layer anyway), else this plan."""
+    never = (self.needs.thresholded and not self.full_compute
+             and self.exit.decoding != "synchronized" and np.size(thresholds) > 0
+             and bool(np.all(np.asarray(thresholds) >= 1.0)))
+    return dataclasses.replace(self, compact=False, never_exits=True) if never else self
 
   @property
   def runs_every_layer(self) -> bool:

@@ -21,7 +21,7 @@ import calm_jax
 from calm_jax.decoding import generate as generate_module
 from calm_jax.decoding.early_exit import propagate_state
 from calm_jax.decoding.exit_rule import ExitConfig
-from calm_jax.decoding.generate import generate, generate_grid
+from calm_jax.decoding.generate import generate, generate_grid, generate_with_thresholds
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.model.incremental import (DecoderCache, decoder_layer_step, init_decoder_cache,
@@ -494,18 +494,20 @@ def test_no_loop_carries_vocabulary_wide_logits(model, measure):
 
 # --- lambda >= 1 takes a token loop without the exit machinery ----------------------------
 
-def _decode_with_plan(model, exit_config, return_trace, split, sampling=SamplingConfig()):
-  """generate's compiled decode (per-layer weights on the CPU) with the never-exit loop on
-  or off."""
-  plan = dataclasses.replace(
-      generate_module.DecodePlan.checked(model.config, exit_config, sampling, T, return_trace),
-      split_never_exit=split)
+def _decode_with_plan(model, exit_config, return_trace, never_exit, sampling=SamplingConfig()):
+  """generate's compiled decode (per-layer weights on the CPU) at exit_config's threshold,
+  with the never-exit loop or the early-exit one."""
+  plan = generate_module.DecodePlan.checked(model.config, exit_config, sampling, T,
+                                            return_trace)
+  threshold = np.float32(exit_config.threshold)
+  if never_exit:
+    plan = plan.for_thresholds(threshold)
+    assert plan.never_exits
   params = generate_module._layout_params(model.params, "auto", None)  # pylint: disable=protected-access
-  constants = generate_module._constants(plan, params, exit_config,  # pylint: disable=protected-access
-                                         np.float32(exit_config.threshold), None)
+  constants = generate_module._constants(plan, params, exit_config, threshold, None)  # pylint: disable=protected-access
   out = generate_module._generate_jit(plan, constants, jnp.asarray(model.ids),  # pylint: disable=protected-access
                                       jnp.asarray(model.mask), jax.random.PRNGKey(3))
-  return plan, jax.tree.map(np.asarray, out)
+  return jax.tree.map(np.asarray, out)
 
 
 @pytest.mark.parametrize("exit_config, return_trace, sampling", [
@@ -518,9 +520,8 @@ def _decode_with_plan(model, exit_config, return_trace, split, sampling=Sampling
 ])
 def test_never_exit_loop_gives_what_the_early_exit_loop_gives(model, exit_config, return_trace,
                                                               sampling):
-  plan, fast = _decode_with_plan(model, exit_config, return_trace, True, sampling)
-  _, slow = _decode_with_plan(model, exit_config, return_trace, False, sampling)
-  assert plan.has_never_exit_loop
+  fast = _decode_with_plan(model, exit_config, return_trace, True, sampling)
+  slow = _decode_with_plan(model, exit_config, return_trace, False, sampling)
   np.testing.assert_array_equal(fast.tokens, slow.tokens)
   np.testing.assert_array_equal(fast.exit_layers, slow.exit_layers)
   assert (fast.exit_layers[fast.exit_layers > 0] == L).all()
@@ -529,26 +530,28 @@ def test_never_exit_loop_gives_what_the_early_exit_loop_gives(model, exit_config
     np.testing.assert_allclose(fast.trace, slow.trace, atol=5e-5, rtol=0)
 
 
-def _top_level_primitives(model, exit_config, split):
-  plan = dataclasses.replace(
-      generate_module.DecodePlan.checked(model.config, exit_config, SamplingConfig(), T,
-                                         False), split_never_exit=split)
-  constants = generate_module._constants(plan, model.params, exit_config,  # pylint: disable=protected-access
-                                         jnp.float32(1.0), None)
-  jaxpr = jax.make_jaxpr(functools.partial(generate_module.generate_impl, plan))(
-      constants, model.ids, model.mask, jax.random.PRNGKey(0))
-  return [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
-
-
-def test_the_decode_branches_on_the_threshold_only_where_exits_are_thresholded(model):
-  # One branch on lambda < 1 around two token loops; none for static exits (no threshold),
-  # with full compute (no exit machinery to leave out) or with the split turned off (the
-  # threshold grid: under vmap the branch would run both loops).
-  for exit_config, split, branches in [
-      (ExitConfig(measure="softmax_diff"), True, 1),
-      (ExitConfig(measure="softmax_diff"), False, 0),
-      (ExitConfig(measure="static", static_exit_layer=2), True, 0),
-      (ExitConfig(measure="softmax_diff", propagation="full_compute"), True, 0)]:
-    primitives = _top_level_primitives(model, exit_config, split)
-    assert primitives.count("cond") == branches, (exit_config, split, primitives)
-    assert primitives.count("while") == 1 - branches, (exit_config, split)
+def test_the_never_exit_loop_runs_exactly_when_no_threshold_allows_an_early_exit(
+    model, monkeypatch):
+  compiled_plans = []
+  real = generate_module._generate_jit  # pylint: disable=protected-access
+  monkeypatch.setattr(generate_module, "_generate_jit",
+                      lambda plan, *args, **kw: compiled_plans.append(plan) or real(plan, *args,
+                                                                                     **kw))
+  never = lambda: compiled_plans[-1].never_exits
+  decode = lambda **exit_fields: generate(model.config, model.params, model.ids, model.mask,
+                                          exit=ExitConfig(**exit_fields), max_decode_len=T)
+  for fields, expected in [
+      (dict(threshold=1.0), True), (dict(threshold=1.5, tau=2.0), True),
+      (dict(threshold=0.999), False), (dict(measure="static", static_exit_layer=L), False),
+      (dict(threshold=1.0, propagation="full_compute"), False)]:
+    decode(**fields)
+    assert never() == expected, fields
+  per_row = lambda thresholds, skip=None: generate_with_thresholds(
+      model.config, model.params, model.ids, model.mask, thresholds=thresholds,
+      max_decode_len=T, skip_rows=skip)
+  per_row([1.0] * 7 + [1.3])
+  assert never()
+  per_row([1.0] * 7 + [0.5])
+  assert not never()
+  per_row([1.0] * 7 + [0.5], np.array([False] * 7 + [True]))  # a skipped row's threshold
+  assert never()
