@@ -51,9 +51,10 @@ class DecodePlan:
   # it off.
   compact: bool = True
   # The decode's thresholds let no row leave before layer L (lambda >= 1 for every row,
-  # known on the host before compiling): no layer needs a conditional (every row that has
-  # not finished runs it), no row bucket is smaller than the batch, and a measure on the
-  # full logits checks at layer L only. The outputs are those of the plan without it.
+  # known on the host before compiling): no layer needs a conditional (some row runs every
+  # layer until all have finished), and a measure on the full logits checks at layer L
+  # only. Row buckets stay: they leave out the rows that have finished. The outputs are
+  # those of the plan without it.
   never_exits: bool = False
 
   @classmethod
@@ -95,7 +96,7 @@ class DecodePlan:
     never = (self.needs.thresholded and not self.full_compute
              and self.exit.decoding != "synchronized" and np.size(thresholds) > 0
              and bool(np.all(np.asarray(thresholds) >= 1.0)))
-    return dataclasses.replace(self, compact=False, never_exits=True) if never else self
+    return dataclasses.replace(self, never_exits=True) if never else self
 
   @property
   def runs_every_layer(self) -> bool:
