@@ -122,11 +122,10 @@ class DecodePlan:
     if self.return_trace or self.needs.logits != "full" or self.needs.every_exit_point:
       return where
     at_last = layer_no == self.num_layers
-    if self.never_exits:  # allow_early is False for every row
-      return (bool(where) and at_last) if isinstance(at_last, bool) else where & at_last
+    may_leave_early = False if self.never_exits else jnp.any(allow_early)
     if isinstance(at_last, bool):  # a static layer number (the unrolled layer loop)
-      return bool(where) and (at_last or jnp.any(allow_early))
-    return where & (jnp.any(allow_early) | at_last)
+      return bool(where) and (at_last or may_leave_early)
+    return where & (may_leave_early | at_last)
 
 
 def check_synchronized(exit_config: ExitConfig, measure: Measure, sampling: SamplingConfig,
