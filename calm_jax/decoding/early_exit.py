@@ -442,6 +442,31 @@ def fixed_part_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Arr
   return sum(per_row(buffer) for buffer in buffers)
 
 
+def _token_loop(plan: DecodePlan, constants: DecodeConstants,
+                state: TokenLoopState) -> TokenLoopState:
+  """Generates every output position (until T, or until every row has emitted EOS).
+
+  A never-exit plan with row buckets runs one while_loop per bucket, in order from B rows
+  down: each runs while the rows still generating need that bucket and no smaller one
+  (their count only decreases, since no row leaves a position early), so every layer runs
+  on a static row count without a per-layer switch."""
+  def not_finished(s: TokenLoopState) -> Array:
+    return (s.position < plan.max_decode_len) & ~jnp.all(s.done)
+
+  buckets = plan.buckets(state.done.shape[0])
+  if not plan.never_exits or len(buckets) == 1:
+    return jax.lax.while_loop(not_finished,
+                              functools.partial(_generate_one_position, plan, constants), state)
+  for rows, next_rows in zip(buckets, buckets[1:] + (0,)):
+    def needs_rows(s: TokenLoopState, next_rows=next_rows) -> Array:
+      return not_finished(s) & (jnp.sum(~s.done) > next_rows)
+    phase = dataclasses.replace(plan, fixed_rows=rows)
+    state = jax.lax.while_loop(needs_rows,
+                               functools.partial(_generate_one_position, phase, constants),
+                               state)
+  return state
+
+
 def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array,
                   attention_mask: Array, rng: Array,
                   skip_rows: Optional[Array] = None) -> GenerateOutput:
@@ -468,9 +493,7 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
       trace=jnp.full((batch, plan.max_decode_len, plan.trace_width), jnp.nan, jnp.float32),
       measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
       cache=_encoded_cache(plan, context.params, input_ids, attention_mask), rng=rng)
-  not_finished = lambda s: (s.position < plan.max_decode_len) & ~jnp.all(s.done)
-  state = jax.lax.while_loop(not_finished,
-                             functools.partial(_generate_one_position, plan, constants), state)
+  state = _token_loop(plan, constants, state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,
                         confidences=state.confidences,
                         trace=state.trace if plan.return_trace else None)

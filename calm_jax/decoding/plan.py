@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import flax
 import jax.numpy as jnp
@@ -56,6 +56,10 @@ class DecodePlan:
   # only. Row buckets stay: they leave out the rows that have finished. The outputs are
   # those of the plan without it.
   never_exits: bool = False
+  # The one row count every layer runs on (set while tracing a never-exit token loop, which
+  # keeps one bucket for a stretch of positions: its running rows only decrease); None: the
+  # layer loop picks from `buckets` at every layer.
+  fixed_rows: Optional[int] = None
 
   @classmethod
   def checked(cls, model: T5Config, exit_config: ExitConfig, sampling: SamplingConfig,
@@ -105,6 +109,8 @@ class DecodePlan:
 
   def buckets(self, batch: int) -> Tuple[int, ...]:
     """The row counts a layer may run on (one when not compacting)."""
+    if self.fixed_rows is not None:
+      return (self.fixed_rows,)
     if self.compact and not self.full_compute:
       return row_buckets(batch)
     return (batch,)

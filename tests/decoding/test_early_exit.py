@@ -494,7 +494,8 @@ def test_no_loop_carries_vocabulary_wide_logits(model, measure):
 
 # --- lambda >= 1 takes a token loop without the exit machinery ----------------------------
 
-def _decode_with_plan(model, exit_config, return_trace, never_exit, sampling=SamplingConfig()):
+def _decode_with_plan(model, exit_config, return_trace, never_exit, sampling=SamplingConfig(),
+                      skip_rows=None):
   """generate's compiled decode (per-layer weights on the CPU) at exit_config's threshold,
   with the never-exit loop or the early-exit one."""
   plan = generate_module.DecodePlan.checked(model.config, exit_config, sampling, T,
@@ -506,7 +507,8 @@ def _decode_with_plan(model, exit_config, return_trace, never_exit, sampling=Sam
   params = generate_module._layout_params(model.params, "auto", None)  # pylint: disable=protected-access
   constants = generate_module._constants(plan, params, exit_config, threshold, None)  # pylint: disable=protected-access
   out = generate_module._generate_jit(plan, constants, jnp.asarray(model.ids),  # pylint: disable=protected-access
-                                      jnp.asarray(model.mask), jax.random.PRNGKey(3))
+                                      jnp.asarray(model.mask), jax.random.PRNGKey(3),
+                                      skip_rows=skip_rows)
   return jax.tree.map(np.asarray, out)
 
 
@@ -528,6 +530,23 @@ def test_never_exit_loop_gives_what_the_early_exit_loop_gives(model, exit_config
   np.testing.assert_allclose(fast.confidences, slow.confidences, atol=5e-5, rtol=0)
   if return_trace:  # NaN exactly where the early-exit loop computed nothing
     np.testing.assert_allclose(fast.trace, slow.trace, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("skipped", [(), (3, 4, 5, 6, 7), (1, 2, 3, 4, 5, 6, 7)])
+def test_never_exit_loop_keeps_its_outputs_while_rows_finish(model, skipped):
+  """The never-exit loop runs one token loop per row bucket (8, 4, 2, 1 rows here), moving
+  to a smaller one as rows finish. Skipped rows start finished and row 0 emits EOS a few
+  positions in, so these cases start on 8, 4 and 1 rows and move down as row 0 stops."""
+  skip = np.isin(np.arange(len(LENGTHS)), skipped)
+  exit_config = ExitConfig(measure="softmax_diff", threshold=1.0)
+  fast = _decode_with_plan(model, exit_config, True, True, skip_rows=skip)
+  slow = _decode_with_plan(model, exit_config, True, False, skip_rows=skip)
+  generating = (fast.exit_layers > 0).sum(axis=0)  # [T] rows still generating
+  assert generating[0] == len(LENGTHS) - len(skipped) and generating[-1] < generating[0]
+  np.testing.assert_array_equal(fast.tokens, slow.tokens)
+  np.testing.assert_array_equal(fast.exit_layers, slow.exit_layers)
+  np.testing.assert_allclose(fast.trace, slow.trace, atol=5e-5, rtol=0)
+  assert (fast.tokens[skip] == model.config.pad_token_id).all()
 
 
 def test_the_never_exit_loop_runs_exactly_when_no_threshold_allows_an_early_exit(
