@@ -1,15 +1,15 @@
 """Incremental decoding: one output position at a time, one decoder layer at a time.
 
 The self-attention cache holds every decoder layer's keys and values for every output
-position, [L, B, H, T, dh], written in place at (layer, position). Cross-attention keys and
-values are computed once per input for all layers, stacked [L, B, H, S, dh] or, for the
-unrolled layer loop (per-layer weights, model.layer_layout), a tuple of L arrays
-[B, H, S, dh], each its own buffer: a layer read out of a stacked cross cache by a static
-index is still copied before every use (at T5 v1.1-small's shape with 256 inputs, 6 MB per
-token; 4x that at 1024 inputs), while its own buffer is read in place. (The self-attention
-cache stays stacked: split into per-layer buffers that the loop updates, XLA copied each
-buffer several times per token.) Layers are addressed by a (possibly traced) index, so a
-`lax.while_loop` over layers runs one traced body; a per-layer cross cache needs Python int
+position, written in place at (layer, position). Cross-attention keys and values are
+computed once per input for all layers. Both are stacked, [L, B, H, T, dh] and
+[L, B, H, S, dh], or, for the unrolled layer loop (per-layer weights, model.layer_layout),
+tuples of L arrays [B, H, T, dh] and [B, H, S, dh], each its own buffer: a layer read out
+of a stacked cache by a static index is copied before every use (the cross cache at
+T5 v1.1-small's shape with 256 inputs: 6 MB per token, 4x that at 1024 inputs; the self
+cache at the demo shape, batch 200: 2 x 1.2 MB per layer and token), while its own buffer
+is read and written in place. Stacked fields take any (possibly traced) layer index, so a
+`lax.while_loop` over layers runs one traced body; per-layer buffers need Python int
 layers.
 """
 
@@ -35,8 +35,10 @@ Array = jnp.ndarray
 class DecoderCache:
   """Attention state of the decoder during generation."""
 
-  self_k: Array  # [L, B, H, T, dh] self-attention keys of every layer and output position
-  self_v: Array  # [L, B, H, T, dh] self-attention values, same layout
+  # Self-attention keys and values of every layer and output position: [L, B, H, T, dh],
+  # or a tuple of L arrays [B, H, T, dh] (per-layer buffers, module docstring).
+  self_k: Any
+  self_v: Any
   # Cross-attention keys and values from the encoder output: [L, B, H, S, dh], or a tuple
   # of L arrays [B, H, S, dh] (per-layer buffers, module docstring).
   cross_k: Any
@@ -45,7 +47,7 @@ class DecoderCache:
 
   @property
   def max_decode_len(self) -> int:
-    return self.self_k.shape[3]
+    return cache_layer(self.self_k, 0).shape[2]
 
 
 def cache_layer(field: Any, layer) -> Array:
@@ -65,8 +67,8 @@ def _split_layers(stacked: Array) -> Tuple[Array, ...]:  # [L, B, ...] -> L x [B
 def init_decoder_cache(config: T5Config, params: Params, encoded: Array,
                        attention_mask: Optional[Array], max_decode_len: int,
                        per_layer: bool = False) -> DecoderCache:
-  """An empty self-attention cache and the cross-attention K/V of every layer, as per-layer
-  buffers when `per_layer` (module docstring)."""
+  """An empty self-attention cache and the cross-attention K/V of every layer, both as
+  per-layer buffers when `per_layer` (module docstring)."""
   batch = encoded.shape[0]
   if attention_mask is None:
     attention_mask = jnp.ones(encoded.shape[:2], jnp.int32)
@@ -75,7 +77,10 @@ def init_decoder_cache(config: T5Config, params: Params, encoded: Array,
     cross_k, cross_v = _split_layers(cross_k), _split_layers(cross_v)
   shape = (config.num_decoder_layers, batch, config.num_heads, max_decode_len, config.d_kv)
   zeros = jnp.zeros(shape, config.jnp_dtype)
-  return DecoderCache(self_k=zeros, self_v=zeros, cross_k=cross_k, cross_v=cross_v,
+  self_k = self_v = zeros
+  if per_layer:
+    self_k, self_v = _split_layers(zeros), _split_layers(jnp.zeros(shape, config.jnp_dtype))
+  return DecoderCache(self_k=self_k, self_v=self_v, cross_k=cross_k, cross_v=cross_v,
                       cross_bias=padding_bias(attention_mask))
 
 
@@ -103,10 +108,20 @@ def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: 
   project = lambda weights, x: DecoderLayer(config).apply({"params": weights}, x,
                                                           method=DecoderLayer.self_kv)
   keys, values = on_layer(params, layer, project, x)  # [B, H, 1, dh]
-  start = (layer, 0, 0, position, 0)
-  return cache.replace(
-      self_k=jax.lax.dynamic_update_slice(cache.self_k, keys[None].astype(cache.self_k.dtype), start),
-      self_v=jax.lax.dynamic_update_slice(cache.self_v, values[None].astype(cache.self_v.dtype), start))
+  return cache.replace(self_k=update_layer(cache.self_k, layer, keys, position),
+                       self_v=update_layer(cache.self_v, layer, values, position))
+
+
+def update_layer(field: Any, layer, new: Array, position: Array) -> Any:
+  """One cache field with layer `layer`'s entries new [B, H, 1, dh] written at `position`
+  (per-layer buffers: a Python int layer; stacked [L, B, H, T, dh]: any index)."""
+  if isinstance(field, (tuple, list)):
+    buffer = cache_layer(field, layer)
+    written = jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype),
+                                           (0, 0, position, 0))
+    return field[:layer] + (written,) + field[layer + 1:]
+  return jax.lax.dynamic_update_slice(field, new[None].astype(field.dtype),
+                                      (layer, 0, 0, position, 0))
 
 
 def decoder_layer_step(config: T5Config, params: Params, cache: DecoderCache, layer: Array,

@@ -53,9 +53,13 @@ def write_window_kv(config: T5Config, params: Params, cache: DecoderCache, layer
   positions = jnp.where(writes, window_positions(starts, x.shape[1]), length)  # [B, W]
   rows = jnp.arange(x.shape[0])[:, None]  # [B, 1]
 
-  def put(stored, new):  # stored [L, B, H, T, dh]; new [B, H, W, dh] -> [B, W, H, dh]
-    new = jnp.transpose(new, (0, 2, 1, 3)).astype(stored.dtype)
-    return stored.at[layer, rows, :, positions, :].set(new, mode="drop")
+  def put(stored, new):  # stored [L, B, H, T, dh] or L x [B, H, T, dh]; new [B, H, W, dh]
+    new = jnp.transpose(new, (0, 2, 1, 3))  # [B, W, H, dh]
+    if isinstance(stored, tuple):  # per-layer buffers, a Python int layer
+      one = stored[layer].at[rows, :, positions, :].set(new.astype(stored[layer].dtype),
+                                                         mode="drop")
+      return stored[:layer] + (one,) + stored[layer + 1:]
+    return stored.at[layer, rows, :, positions, :].set(new.astype(stored.dtype), mode="drop")
   return cache.replace(self_k=put(cache.self_k, keys), self_v=put(cache.self_v, values))
 
 
