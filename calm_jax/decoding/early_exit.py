@@ -6,7 +6,7 @@ Per output position t:
   2. The layer loop writes layer i's self-attention K/V for every row: running examples from
      their true input, exited ones from their exit state h_e, frozen as their input (layer
      i's own norm and K/V projection of h_e: state propagation). The rest of the layer and
-     the measure run on the smallest bucket of rows (B, B/2, B/4, B/8) that holds every
+     the measure run on the smallest bucket of rows (B, B/2, B/4, ..., at most 8) that holds every
      running example, so examples that left stop costing compute. The loop stops once every
      still-generating example has exited; finished sequences start exited.
   3. The layers no example reached get their K/V from each example's exit state (and, for
@@ -21,7 +21,8 @@ With propagation='full_compute' the layer loop always runs all L layers on true 
 the cache holds what the full model would have written; exits only choose the token.
 
 With per-layer weights (model.layer_layout, the CPU default) the layer loop is unrolled:
-layer i writes its K/V, then runs under one conditional (skipped once no example runs), with
+layer i writes its K/V, then runs under one switch (its row bucket, or skipped once no
+example runs), with
 its weights, cross-attention buffers, exit point and trace column static; with stacked
 weights it is a while_loop over a traced layer index (the threshold grid's vmap).
 
@@ -209,23 +210,37 @@ def _write_layer_kv(plan: DecodePlan, constants: DecodeConstants, at: PositionIn
 
 
 def _run_layer(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs, layer,
-               cache: DecoderCache, s: LayerLoopState) -> LayerLoopState:
+               cache: DecoderCache, s: LayerLoopState, skip_if_idle: bool) -> LayerLoopState:
   """The layer loop state after layer `layer` (0-based; a Python int when unrolled, so its
   weights, cache slices, exit point and trace column are static), reading `cache`, which
-  holds this layer's K/V at this position; s.cache is not read (None when unrolled)."""
+  holds this layer's K/V at this position; s.cache is not read and comes back as it was.
+
+  The layer runs on the smallest row bucket that holds every running example, chosen by
+  one switch; with `skip_if_idle` (the unrolled loop) the same switch has one more branch,
+  taken once no example runs, that leaves the state as it is (the layer's K/V are written
+  already), and each branch records its own exits, so a layer costs one conditional."""
   layer_no = layer + 1
   exit_point = is_exit_point(layer_no, plan.exit, plan.num_layers)
   wanted = plan.checks_at(layer_no, exit_point, at.allow_early)
   buckets = plan.buckets(s.hidden.shape[0])
-  with_cache = s.replace(cache=cache)
-  on_rows = [functools.partial(_layer_on_rows, plan, constants, at, size, layer, wanted)
-             for size in buckets]
+  bare = s.replace(cache=None)
+
+  def on_rows(size: int, s: LayerLoopState) -> LayerOutput:
+    return _layer_on_rows(plan, constants, at, size, layer, wanted, s.replace(cache=cache))
+
+  def recorded(size: int, s: LayerLoopState) -> LayerLoopState:
+    return _record_layer(plan, constants.context, at, s, layer, on_rows(size, s), wanted)
+
+  # The smallest bucket that holds every running row.
+  index = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
+  if skip_if_idle:
+    branches = [functools.partial(recorded, size) for size in buckets] + [lambda s: s]
+    index = jnp.where(jnp.all(s.exited), len(buckets), index)
+    return jax.lax.switch(index, branches, bare).replace(cache=s.cache)
   if len(buckets) == 1:
-    out = on_rows[0](with_cache)
-  else:
-    # The smallest bucket that holds every running row.
-    branch = jnp.sum(jnp.asarray(buckets) >= jnp.sum(~s.exited)) - 1
-    out = jax.lax.switch(branch, on_rows, with_cache)
+    out = on_rows(buckets[0], bare)
+  else:  # the state is recorded outside: its [L, B, ...] entries stay out of the switch
+    out = jax.lax.switch(index, [functools.partial(on_rows, size) for size in buckets], bare)
   return _record_layer(plan, constants.context, at, s, layer, out, wanted)
 
 
@@ -252,29 +267,21 @@ def _layer_loop(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs
   write_kv = functools.partial(_write_layer_kv, plan, constants, at)
   run_layer = functools.partial(_run_layer, plan, constants, at)
 
-  def someone_running(s: LayerLoopState) -> Array:
-    return ~jnp.all(s.exited)
-
   if unrolls_layers(constants.context.params):
     s = state
     for layer in range(num_layers):
       cache = write_kv(layer, s).cache
-      layer_run = functools.partial(run_layer, layer, cache)
-      if every_layer:
-        s = layer_run(s.replace(cache=None))
-      else:
-        s = jax.lax.cond(someone_running(s), layer_run, lambda s: s, s.replace(cache=None))
-      s = s.replace(cache=cache)
+      s = run_layer(layer, cache, s.replace(cache=None), not every_layer).replace(cache=cache)
     return s
 
   def keep_going(s: LayerLoopState) -> Array:
     if every_layer:
       return s.layers_run < num_layers
-    return (s.layers_run < num_layers) & someone_running(s)
+    return (s.layers_run < num_layers) & ~jnp.all(s.exited)
 
   def one_layer(s: LayerLoopState) -> LayerLoopState:
     s = write_kv(s.layers_run, s)
-    return run_layer(s.layers_run, s.cache, s)
+    return run_layer(s.layers_run, s.cache, s, False)
 
   return jax.lax.while_loop(keep_going, one_layer, state)
 
@@ -446,14 +453,16 @@ def _token_loop(plan: DecodePlan, constants: DecodeConstants,
                 state: TokenLoopState) -> TokenLoopState:
   """Generates every output position (until T, or until every row has emitted EOS).
 
-  A never-exit plan with row buckets runs one while_loop per bucket, in order from B rows
-  down: each runs while the rows still generating need that bucket and no smaller one
-  (their count only decreases, since no row leaves a position early), so every layer runs
-  on a static row count without a per-layer switch."""
+  A never-exit plan with row buckets runs one while_loop per bucket (the first four), in
+  order from B rows down: each runs while the rows still generating need that bucket and
+  no smaller one (their count only decreases, since no row leaves a position early), so
+  every layer runs on a static row count without a per-layer switch."""
   def not_finished(s: TokenLoopState) -> Array:
     return (s.position < plan.max_decode_len) & ~jnp.all(s.done)
 
-  buckets = plan.buckets(state.done.shape[0])
+  # The first four buckets (B .. B/8): each is a token loop of its own to compile, and
+  # the last one runs on until every row has finished.
+  buckets = plan.buckets(state.done.shape[0])[:4]
   if not plan.never_exits or len(buckets) == 1:
     return jax.lax.while_loop(not_finished,
                               functools.partial(_generate_one_position, plan, constants), state)

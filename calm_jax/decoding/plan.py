@@ -28,7 +28,7 @@ from calm_jax.model.config import T5Config
 Array = jnp.ndarray
 
 
-def row_buckets(batch: int, count: int = 4) -> Tuple[int, ...]:
+def row_buckets(batch: int, count: int = 8) -> Tuple[int, ...]:
   """Row counts the layer loop may run a layer on: B, ceil(B/2), ceil(B/4), ... (distinct,
   at most `count`)."""
   sizes = [batch]

@@ -24,7 +24,8 @@ def test_row_buckets():
   assert row_buckets(1) == (1,)
   assert row_buckets(2) == (2, 1)
   assert row_buckets(8) == (8, 4, 2, 1)
-  assert row_buckets(200) == (200, 100, 50, 25)
+  assert row_buckets(200) == (200, 100, 50, 25, 13, 7, 4, 2)
+  assert row_buckets(200, count=4) == (200, 100, 50, 25)
   assert row_buckets(7) == (7, 4, 2, 1)
 
 
