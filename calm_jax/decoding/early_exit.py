@@ -6,7 +6,7 @@ Per output position t:
   2. The layer loop writes layer i's self-attention K/V for every row: running examples from
      their true input, exited ones from their exit state h_e, frozen as their input (layer
      i's own norm and K/V projection of h_e: state propagation). The rest of the layer and
-     the measure run on the smallest bucket of rows (B, B/2, B/4, ..., at most 8) that holds every
+     the measure run on the smallest bucket of rows (B, B/4, B/16, B/64) that holds every
      running example, so examples that left stop costing compute. The loop stops once every
      still-generating example has exited; finished sequences start exited.
   3. The layers no example reached get their K/V from each example's exit state (and, for
@@ -453,16 +453,14 @@ def _token_loop(plan: DecodePlan, constants: DecodeConstants,
                 state: TokenLoopState) -> TokenLoopState:
   """Generates every output position (until T, or until every row has emitted EOS).
 
-  A never-exit plan with row buckets runs one while_loop per bucket (the first four), in
+  A never-exit plan with row buckets runs one while_loop per bucket (B, B/2, B/4, B/8), in
   order from B rows down: each runs while the rows still generating need that bucket and
   no smaller one (their count only decreases, since no row leaves a position early), so
   every layer runs on a static row count without a per-layer switch."""
   def not_finished(s: TokenLoopState) -> Array:
     return (s.position < plan.max_decode_len) & ~jnp.all(s.done)
 
-  # The first four buckets (B .. B/8): each is a token loop of its own to compile, and
-  # the last one runs on until every row has finished.
-  buckets = plan.buckets(state.done.shape[0])[:4]
+  buckets = plan.phase_buckets(state.done.shape[0])
   if not plan.never_exits or len(buckets) == 1:
     return jax.lax.while_loop(not_finished,
                               functools.partial(_generate_one_position, plan, constants), state)

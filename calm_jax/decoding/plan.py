@@ -28,12 +28,12 @@ from calm_jax.model.config import T5Config
 Array = jnp.ndarray
 
 
-def row_buckets(batch: int, count: int = 8) -> Tuple[int, ...]:
-  """Row counts the layer loop may run a layer on: B, ceil(B/2), ceil(B/4), ... (distinct,
-  at most `count`)."""
+def row_buckets(batch: int, count: int = 4, ratio: int = 4) -> Tuple[int, ...]:
+  """Row counts the layer loop may run a layer on: B, ceil(B/r), ceil(B/r^2), ... for
+  r = `ratio` (distinct, at most `count`)."""
   sizes = [batch]
   while len(sizes) < count and sizes[-1] > 1:
-    sizes.append(-(-sizes[-1] // 2))
+    sizes.append(-(-sizes[-1] // ratio))
   return tuple(sizes)
 
 
@@ -108,11 +108,21 @@ class DecodePlan:
     return self.full_compute or self.never_exits
 
   def buckets(self, batch: int) -> Tuple[int, ...]:
-    """The row counts a layer may run on (one when not compacting)."""
+    """The row counts a layer may run on (one when not compacting): B, B/2, B/4, B/8 up to
+    8 rows, else B, B/4, B/16, B/64. Each is a branch of every layer's switch to compile;
+    quarters reach a few rows at batch 200 with four branches (eight halvings took twice
+    the compile time for about the same speed)."""
     if self.fixed_rows is not None:
       return (self.fixed_rows,)
     if self.compact and not self.full_compute:
-      return row_buckets(batch)
+      return row_buckets(batch, ratio=2 if batch <= 8 else 4)
+    return (batch,)
+
+  def phase_buckets(self, batch: int) -> Tuple[int, ...]:
+    """The row counts of a never-exit decode's token loops: B, B/2, B/4, B/8 (a token loop
+    each; halvings, since its rows change only between positions and few loops suffice)."""
+    if self.compact and not self.full_compute:
+      return row_buckets(batch, count=4, ratio=2)
     return (batch,)
 
   def checks_at(self, layer_no: Array, exit_point: Array, allow_early: Array) -> Array:

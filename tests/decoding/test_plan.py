@@ -23,10 +23,11 @@ L = CONFIG.num_decoder_layers
 def test_row_buckets():
   assert row_buckets(1) == (1,)
   assert row_buckets(2) == (2, 1)
-  assert row_buckets(8) == (8, 4, 2, 1)
-  assert row_buckets(200) == (200, 100, 50, 25, 13, 7, 4, 2)
-  assert row_buckets(200, count=4) == (200, 100, 50, 25)
-  assert row_buckets(7) == (7, 4, 2, 1)
+  assert row_buckets(8) == (8, 2, 1)
+  assert row_buckets(200) == (200, 50, 13, 4)
+  assert row_buckets(7) == (7, 2, 1)
+  assert row_buckets(200, count=4, ratio=2) == (200, 100, 50, 25)
+  assert row_buckets(7, ratio=2) == (7, 4, 2, 1)
 
 
 def test_plans_are_hashable_and_equal_across_runtime_values():
@@ -69,7 +70,11 @@ def test_buckets():
   plan = DecodePlan.checked(CONFIG, ExitConfig(), SamplingConfig(), 8, False)
   assert plan.buckets(8) == (8, 4, 2, 1) and plan.buckets(7) == (7, 4, 2, 1)
   assert plan.buckets(1) == (1,)
+  assert plan.buckets(200) == (200, 50, 13, 4)  # quarters above 8 rows
+  assert plan.phase_buckets(200) == (200, 100, 50, 25)  # a never-exit decode's token loops
+  assert dataclasses.replace(plan, fixed_rows=13).buckets(200) == (13,)
   assert dataclasses.replace(plan, compact=False).buckets(8) == (8,)
+  assert dataclasses.replace(plan, compact=False).phase_buckets(8) == (8,)
   # full_compute runs every layer on every row.
   full = DecodePlan.checked(CONFIG, ExitConfig(propagation="full_compute"), SamplingConfig(),
                             8, False)
