@@ -45,8 +45,9 @@ from calm_jax.decoding.measures import LayerInputs, MeasureContext
 from calm_jax.decoding.measures.pruned import head_table
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import row_keys, select_row_tokens
-from calm_jax.model.incremental import (DecoderCache, decoder_layer_rows, decoder_step,
-                                        init_decoder_cache, step_self_bias, write_self_kv)
+from calm_jax.model.incremental import (DecoderCache, cache_layer, decoder_layer_rows,
+                                        decoder_step, init_decoder_cache, step_self_bias,
+                                        write_self_kv)
 from calm_jax.model.layer_layout import is_per_layer
 from calm_jax.model.t5 import embed, encode, exit_logits
 
@@ -168,6 +169,25 @@ def _measure_verdict(plan: DecodePlan, context: MeasureContext, wanted, inputs: 
   return jax.lax.cond(wanted, measure_at, skip, inputs, measure_state, keys)
 
 
+def _memory_at_layer(memory: Any, layer) -> Any:
+  """Layer `layer`'s part of a measure's store: each field [L, B, ...] or L x [B, ...]
+  (per-layer buffers, read in place: `_layered_memory`) -> [B, ...]; () without a store."""
+  if memory == ():
+    return memory
+  return jax.tree.map(lambda field: cache_layer(field, layer), memory,
+                      is_leaf=lambda field: isinstance(field, tuple))
+
+
+def _layered_memory(plan: DecodePlan, memory: Any, per_layer: bool) -> Any:
+  """A measure's empty store, with each field [L, B, ...] split into L buffers [B, ...]
+  for the unrolled layer loop: a layer sliced out of a stacked store is copied at every
+  layer and token (2 x 1.2 MB per layer for the attention classifier at the demo shape,
+  batch 200), while its own buffer is read in place."""
+  if not per_layer or memory == ():
+    return memory
+  return jax.tree.map(lambda stored: tuple(stored[i] for i in range(plan.num_layers)), memory)
+
+
 def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInputs,
                    size: int, layer, wanted, s: LayerLoopState) -> LayerOutput:
   """Layer `layer` (0-based: a Python int when the layer loop is unrolled, else traced) and
@@ -175,9 +195,7 @@ def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInp
   already holds this layer's K/V at this position."""
   config, context = plan.model, constants.context
   batch = s.hidden.shape[0]
-  at_layer = lambda stored: jax.lax.dynamic_index_in_dim(stored, layer,
-                                                         keepdims=False)  # [L, B, ...] -> [B, ...]
-  memory = jax.tree.map(at_layer, at.memory)
+  memory = _memory_at_layer(at.memory, layer)
   inputs = LayerInputs(layer=jnp.int32(layer + 1), hidden=None, final_top1=at.final_top1,
                        position=at.position, memory=memory)
   if size == batch:
@@ -498,7 +516,8 @@ def generate_impl(plan: DecodePlan, constants: DecodeConstants, input_ids: Array
       exit_layers=jnp.zeros((batch, plan.max_decode_len), jnp.int32),
       confidences=jnp.zeros((batch, plan.max_decode_len), jnp.float32),
       trace=jnp.full((batch, plan.max_decode_len, plan.trace_width), jnp.nan, jnp.float32),
-      measure_memory=() if store is None else store.init(context, batch, plan.max_decode_len),
+      measure_memory=() if store is None else _layered_memory(
+          plan, store.init(context, batch, plan.max_decode_len), unrolls_layers(context.params)),
       cache=_encoded_cache(plan, context.params, input_ids, attention_mask), rng=rng)
   state = _token_loop(plan, constants, state)
   return GenerateOutput(tokens=state.tokens, exit_layers=state.exit_layers,

@@ -17,6 +17,7 @@ from calm_jax.decoding.greedy import GreedyPlan, _greedy_jit
 from calm_jax.decoding.measures import MeasureContext
 from calm_jax.decoding.plan import DecodeConstants, DecodePlan
 from calm_jax.decoding.sampling import SamplingConfig
+from calm_jax.exit_classifiers.registry import init_classifier, is_learned
 from calm_jax.model.config import T5Config
 from calm_jax.model.layer_layout import in_layout
 from calm_jax.model.t5 import init_params
@@ -98,7 +99,11 @@ def _greedy_hlo(layout: str) -> str:
 def _decoder_hlo(measure: str) -> str:
   plan = DecodePlan.checked(CONFIG, ExitConfig(measure=measure, threshold=0.5),
                             SamplingConfig(), DECODE_LEN, False)
-  context = MeasureContext(params=_abstract_params("per_layer"), classifier_params=None,
+  classifier = None
+  if is_learned(measure):
+    classifier = jax.eval_shape(lambda: init_classifier(measure, CONFIG,
+                                                        jax.random.PRNGKey(1)))
+  context = MeasureContext(params=_abstract_params("per_layer"), classifier_params=classifier,
                            model_config=CONFIG)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
   constants = DecodeConstants(context=context, threshold=scalar, tau=scalar)
@@ -123,7 +128,9 @@ def test_per_layer_greedy_moves_nothing_of_cache_or_weight_size():
   assert loop_copies(_greedy_hlo("per_layer"), MIN_BYTES) == []
 
 
-@pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation"])
+# attention: its store of earlier positions, one layer [B, H', T, dh'], is as large as a
+# layer's self-attention keys here; a layer sliced out of a stacked store was copied.
+@pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation", "attention"])
 def test_early_exit_decoder_moves_nothing_of_cache_or_weight_size(measure):
   assert min(ONE_LAYER_CROSS_KEYS, ONE_LAYER_SELF_KEYS) > MIN_BYTES
   assert loop_copies(_decoder_hlo(measure), MIN_BYTES) == []

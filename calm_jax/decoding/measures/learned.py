@@ -88,8 +88,8 @@ class AttentionMemory:
 
   Size 2 * L * B * T * width float32 (see `steps.init_attention_memory`)."""
 
-  keys: Array  # [L, B, H, T, dh]
-  values: Array  # [L, B, H, T, dh]
+  keys: Any  # [L, B, H, T, dh], or L arrays [B, H, T, dh] (the unrolled layer loop's)
+  values: Any  # the same layout
 
 
 class AttentionStore(PositionStore):
@@ -106,9 +106,14 @@ class AttentionStore(PositionStore):
 
   def write(self, store: AttentionMemory, entries: AttentionMemory,
             position: Array) -> AttentionMemory:
-    write = lambda stored, entry: jax.lax.dynamic_update_slice_in_dim(
-        stored, entry[:, :, :, None], position, axis=3)  # [L, B, H, T, dh]
-    return jax.tree.map(write, store, entries)
+    def write(stored, entry):  # stored [L, B, H, T, dh] or L x [B, H, T, dh]; [L, B, H, dh]
+      if isinstance(stored, tuple):
+        return tuple(jax.lax.dynamic_update_slice_in_dim(one, entry[i][:, :, None], position,
+                                                         axis=2)
+                     for i, one in enumerate(stored))
+      return jax.lax.dynamic_update_slice_in_dim(stored, entry[:, :, :, None], position, axis=3)
+    return AttentionMemory(keys=write(store.keys, entries.keys),
+                           values=write(store.values, entries.values))
 
 
 @dataclasses.dataclass(frozen=True)
