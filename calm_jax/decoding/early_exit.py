@@ -471,7 +471,7 @@ def _token_loop(plan: DecodePlan, constants: DecodeConstants,
                 state: TokenLoopState) -> TokenLoopState:
   """Generates every output position (until T, or until every row has emitted EOS).
 
-  A never-exit plan with row buckets runs one while_loop per bucket (B, B/2, B/4, B/8), in
+  A never-exit plan with row buckets runs one while_loop per bucket (B, then B/4), in
   order from B rows down: each runs while the rows still generating need that bucket and
   no smaller one (their count only decreases, since no row leaves a position early), so
   every layer runs on a static row count without a per-layer switch."""

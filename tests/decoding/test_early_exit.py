@@ -534,9 +534,10 @@ def test_never_exit_loop_gives_what_the_early_exit_loop_gives(model, exit_config
 
 @pytest.mark.parametrize("skipped", [(), (3, 4, 5, 6, 7), (1, 2, 3, 4, 5, 6, 7)])
 def test_never_exit_loop_keeps_its_outputs_while_rows_finish(model, skipped):
-  """The never-exit loop runs one token loop per row bucket (8, 4, 2, 1 rows here), moving
-  to a smaller one as rows finish. Skipped rows start finished and row 0 emits EOS a few
-  positions in, so these cases start on 8, 4 and 1 rows and move down as row 0 stops."""
+  """The never-exit loop runs one token loop per row bucket (8 and 2 rows here), moving to
+  the smaller one once it holds every row still generating. Skipped rows start finished
+  and row 0 emits EOS a few positions in, so these cases run 8, 3 and 1 rows at first (on
+  8, 8 and 2) and one fewer after row 0 stops (3 -> 2 moves to the 2-row loop)."""
   skip = np.isin(np.arange(len(LENGTHS)), skipped)
   exit_config = ExitConfig(measure="softmax_diff", threshold=1.0)
   fast = _decode_with_plan(model, exit_config, True, True, skip_rows=skip)

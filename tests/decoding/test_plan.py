@@ -71,7 +71,8 @@ def test_buckets():
   assert plan.buckets(8) == (8, 4, 2, 1) and plan.buckets(7) == (7, 4, 2, 1)
   assert plan.buckets(1) == (1,)
   assert plan.buckets(200) == (200, 50, 13, 4)  # quarters above 8 rows
-  assert plan.phase_buckets(200) == (200, 100, 50, 25)  # a never-exit decode's token loops
+  assert plan.phase_buckets(200) == (200, 50)  # a never-exit decode's token loops
+  assert plan.phase_buckets(8) == (8, 2) and plan.phase_buckets(1) == (1,)
   assert dataclasses.replace(plan, fixed_rows=13).buckets(200) == (13,)
   assert dataclasses.replace(plan, compact=False).buckets(8) == (8,)
   assert dataclasses.replace(plan, compact=False).phase_buckets(8) == (8,)
