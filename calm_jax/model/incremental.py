@@ -79,7 +79,7 @@ def init_decoder_cache(config: T5Config, params: Params, encoded: Array,
   zeros = jnp.zeros(shape, config.jnp_dtype)
   self_k = self_v = zeros
   if per_layer:
-    self_k, self_v = _split_layers(zeros), _split_layers(jnp.zeros(shape, config.jnp_dtype))
+    self_k = self_v = _split_layers(zeros)  # immutable: the two fields may share the zeros
   return DecoderCache(self_k=self_k, self_v=self_v, cross_k=cross_k, cross_v=cross_v,
                       cross_bias=padding_bias(attention_mask))
 
