@@ -1,8 +1,10 @@
 """Decoder weight layouts (model.layer_layout) at the studies' model sizes, in one run.
 
 For each shape and batch: full greedy decoding and the early-exit decoder at lambda = 1
-(softmax_diff, never exits), each with the layer weights 'stacked' (read by dynamic index)
-and 'per_layer' (per-layer buffers, unrolled layer loops), timed in interleaved rounds. Prints ms
+(softmax_diff, never exits), each with the layer weights in each of --layouts, timed in
+interleaved rounds: 'stacked' (read by dynamic index), 'per_layer' (per-layer buffers,
+kernels stored [out, in], unrolled layer loops) and 'per_layer_in_out' (the same buffers
+with Flax's [in, out] kernels: what the transposed storage is judged against). Prints ms
 per generated token, the weight bytes each token must read, the streaming bandwidth a
 matrix-vector product reaches here, and each configuration as a multiple of that bound.
 
@@ -14,6 +16,7 @@ Shapes (random weights, untied head, vocabulary 32128, gated-GELU):
           layer, the bytes and the products are XL's)
 
   .venv/bin/python bench/layer_layout.py --shapes=calm,large --batches=1,8
+  .venv/bin/python bench/layer_layout.py --shapes=large --layouts=per_layer,per_layer_in_out
 """
 
 import os
@@ -31,11 +34,13 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.config import T5Config
-from calm_jax.model.layer_layout import to_per_layer
+from calm_jax.model.layer_layout import layer_params, to_per_layer
 from calm_jax.model.t5 import init_params
 
 flags.DEFINE_list("shapes", ["calm", "large", "xl"], "Shapes to measure.")
 flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
+flags.DEFINE_list("layouts", ["stacked", "per_layer"],
+                  "Layouts to time: stacked, per_layer, per_layer_in_out.")
 flags.DEFINE_integer("input_len", 128, "Input tokens.")
 flags.DEFINE_integer("decode_len", 16, "Generated tokens.")
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds (medians).")
@@ -51,44 +56,60 @@ def model(shape: str):
   return config, params
 
 
-def decoders(config, stacked, per_layer, ids):
-  """name -> callable: greedy and lambda = 1 in both layouts, plus one-token greedy (the
+def in_layouts(stacked):
+  """layout name -> the same parameters in that layout."""
+  per_layer = to_per_layer(stacked)
+  untransposed = dict(per_layer["decoder"], layers=tuple(
+      layer_params(one) for one in per_layer["decoder"]["layers"]))
+  every = {"stacked": stacked, "per_layer": per_layer,
+           "per_layer_in_out": dict(per_layer, decoder=untransposed)}
+  unknown = sorted(set(FLAGS.layouts) - set(every))
+  if unknown:
+    raise ValueError(f"--layouts: unknown {unknown}; allowed: {', '.join(every)}")
+  return {name: every[name] for name in FLAGS.layouts}
+
+
+def decoders(config, layouts, ids):
+  """name -> callable: greedy and lambda = 1 in each layout, plus one-token greedy (the
   fixed cost every per-token figure subtracts)."""
   never = ExitConfig(threshold=1.0)
   tokens = FLAGS.decode_len
   fns = {}
-  for layout, params in (("stacked", stacked), ("per_layer", per_layer)):
-    fns[f"greedy {layout}"] = (lambda p=params, l=layout: greedy_decode(
+  for name, params in layouts.items():
+    layout = "stacked" if name == "stacked" else "per_layer"
+    fns[f"greedy {name}"] = (lambda p=params, l=layout: greedy_decode(
         config, p, ids, max_decode_len=tokens, layer_layout=l))
-    fns[f"greedy1 {layout}"] = (lambda p=params, l=layout: greedy_decode(
+    fns[f"greedy1 {name}"] = (lambda p=params, l=layout: greedy_decode(
         config, p, ids, max_decode_len=1, layer_layout=l))
-    fns[f"lambda=1 {layout}"] = (lambda p=params, l=layout: generate(
+    fns[f"lambda=1 {name}"] = (lambda p=params, l=layout: generate(
         config, p, ids, exit=never, max_decode_len=tokens, layer_layout=l).tokens)
   return fns
 
 
 def measure(shape: str, batch: int, bandwidth: float) -> None:
   config, stacked = model(shape)
-  per_layer = to_per_layer(stacked)
+  layouts = in_layouts(stacked)
   ids = np.random.RandomState(0).randint(2, 32128, (batch, FLAGS.input_len)).astype(np.int32)
   out = np.asarray(greedy_decode(config, stacked, ids, max_decode_len=FLAGS.decode_len,
                                  layer_layout="stacked"))
   assert not (out == config.eos_token_id).any(), "EOS was emitted: every token must be timed"
-  seconds, _ = interleaved(decoders(config, stacked, per_layer, ids), FLAGS.rounds)
+  seconds, _ = interleaved(decoders(config, layouts, ids), FLAGS.rounds)
   weights = weight_bytes_per_token(stacked)
   bound = weights / bandwidth
   print(f"[{shape} batch {batch}] {weights / 2**20:.0f} MiB of weights per token; bound "
         f"{bound * 1e3:.2f} ms/token at {bandwidth / 1e9:.1f} GB/s")
-  for layout in ("stacked", "per_layer"):
-    first = seconds[f"greedy1 {layout}"]
-    greedy = (seconds[f"greedy {layout}"] - first) / (FLAGS.decode_len - 1)
-    never = (seconds[f"lambda=1 {layout}"] - first) / (FLAGS.decode_len - 1)
-    print(f"  {layout:9s}: greedy {greedy * 1e3:7.2f} ms/token ({greedy / bound:.2f}x bound, "
+  per_token = {}
+  for name in layouts:
+    first = seconds[f"greedy1 {name}"]
+    greedy = per_token[name] = (seconds[f"greedy {name}"] - first) / (FLAGS.decode_len - 1)
+    never = (seconds[f"lambda=1 {name}"] - first) / (FLAGS.decode_len - 1)
+    print(f"  {name:16s}: greedy {greedy * 1e3:7.2f} ms/token ({greedy / bound:.2f}x bound, "
           f"{weights / greedy / 1e9:.1f} GB/s); lambda=1 {never * 1e3:7.2f} ms/token "
           f"({never / greedy:.3f}x greedy)")
-  ratio = ((seconds["greedy stacked"] - seconds["greedy1 stacked"])
-           / (seconds["greedy per_layer"] - seconds["greedy1 per_layer"]))
-  print(f"  per_layer is {ratio:.2f}x faster than stacked (greedy)", flush=True)
+  for other in layouts:
+    if other != "per_layer" and "per_layer" in layouts:
+      print(f"  per_layer is {per_token[other] / per_token['per_layer']:.2f}x faster than "
+            f"{other} (greedy per token)", flush=True)
 
 
 def main(_):

@@ -19,6 +19,12 @@ Layouts:
   'auto'       'per_layer' on the CPU, 'stacked' elsewhere (each conditional of a GPU
                while loop costs a host round trip; bench/gpu.sh measures both)
 
+Per-layer buffers also hold each projection's kernel transposed: [out, in] under the key
+'kernel_t' instead of Flax's [in, out] 'kernel' (layers.Projection with `out_in`, which
+`decoder_layer` builds for such a tree). XLA's CPU backend streams a product contracting
+the last axis of both operands faster: the [in, out] product at a few rows runs a GEMM
+that re-packs the weights (bench/layer_layout.py --layouts=per_layer,per_layer_in_out).
+
 Only the decoder's layers change layout; the caches stay stacked [L, ...] (reading one
 layer's cache by dynamic index fuses into the attention products). Everything that scans
 over layers (the encoder, teacher forcing) keeps the stacked tree.
@@ -32,6 +38,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from calm_jax.model.layers import DecoderLayer
 from calm_jax.utils.conversion_cache import ConversionCache
 
 Params = Any
@@ -65,22 +72,58 @@ def _with_decoder_layers(params: Params, layers: Any) -> Params:
   return dict(params, decoder=decoder)
 
 
+def _map_kernels(tree: Any, old_key: str, new_key: str) -> Any:
+  """`tree` with every 2-D leaf under `old_key` transposed and stored under `new_key`."""
+  if not isinstance(tree, dict):
+    return tree
+  return {(new_key if key == old_key and jnp.ndim(value) == 2 else key):
+          (jnp.transpose(value) if key == old_key and jnp.ndim(value) == 2
+           else _map_kernels(value, old_key, new_key))
+          for key, value in tree.items()}
+
+
+def stored_layer(layer: Params) -> Params:
+  """One layer's Flax tree -> its per-layer buffers: kernels [in, out] -> 'kernel_t' [out, in]."""
+  return _map_kernels(layer, "kernel", "kernel_t")
+
+
+def layer_params(layer: Params) -> Params:
+  """One layer's per-layer buffers -> the stacked tree's form ('kernel_t' [out, in] ->
+  'kernel' [in, out]); a tree without 'kernel_t' comes back equal."""
+  return _map_kernels(layer, "kernel_t", "kernel")
+
+
+def stores_out_in(layer: Params) -> bool:
+  """Whether one layer's tree holds its kernels [out, in] ('kernel_t')."""
+  return "kernel_t" in layer["self_attn"]["q"]
+
+
+def decoder_layer(config: Any, layer: Params) -> DecoderLayer:
+  """The Flax module that applies one layer's tree `layer` (stacked slice or per-layer
+  buffers: the kernel layout is read off the tree)."""
+  return DecoderLayer(config, out_in=stores_out_in(layer))
+
+
 def to_per_layer(params: Params) -> Params:
-  """The same parameters with decoder/layers as a tuple of L trees (each its own buffers;
-  a copy of the decoder layers' weights). Already per-layer params come back unchanged."""
+  """The same parameters with decoder/layers as a tuple of L trees, each its own buffers
+  with kernels stored [out, in] (`stored_layer`; a copy of the decoder layers' weights).
+  Already per-layer params come back unchanged."""
   if is_per_layer(params):
     return params
   stacked = params["decoder"]["layers"]
   count = num_decoder_layers(params)
-  layers = tuple(jax.tree.map(lambda leaf, i=i: leaf[i], stacked) for i in range(count))
+  layers = tuple(stored_layer(jax.tree.map(lambda leaf, i=i: leaf[i], stacked))
+                 for i in range(count))
   return _with_decoder_layers(params, layers)
 
 
 def to_stacked(params: Params) -> Params:
-  """The same parameters with decoder/layers stacked on a leading [L] axis."""
+  """The same parameters with decoder/layers stacked on a leading [L] axis (kernels
+  [in, out] again)."""
   if not is_per_layer(params):
     return params
-  layers = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params["decoder"]["layers"])
+  views = [layer_params(one) for one in params["decoder"]["layers"]]
+  layers = jax.tree.map(lambda *leaves: jnp.stack(leaves), *views)
   return _with_decoder_layers(params, layers)
 
 

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 from calm_jax.model.config import T5Config
 
@@ -40,6 +41,33 @@ class RMSNorm(nn.Module):
     return (normed * scale.astype(jnp.float32)).astype(self.dtype)
 
 
+class Projection(nn.Module):
+  """T5's bias-free linear map [..., in] -> [..., features].
+
+  The kernel is 'kernel' [in, features], Flax Dense's layout and the parameter tree's
+  (same name, shape, initialisation and product as nn.Dense without bias), or with `out_in`
+  'kernel_t' [features, in]: the per-layer decoding buffers (model.layer_layout), whose
+  product contracts the last axis of both operands, which XLA's CPU backend streams faster
+  at a few rows than the [in, out] product (that one re-packs the weights)."""
+
+  features: int
+  stddev: float
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  out_in: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = _normal(self.stddev)
+    if self.out_in:
+      kernel = self.param("kernel_t", init, (self.features, x.shape[-1]), self.param_dtype)
+    else:
+      kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
+    x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
+    contract = ((x.ndim - 1,), (1 if self.out_in else 0,))
+    return jax.lax.dot_general(x, kernel, (contract, ((), ())))  # [..., features]
+
+
 def split_heads(x: Array, num_heads: int) -> Array:
   batch, length, width = x.shape  # no -1 in the shape: length may be 0 (LongT5's globals)
   return x.reshape(batch, length, num_heads, width // num_heads).transpose(0, 2, 1, 3)  # [B, H, T, dh]
@@ -55,11 +83,12 @@ class MultiHeadAttention(nn.Module):
 
   config: T5Config
 
+  out_in: bool = False  # kernels stored [out, in] (Projection)
+
   def setup(self):
     cfg = self.config
-    dense = lambda name, features, std: nn.Dense(
-        features, use_bias=False, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-        kernel_init=_normal(std), name=name)
+    dense = lambda name, features, std: Projection(
+        features, std, cfg.jnp_dtype, cfg.jnp_param_dtype, self.out_in, name=name)
     self.query = dense("q", cfg.inner_dim, (cfg.d_model * cfg.d_kv) ** -0.5)
     self.key = dense("k", cfg.inner_dim, cfg.d_model ** -0.5)
     self.value = dense("v", cfg.inner_dim, cfg.d_model ** -0.5)
@@ -100,6 +129,7 @@ class FeedForward(nn.Module):
   """ReLU (v1.0) or gated-GELU (v1.1) feed-forward block."""
 
   config: T5Config
+  out_in: bool = False  # kernels stored [out, in] (Projection)
 
   def _activation(self, x: Array) -> Array:
     kind = self.config.activation
@@ -113,9 +143,8 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     cfg = self.config
-    dense = lambda name, features, std: nn.Dense(
-        features, use_bias=False, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
-        kernel_init=_normal(std), name=name)
+    dense = lambda name, features, std: Projection(
+        features, std, cfg.jnp_dtype, cfg.jnp_param_dtype, self.out_in, name=name)
     if cfg.is_gated:
       hidden = (self._activation(dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5)(x))
                 * dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5)(x))
@@ -164,15 +193,16 @@ class DecoderLayer(nn.Module):
   """
 
   config: T5Config
+  out_in: bool = False  # kernels stored [out, in]: per-layer decoding buffers (Projection)
 
   def setup(self):
     cfg = self.config
     self.self_attn_norm = layer_norm(cfg, "self_attn_norm")
-    self.self_attn = MultiHeadAttention(cfg, name="self_attn")
+    self.self_attn = MultiHeadAttention(cfg, self.out_in, name="self_attn")
     self.cross_attn_norm = layer_norm(cfg, "cross_attn_norm")
-    self.cross_attn = MultiHeadAttention(cfg, name="cross_attn")
+    self.cross_attn = MultiHeadAttention(cfg, self.out_in, name="cross_attn")
     self.ffn_norm = layer_norm(cfg, "ffn_norm")
-    self.ffn = FeedForward(cfg, name="ffn")
+    self.ffn = FeedForward(cfg, self.out_in, name="ffn")
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def self_kv(self, x: Array) -> Tuple[Array, Array]:

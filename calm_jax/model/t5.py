@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from calm_jax.model import longt5
 from calm_jax.model.config import T5Config
-from calm_jax.model.layer_layout import is_per_layer
+from calm_jax.model.layer_layout import decoder_layer, is_per_layer
 from calm_jax.model.layers import NEG_INF, DecoderLayer, EncoderLayer, RMSNorm
 from calm_jax.model.position import relative_position_bias
 
@@ -170,8 +170,8 @@ def causal_self_bias(config: T5Config, params: Params, length: int) -> Array:
 
 def cross_kv_all_layers(config: T5Config, params: Params, encoded: Array):
   """Cross-attention keys and values of every decoder layer, each [L, B, H, S, dh]."""
-  layer = DecoderLayer(config)
-  project = lambda p: layer.apply({"params": p}, encoded, method=DecoderLayer.cross_kv)
+  project = lambda p: decoder_layer(config, p).apply({"params": p}, encoded,
+                                                     method=DecoderLayer.cross_kv)
   layers = params["decoder"]["layers"]
   if is_per_layer(params):
     keys, values = zip(*(project(one) for one in layers))
@@ -217,10 +217,14 @@ def exit_logits(config: T5Config, params: Params, hidden: Array, *,
   if cfg.scale_decoder_outputs:
     normed = normed * (cfg.d_model ** -0.5)
   if cfg.tie_word_embeddings:
-    kernel = params["shared"]["embedding"].T  # [d, V]
+    # The embedding [V, d] as it lies: its transpose handed to the product would be re-laid
+    # inside the product's fusion at every call that XLA cannot hoist out of a loop (the
+    # exit checks inside conditionals: V x d per check; utils/hlo_moves.py lists it).
+    embedding = params["shared"]["embedding"].astype(cfg.jnp_dtype)
+    logits = jnp.einsum("...d,vd->...v", normed, embedding)
   else:
     kernel = params["lm_head"]["kernel"]  # [d, V]
-  logits = jnp.einsum("...d,dv->...v", normed, kernel.astype(cfg.jnp_dtype))
+    logits = jnp.einsum("...d,dv->...v", normed, kernel.astype(cfg.jnp_dtype))
   return logits.astype(jnp.float32)
 
 

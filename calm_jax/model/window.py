@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from calm_jax.model.config import T5Config
 from calm_jax.model.incremental import DecoderCache, decoder_layer_rows
-from calm_jax.model.layer_layout import on_layer
+from calm_jax.model.layer_layout import decoder_layer, on_layer
 from calm_jax.model.layers import DecoderLayer
 
 Params = Any
@@ -45,7 +45,7 @@ def write_window_kv(config: T5Config, params: Params, cache: DecoderCache, layer
                     x: Array, starts: Array, writes: Array) -> DecoderCache:
   """Writes layer `layer`'s self-attention K/V of inputs x [B, W, d] at each row's window
   positions where `writes` [B, W] is True; the cache elsewhere is untouched."""
-  project = lambda weights, x: DecoderLayer(config).apply({"params": weights}, x,
+  project = lambda weights, x: decoder_layer(config, weights).apply({"params": weights}, x,
                                                           method=DecoderLayer.self_kv)
   keys, values = on_layer(params, layer, project, x)  # [B, H, W, dh] each
   length = cache.max_decode_len

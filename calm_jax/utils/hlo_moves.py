@@ -2,9 +2,10 @@
 
 Per-token work that grows with a cache, the parameters or a measure's store shows up in the
 optimized HLO (`jax.jit(f).lower(...).compile().as_text()`) as an instruction that only
-moves data: a copy, transpose, slice, gather, concatenation, ... outside any fusion, or a
+moves data: a copy, transpose, slice, gather, concatenation, ... outside any fusion, a
 fusion made of nothing else (a slice of a stacked cache fused with a bitcast still writes
-a buffer of its own). `loop_copies` lists those inside the token loop (the while loop that
+a buffer of its own), or a copy or transpose of an operand inside a product's fusion (a
+kernel re-laid for its product at every call). `loop_copies` lists those inside the token loop (the while loop that
 reaches the most computations: its layer loop or the unrolled layers' conditionals, the
 switch branches) with their sizes; bench/loop_copies.py prints them for a model shape and
 measure, and the decoder's tests assert there are none of cache size.
@@ -86,10 +87,34 @@ def _moving_fusion(comps, fused: str) -> Optional[str]:
   return "+".join(moves) if moves else "copy"
 
 
+INNER_MOVE = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[([\d,]*)\][^ ]* "
+                        r"(copy|transpose)\(")
+
+
+def _relayout_into_product(comps, fused: str, min_bytes: int):
+  """(kind, dtype, shape) of the largest copy or transpose of >= min_bytes that a fused
+  computation holding a product (dot) makes of an operand, or None: a kernel stored in one
+  layout and multiplied in another is re-laid at every call, inside the product's fusion
+  ('copy_dot_fusion'), where the move-only scan does not look."""
+  lines = comps.get(fused, [])
+  if not any(" dot(" in line for line in lines):
+    return None
+  best = None
+  for line in lines:
+    match = INNER_MOVE.match(line)
+    if match:
+      dims = [int(x) for x in match.group(2).split(",") if x]
+      size = int(np.prod(dims or [1])) * BYTES.get(match.group(1), 4)
+      if size >= min_bytes and (best is None or size > best[0]):
+        best = (size, f"fusion({match.group(3)}+dot)", match.group(1), match.group(2))
+  return best
+
+
 def loop_copies(hlo: str, min_bytes: int) -> List[Tuple[int, str, str, str]]:
   """[(bytes, kind, dtype[shape], computation)] of data moves in the token loop: move
-  instructions, and fusions that only move data (a slice of a stacked cache fused with a
-  bitcast writes a buffer all the same)."""
+  instructions, fusions that only move data (a slice of a stacked cache fused with a
+  bitcast writes a buffer all the same), and re-layouts of a product's operand fused into
+  the product (their own size, not the fusion's output's)."""
   comps = computations(hlo)
   found = []
   for name in sorted(token_loop_computations(comps)):
@@ -101,6 +126,11 @@ def loop_copies(hlo: str, min_bytes: int) -> List[Tuple[int, str, str, str]]:
         match = FUSION.match(line)
         kind = match and _moving_fusion(comps, match.group(4))
         kind = kind and f"fusion({kind})"
+        relaid = match and not kind and _relayout_into_product(comps, match.group(4),
+                                                                 min_bytes)
+        if relaid:
+          found.append((relaid[0], relaid[1], f"{relaid[2]}[{relaid[3]}]", name))
+          continue
       if kind:
         dims = [int(x) for x in match.group(3).split(",") if x]
         size = int(np.prod(dims or [1])) * BYTES.get(match.group(2), 4)

@@ -55,8 +55,17 @@ def test_conversions_round_trip_exactly(model):
   assert layer_layout.num_decoder_layers(params) == 5
   assert len(per_layer["decoder"]["layers"]) == 5
   stacked_kernel = params["decoder"]["layers"]["self_attn"]["q"]["kernel"]  # [L, d, H dh]
+  stacked_scale = params["decoder"]["layers"]["ffn_norm"]["scale"]  # [L, d]
   for i, one in enumerate(per_layer["decoder"]["layers"]):
-    np.testing.assert_array_equal(one["self_attn"]["q"]["kernel"], stacked_kernel[i])
+    # Kernels stored [out, in] under 'kernel_t'; 1-D leaves as they were.
+    assert "kernel" not in one["self_attn"]["q"] and layer_layout.stores_out_in(one)
+    np.testing.assert_array_equal(one["self_attn"]["q"]["kernel_t"], stacked_kernel[i].T)
+    np.testing.assert_array_equal(one["ffn_norm"]["scale"], stacked_scale[i])
+    back_one = layer_layout.layer_params(one)
+    stacked_one = jax.tree.map(lambda leaf, i=i: leaf[i], params["decoder"]["layers"])
+    assert jax.tree.structure(back_one) == jax.tree.structure(stacked_one)
+    jax.tree.map(np.testing.assert_array_equal, back_one, stacked_one)
+    assert not layer_layout.stores_out_in(back_one)
   back = layer_layout.to_stacked(per_layer)
   jax.tree.map(np.testing.assert_array_equal, back, params)
   # Everything outside the decoder layers is shared, not copied.

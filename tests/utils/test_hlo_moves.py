@@ -7,6 +7,7 @@ early-exit decoder may move a buffer as large as one layer's self- or cross-atte
 weights sliced out of the stack), which shows the scan can find them.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -20,6 +21,7 @@ from calm_jax.decoding.sampling import SamplingConfig
 from calm_jax.exit_classifiers.registry import init_classifier, is_learned
 from calm_jax.model.config import T5Config
 from calm_jax.model.layer_layout import in_layout
+from calm_jax.model.layers import Projection
 from calm_jax.model.t5 import init_params
 from calm_jax.utils.hlo_moves import computations, loop_copies, token_loop_computations
 
@@ -76,6 +78,30 @@ def test_hand_written_module():
   assert loop_copies(HLO, 0) == [(128, "copy", "f32[4,8]", "inner_body"),
                                  (64, "fusion(slice)", "f32[2,8]", "outer_body")]
   assert loop_copies(HLO, 100) == [(128, "copy", "f32[4,8]", "inner_body")]
+
+
+def _loop_of_products(module, params_of):
+  """HLO of a jitted loop of three products of h [1, 256] by `module` (512 outputs), whose
+  parameters `params_of` builds from a kernel stored [out, in] ([512, 256])."""
+  def run(stored, x):
+    body = lambda i, h: module.apply({"params": params_of(stored)}, h)[:, :256]
+    return jax.lax.fori_loop(0, 3, body, x)
+  args = (jax.ShapeDtypeStruct((512, 256), jnp.float32),
+          jax.ShapeDtypeStruct((1, 256), jnp.float32))
+  return jax.jit(run).lower(*args).compile().as_text()
+
+
+def test_a_kernel_relaid_inside_its_products_fusion_is_listed():
+  # Flax's Dense multiplies [in, out]: a kernel stored [out, in] and transposed for it is
+  # re-laid inside the product's fusion at every step (the move-only scan alone misses it);
+  # the Projection that reads 'kernel_t' [out, in] as it lies moves nothing.
+  relaid = loop_copies(_loop_of_products(nn.Dense(512, use_bias=False),
+                                         lambda stored: {"kernel": stored.T}), 100_000)
+  assert [(size, kind, shape) for size, kind, shape, _ in relaid] == [
+      (512 * 256 * 4, "fusion(transpose+dot)", "f32[256,512]")]
+  in_place = _loop_of_products(Projection(512, 1.0, out_in=True),
+                               lambda stored: {"kernel_t": stored})
+  assert loop_copies(in_place, 100_000) == []
 
 
 CONFIG = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1,
