@@ -105,8 +105,8 @@ def write_self_kv(config: T5Config, params: Params, cache: DecoderCache, layer: 
   This is the whole of what a skipped layer contributes to later positions, so state
   propagation calls it with the exit state in place of the layer's true input.
   """
-  project = lambda weights, x: decoder_layer(config, weights).apply({"params": weights}, x,
-                                                          method=DecoderLayer.self_kv)
+  project = lambda weights, x: decoder_layer(config, weights).apply(
+      {"params": weights}, x, method=DecoderLayer.self_kv)
   keys, values = on_layer(params, layer, project, x)  # [B, H, 1, dh]
   return cache.replace(self_k=update_layer(cache.self_k, layer, keys, position),
                        self_v=update_layer(cache.self_v, layer, values, position))
@@ -145,8 +145,9 @@ def decoder_layer_rows(config: T5Config, params: Params, cache: DecoderCache, la
   cross_bias = cache.cross_bias if rows is None else jnp.take(cache.cross_bias, rows, axis=0)
 
   def run(weights, x, cross_k, cross_v, self_k, self_v):
-    return decoder_layer(config, weights).apply({"params": weights}, x, self_bias, cross_k, cross_v,
-                                      cross_bias, self_k=self_k, self_v=self_v)
+    return decoder_layer(config, weights).apply({"params": weights}, x, self_bias, cross_k,
+                                                cross_v, cross_bias, self_k=self_k,
+                                                self_v=self_v)
   return on_layer(params, layer, run, x, pick(cache.cross_k), pick(cache.cross_v),
                   pick(cache.self_k), pick(cache.self_v))
 

@@ -76,10 +76,13 @@ def _map_kernels(tree: Any, old_key: str, new_key: str) -> Any:
   """`tree` with every 2-D leaf under `old_key` transposed and stored under `new_key`."""
   if not isinstance(tree, dict):
     return tree
-  return {(new_key if key == old_key and jnp.ndim(value) == 2 else key):
-          (jnp.transpose(value) if key == old_key and jnp.ndim(value) == 2
-           else _map_kernels(value, old_key, new_key))
-          for key, value in tree.items()}
+  out = {}
+  for key, value in tree.items():
+    if key == old_key and jnp.ndim(value) == 2:
+      out[new_key] = jnp.transpose(value)
+    else:
+      out[key] = _map_kernels(value, old_key, new_key)
+  return out
 
 
 def stored_layer(layer: Params) -> Params:

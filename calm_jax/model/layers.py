@@ -82,7 +82,6 @@ class MultiHeadAttention(nn.Module):
   """Projections of one attention block; keys and values may come from a cache."""
 
   config: T5Config
-
   out_in: bool = False  # kernels stored [out, in] (Projection)
 
   def setup(self):

@@ -45,8 +45,8 @@ def write_window_kv(config: T5Config, params: Params, cache: DecoderCache, layer
                     x: Array, starts: Array, writes: Array) -> DecoderCache:
   """Writes layer `layer`'s self-attention K/V of inputs x [B, W, d] at each row's window
   positions where `writes` [B, W] is True; the cache elsewhere is untouched."""
-  project = lambda weights, x: decoder_layer(config, weights).apply({"params": weights}, x,
-                                                          method=DecoderLayer.self_kv)
+  project = lambda weights, x: decoder_layer(config, weights).apply(
+      {"params": weights}, x, method=DecoderLayer.self_kv)
   keys, values = on_layer(params, layer, project, x)  # [B, H, W, dh] each
   length = cache.max_decode_len
   # Positions not written point past the cache and are dropped by the scatter.
