@@ -5,10 +5,11 @@ optimized HLO (`jax.jit(f).lower(...).compile().as_text()`) as an instruction th
 moves data: a copy, transpose, slice, gather, concatenation, ... outside any fusion, a
 fusion made of nothing else (a slice of a stacked cache fused with a bitcast still writes
 a buffer of its own), or a copy or transpose of an operand inside a product's fusion (a
-kernel re-laid for its product at every call). `loop_copies` lists those inside the token loop (the while loop that
-reaches the most computations: its layer loop or the unrolled layers' conditionals, the
-switch branches) with their sizes; bench/loop_copies.py prints them for a model shape and
-measure, and the decoder's tests assert there are none of cache size.
+kernel re-laid for its product at every call). `loop_copies` lists those inside the token
+loop (the while loop that reaches the most computations: its layer loop or the unrolled
+layers' conditionals, the switch branches) with their sizes; bench/loop_copies.py prints
+them for a model shape and measure, and the decoder's tests assert there are none of cache
+size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* "
                          r"(" + "|".join(MOVES) + r")\(")
 FUSION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\][^ ]* fusion\(.*"
                     r"calls=%?([\w.\-]+)")
+# A copy or transpose inside a fused computation: (dtype, shape, op).
+INNER_MOVE = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[([\d,]*)\][^ ]* "
+                        r"(copy|transpose)\(")
 FUSED_OP = re.compile(r"=\s*[^ ]+\s+([a-z\-]+)\(")
 # Operations inside a fused computation that neither compute nor move data themselves.
 PLUMBING = {"parameter", "constant", "bitcast", "reshape", "tuple", "get-tuple-element"}
@@ -87,27 +91,25 @@ def _moving_fusion(comps, fused: str) -> Optional[str]:
   return "+".join(moves) if moves else "copy"
 
 
-INNER_MOVE = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\w+)\[([\d,]*)\][^ ]* "
-                        r"(copy|transpose)\(")
+def _size(dtype: str, shape: str) -> int:
+  """Bytes of an HLO array type, e.g. ('f32', '4,8') -> 128."""
+  dims = [int(x) for x in shape.split(",") if x]
+  return int(np.prod(dims or [1])) * BYTES.get(dtype, 4)
 
 
 def _relayout_into_product(comps, fused: str, min_bytes: int):
-  """(kind, dtype, shape) of the largest copy or transpose of >= min_bytes that a fused
-  computation holding a product (dot) makes of an operand, or None: a kernel stored in one
-  layout and multiplied in another is re-laid at every call, inside the product's fusion
-  ('copy_dot_fusion'), where the move-only scan does not look."""
+  """(bytes, kind, dtype[shape]) of the largest copy or transpose of >= min_bytes that a
+  fused computation holding a product (dot) makes of an operand, or None: a kernel stored
+  in one layout and multiplied in another is re-laid at every call, inside the product's
+  fusion ('copy_dot_fusion'), where the move-only scan does not look."""
   lines = comps.get(fused, [])
   if not any(" dot(" in line for line in lines):
     return None
-  best = None
-  for line in lines:
-    match = INNER_MOVE.match(line)
-    if match:
-      dims = [int(x) for x in match.group(2).split(",") if x]
-      size = int(np.prod(dims or [1])) * BYTES.get(match.group(1), 4)
-      if size >= min_bytes and (best is None or size > best[0]):
-        best = (size, f"fusion({match.group(3)}+dot)", match.group(1), match.group(2))
-  return best
+  moves = [m for m in map(INNER_MOVE.match, lines) if m]
+  found = [(_size(m.group(1), m.group(2)), f"fusion({m.group(3)}+dot)",
+            f"{m.group(1)}[{m.group(2)}]") for m in moves]
+  found = [entry for entry in found if entry[0] >= min_bytes]
+  return max(found) if found else None
 
 
 def loop_copies(hlo: str, min_bytes: int) -> List[Tuple[int, str, str, str]]:
@@ -129,11 +131,10 @@ def loop_copies(hlo: str, min_bytes: int) -> List[Tuple[int, str, str, str]]:
         relaid = match and not kind and _relayout_into_product(comps, match.group(4),
                                                                  min_bytes)
         if relaid:
-          found.append((relaid[0], relaid[1], f"{relaid[2]}[{relaid[3]}]", name))
+          found.append(relaid + (name,))
           continue
       if kind:
-        dims = [int(x) for x in match.group(3).split(",") if x]
-        size = int(np.prod(dims or [1])) * BYTES.get(match.group(2), 4)
+        size = _size(match.group(2), match.group(3))
         if size >= min_bytes:
           found.append((size, kind, f"{match.group(2)}[{match.group(3)}]", name))
   return sorted(found, reverse=True)
