@@ -3,8 +3,9 @@
 For each shape and batch: full greedy decoding and the early-exit decoder at lambda = 1
 (softmax_diff, never exits), each with the layer weights in each of --layouts, timed in
 interleaved rounds: 'stacked' (read by dynamic index), 'per_layer' (per-layer buffers,
-kernels stored [out, in], unrolled layer loops) and 'per_layer_in_out' (the same buffers
-with Flax's [in, out] kernels: what the transposed storage is judged against). Prints ms
+kernels and an untied head stored [out, in], unrolled layer loops), 'per_layer_in_out'
+(the same buffers with Flax's [in, out] kernels and head: what the transposed storage is
+judged against) and 'per_layer_head_d_v' (only the head [d, V])). Prints ms
 per generated token, the weight bytes each token must read, the streaming bandwidth a
 matrix-vector product reaches here, and each configuration as a multiple of that bound.
 
@@ -34,13 +35,14 @@ from calm_jax.decoding.exit_rule import ExitConfig
 from calm_jax.decoding.generate import generate
 from calm_jax.decoding.greedy import greedy_decode
 from calm_jax.model.config import T5Config
-from calm_jax.model.layer_layout import layer_params, to_per_layer
+from calm_jax.model.layer_layout import flax_head, layer_params, to_per_layer
 from calm_jax.model.t5 import init_params
 
 flags.DEFINE_list("shapes", ["calm", "large", "xl"], "Shapes to measure.")
 flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
 flags.DEFINE_list("layouts", ["stacked", "per_layer"],
-                  "Layouts to time: stacked, per_layer, per_layer_in_out.")
+                  "Layouts to time: stacked, per_layer, per_layer_in_out, "
+                  "per_layer_head_d_v.")
 flags.DEFINE_integer("input_len", 128, "Input tokens.")
 flags.DEFINE_integer("decode_len", 16, "Generated tokens.")
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds (medians).")
@@ -62,7 +64,8 @@ def in_layouts(stacked):
   untransposed = dict(per_layer["decoder"], layers=tuple(
       layer_params(one) for one in per_layer["decoder"]["layers"]))
   every = {"stacked": stacked, "per_layer": per_layer,
-           "per_layer_in_out": dict(per_layer, decoder=untransposed)}
+           "per_layer_in_out": flax_head(dict(per_layer, decoder=untransposed)),
+           "per_layer_head_d_v": flax_head(per_layer)}
   unknown = sorted(set(FLAGS.layouts) - set(every))
   if unknown:
     raise ValueError(f"--layouts: unknown {unknown}; allowed: {', '.join(every)}")

@@ -24,6 +24,9 @@ Per-layer buffers also hold each projection's kernel transposed: [out, in] under
 `decoder_layer` builds for such a tree). XLA's CPU backend streams a product contracting
 the last axis of both operands faster: the [in, out] product at a few rows runs a GEMM
 that re-packs the weights (bench/layer_layout.py --layouts=per_layer,per_layer_in_out).
+An untied LM head is stored the same way in decoding params: lm_head/'kernel_t' [V, d]
+instead of 'kernel' [d, V] (`stored_head`; model.t5.exit_logits reads either, and the
+pruned measures take its rows as they lie). A tied head is the embedding [V, d] already.
 
 Only the decoder's layers change layout; the caches stay stacked [L, ...] (reading one
 layer's cache by dynamic index fuses into the attention products). Everything that scans
@@ -107,27 +110,43 @@ def decoder_layer(config: Any, layer: Params) -> DecoderLayer:
   return DecoderLayer(config, out_in=stores_out_in(layer))
 
 
+def stored_head(params: Params) -> Params:
+  """params with an untied LM head's kernel [d, V] stored as rows: lm_head/'kernel_t'
+  [V, d] (a copy of the head); a tied or already stored head comes back unchanged."""
+  if "lm_head" not in params:
+    return params
+  return dict(params, lm_head=_map_kernels(params["lm_head"], "kernel", "kernel_t"))
+
+
+def flax_head(params: Params) -> Params:
+  """The inverse of `stored_head`: lm_head/'kernel' [d, V] again."""
+  if "lm_head" not in params:
+    return params
+  return dict(params, lm_head=_map_kernels(params["lm_head"], "kernel_t", "kernel"))
+
+
 def to_per_layer(params: Params) -> Params:
   """The same parameters with decoder/layers as a tuple of L trees, each its own buffers
-  with kernels stored [out, in] (`stored_layer`; a copy of the decoder layers' weights).
-  Already per-layer params come back unchanged."""
+  with kernels stored [out, in] (`stored_layer`; a copy of the decoder layers' weights),
+  and an untied head stored [V, d] (`stored_head`). Already per-layer params come back
+  unchanged."""
   if is_per_layer(params):
     return params
   stacked = params["decoder"]["layers"]
   count = num_decoder_layers(params)
   layers = tuple(stored_layer(jax.tree.map(lambda leaf, i=i: leaf[i], stacked))
                  for i in range(count))
-  return _with_decoder_layers(params, layers)
+  return stored_head(_with_decoder_layers(params, layers))
 
 
 def to_stacked(params: Params) -> Params:
   """The same parameters with decoder/layers stacked on a leading [L] axis (kernels
-  [in, out] again)."""
+  [in, out] again, an untied head [d, V] again)."""
   if not is_per_layer(params):
     return params
   views = [layer_params(one) for one in params["decoder"]["layers"]]
   layers = jax.tree.map(lambda *leaves: jnp.stack(leaves), *views)
-  return _with_decoder_layers(params, layers)
+  return flax_head(_with_decoder_layers(params, layers))
 
 
 def in_layout(params: Params, layout: str) -> Params:

@@ -11,7 +11,8 @@ Parameter tree (leading axis L on every leaf under `layers`):
     decoder/relative_bias       [num_buckets, H]
     decoder/layers/...          [L, ...]       DecoderLayer parameters, stacked
     decoder/final_norm/scale    [d]
-    lm_head/kernel              [d, V]         only when the head is untied
+    lm_head/kernel              [d, V]         only when the head is untied ('kernel_t'
+                                               [V, d] in per-layer decoding params)
 
 Stacking lets one traced layer body run any layer by a dynamic index (the early-exit
 decoder's layer loop) and lets the teacher-forced forward scan over layers.
@@ -222,6 +223,12 @@ def exit_logits(config: T5Config, params: Params, hidden: Array, *,
     # exit checks inside conditionals: V x d per check; utils/hlo_moves.py lists it).
     embedding = params["shared"]["embedding"].astype(cfg.jnp_dtype)
     logits = jnp.einsum("...d,vd->...v", normed, embedding)
+  elif "kernel_t" in params["lm_head"]:
+    # Per-layer decoding params store an untied head as rows [V, d]
+    # (model.layer_layout.stored_head): contracting the last axis of both operands, the
+    # product streams the head faster at a few rows on the CPU.
+    rows = params["lm_head"]["kernel_t"].astype(cfg.jnp_dtype)  # [V, d]
+    logits = jnp.einsum("...d,vd->...v", normed, rows)
   else:
     kernel = params["lm_head"]["kernel"]  # [d, V]
     logits = jnp.einsum("...d,dv->...v", normed, kernel.astype(cfg.jnp_dtype))

@@ -66,6 +66,9 @@ def test_conversions_round_trip_exactly(model):
     assert jax.tree.structure(back_one) == jax.tree.structure(stacked_one)
     jax.tree.map(np.testing.assert_array_equal, back_one, stacked_one)
     assert not layer_layout.stores_out_in(back_one)
+  # The untied head is stored as rows [V, d] under 'kernel_t'.
+  assert set(per_layer["lm_head"]) == {"kernel_t"}
+  np.testing.assert_array_equal(per_layer["lm_head"]["kernel_t"], params["lm_head"]["kernel"].T)
   back = layer_layout.to_stacked(per_layer)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, back, params)
@@ -117,7 +120,7 @@ def test_greedy_is_the_same_in_both_layouts(model):
 @pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation", "softmax_topk"])
 def test_mixed_exits_are_the_same_in_both_layouts(model, measure, propagation):
   config, params, ids, mask, greedy = model
-  # softmax_topk keeps 8 of the 53 ids: its later checks gather the head's rows (head_table).
+  # softmax_topk keeps 8 of the 53 ids: its later checks gather the head's stored rows.
   # Its confidences over 8 ids are high: a higher quantile leaves some tokens unexited.
   top_k, quantile = (8, 0.9) if measure == "softmax_topk" else (2000, 0.5)
   exit_config = ExitConfig(measure=measure, propagation=propagation, top_k=top_k)

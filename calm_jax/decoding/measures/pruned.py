@@ -63,9 +63,12 @@ def head_features(config: T5Config, params, hidden: Array) -> Array:
 
 def head_table(config: T5Config, params) -> Array:
   """The LM head as rows [V, d] in the compute dtype: a tied head's embedding, or an untied
-  head's kernel [d, V] transposed (a copy of V * d values; build it once per decode)."""
+  head's kernel [d, V] transposed (a copy of V * d values; build it once per decode), or
+  the rows per-layer decoding params store ('kernel_t', no copy)."""
   if config.tie_word_embeddings:
     table = params["shared"]["embedding"]
+  elif "kernel_t" in params["lm_head"]:
+    table = params["lm_head"]["kernel_t"]
   else:
     table = params["lm_head"]["kernel"].T
   return table.astype(config.jnp_dtype)
