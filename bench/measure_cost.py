@@ -52,6 +52,7 @@ from calm_jax.decoding.measures import LayerInputs, Measure, MeasureContext, bui
 from calm_jax.decoding.measures.pruned import head_table
 from calm_jax.exit_classifiers.registry import init_classifier, is_learned
 from calm_jax.model.config import T5Config
+from calm_jax.model.layer_layout import check_layout, stored_head
 from calm_jax.model.incremental import (decoder_layer_rows, init_decoder_cache,
                                         step_self_bias, write_self_kv)
 from calm_jax.model.t5 import exit_logits, init_params
@@ -309,6 +310,9 @@ def main(_):
                            "at layers 3..L)")
     config = dataclasses.replace(config, num_decoder_layers=FLAGS.decoder_layers)
   params = init_params(config, jax.random.PRNGKey(0))
+  # The checks read the exit head as the decoder stores it (layout 'auto': an untied head
+  # as rows [V, d] where decoding runs per-layer buffers, model.layer_layout).
+  check_params = stored_head(params) if check_layout("auto") == "per_layer" else params
   batch = FLAGS.batch
   per_token = config.num_decoder_layers - 2  # the checks of one token (layers 3..L)
   checks = per_token * -(-FLAGS.checks // per_token)
@@ -324,7 +328,7 @@ def main(_):
     flops = batch * flops_value(case.label, config.d_model, config.vocab_size, FLAGS.top_k,
                                 config.num_decoder_layers, FLAGS.positions)
     floors[case.label] = max(reads / bandwidth, flops / flop_rate)
-    check = MeasureCheck.build(config, params, case, head)
+    check = MeasureCheck.build(config, check_params, case, head)
     timers[case.label] = token_timer(config, params, batch, checks, check)
     if FLAGS.in_situ:
       timers[case.label, "in situ"] = token_timer(config, params, batch, checks, check, step)
