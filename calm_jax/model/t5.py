@@ -205,6 +205,15 @@ def decode_teacher_forced(config: T5Config, params: Params, decoder_input_ids: A
   return hidden_states  # [L, B, T, d]
 
 
+def head_rows(config: T5Config, params: Params) -> Optional[Array]:
+  """The LM head where it is stored as rows [V, d]: a tied head's embedding, or an untied
+  head in per-layer decoding params ('kernel_t', model.layer_layout.stored_head); None for
+  an untied head kept [d, V] ('kernel')."""
+  if config.tie_word_embeddings:
+    return params["shared"]["embedding"]
+  return params["lm_head"].get("kernel_t")
+
+
 def exit_logits(config: T5Config, params: Params, hidden: Array, *,
                 deterministic: bool = True, rng: Optional[Array] = None) -> Array:
   """The shared exit head on any layer's state [..., d] -> float32 logits [..., V].
@@ -217,18 +226,14 @@ def exit_logits(config: T5Config, params: Params, hidden: Array, *,
   normed = _dropout(cfg, normed, deterministic, rng)
   if cfg.scale_decoder_outputs:
     normed = normed * (cfg.d_model ** -0.5)
-  if cfg.tie_word_embeddings:
-    # The embedding [V, d] as it lies: its transpose handed to the product would be re-laid
-    # inside the product's fusion at every call that XLA cannot hoist out of a loop (the
-    # exit checks inside conditionals: V x d per check; utils/hlo_moves.py lists it).
-    embedding = params["shared"]["embedding"].astype(cfg.jnp_dtype)
-    logits = jnp.einsum("...d,vd->...v", normed, embedding)
-  elif "kernel_t" in params["lm_head"]:
-    # Per-layer decoding params store an untied head as rows [V, d]
-    # (model.layer_layout.stored_head): contracting the last axis of both operands, the
-    # product streams the head faster at a few rows on the CPU.
-    rows = params["lm_head"]["kernel_t"].astype(cfg.jnp_dtype)  # [V, d]
-    logits = jnp.einsum("...d,vd->...v", normed, rows)
+  rows = head_rows(cfg, params)  # [V, d]
+  if rows is not None:
+    # Rows multiplied as they lie, contracting the last axis of both operands: a transpose
+    # handed to the product would be re-laid inside its fusion at every call XLA cannot
+    # hoist out of a loop (the exit checks inside conditionals: V x d per check;
+    # utils/hlo_moves.py lists it), and on the CPU this product streams the head faster at
+    # a few rows than the [d, V] one.
+    logits = jnp.einsum("...d,vd->...v", normed, rows.astype(cfg.jnp_dtype))
   else:
     kernel = params["lm_head"]["kernel"]  # [d, V]
     logits = jnp.einsum("...d,dv->...v", normed, kernel.astype(cfg.jnp_dtype))

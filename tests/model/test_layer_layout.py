@@ -31,7 +31,7 @@ def model(eos_batch):
   return config, params, ids, mask, greedy
 
 
-def _median_threshold(model, exit_config, quantile=0.5):
+def _quantile_threshold(model, exit_config, quantile=0.5):
   config, params, ids, mask, _ = model
   never = dataclasses.replace(exit_config, threshold=1.0)
   full = generate(config, params, ids, mask, exit=never, max_decode_len=T, return_trace=True,
@@ -124,7 +124,7 @@ def test_mixed_exits_are_the_same_in_both_layouts(model, measure, propagation):
   # Its confidences over 8 ids are high: a higher quantile leaves some tokens unexited.
   top_k, quantile = (8, 0.9) if measure == "softmax_topk" else (2000, 0.5)
   exit_config = ExitConfig(measure=measure, propagation=propagation, top_k=top_k)
-  threshold = _median_threshold(model, exit_config, quantile)
+  threshold = _quantile_threshold(model, exit_config, quantile)
   exit_config = dataclasses.replace(exit_config, threshold=threshold)
   outs = {layout: generate(config, params, ids, mask, exit=exit_config, max_decode_len=T,
                            return_trace=True, layer_layout=layout)
@@ -146,7 +146,7 @@ def test_mixed_exits_are_the_same_in_both_layouts(model, measure, propagation):
 def test_per_example_thresholds_and_grid_agree_across_layouts(model):
   config, params, ids, mask, _ = model
   exit_config = ExitConfig(measure="softmax_diff")
-  middle = _median_threshold(model, exit_config)
+  middle = _quantile_threshold(model, exit_config)
   thresholds = [middle, 1.0, middle / 2, middle]
   per_row = {layout: generate_with_thresholds(config, params, ids, mask, thresholds=thresholds,
                                               exit=exit_config, max_decode_len=T,

@@ -24,7 +24,7 @@ from calm_jax.decoding.measures.base import (LayerInputs, Measure, MeasureContex
                                              top2_probabilities)
 from calm_jax.model.config import T5Config
 from calm_jax.model.layers import RMSNorm
-from calm_jax.model.t5 import exit_logits
+from calm_jax.model.t5 import exit_logits, head_rows
 
 Array = jnp.ndarray
 PRUNINGS = ("fixed", "decaying", "adaptive")
@@ -65,11 +65,8 @@ def head_table(config: T5Config, params) -> Array:
   """The LM head as rows [V, d] in the compute dtype: a tied head's embedding, or an untied
   head's kernel [d, V] transposed (a copy of V * d values; build it once per decode), or
   the rows per-layer decoding params store ('kernel_t', no copy)."""
-  if config.tie_word_embeddings:
-    table = params["shared"]["embedding"]
-  elif "kernel_t" in params["lm_head"]:
-    table = params["lm_head"]["kernel_t"]
-  else:
+  table = head_rows(config, params)
+  if table is None:
     table = params["lm_head"]["kernel"].T
   return table.astype(config.jnp_dtype)
 
