@@ -110,19 +110,22 @@ def decoder_layer(config: Any, layer: Params) -> DecoderLayer:
   return DecoderLayer(config, out_in=stores_out_in(layer))
 
 
+def _map_head(params: Params, old_key: str, new_key: str) -> Params:
+  """params with an untied head's 2-D leaf under `old_key` transposed to `new_key`."""
+  if "lm_head" not in params:
+    return params
+  return dict(params, lm_head=_map_kernels(params["lm_head"], old_key, new_key))
+
+
 def stored_head(params: Params) -> Params:
   """params with an untied LM head's kernel [d, V] stored as rows: lm_head/'kernel_t'
   [V, d] (a copy of the head); a tied or already stored head comes back unchanged."""
-  if "lm_head" not in params:
-    return params
-  return dict(params, lm_head=_map_kernels(params["lm_head"], "kernel", "kernel_t"))
+  return _map_head(params, "kernel", "kernel_t")
 
 
 def flax_head(params: Params) -> Params:
   """The inverse of `stored_head`: lm_head/'kernel' [d, V] again."""
-  if "lm_head" not in params:
-    return params
-  return dict(params, lm_head=_map_kernels(params["lm_head"], "kernel_t", "kernel"))
+  return _map_head(params, "kernel_t", "kernel")
 
 
 def to_per_layer(params: Params) -> Params:
