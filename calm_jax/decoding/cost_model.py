@@ -45,7 +45,9 @@ class WorkPrices:
   checks_at_lambda_one: bool  # the measure still runs where no exit is allowed
 
 
-def _layer_weights(config: T5Config) -> int:
+def layer_weight_elements(config: T5Config) -> int:
+  """One decoder layer's weight elements (its cross-attention K/V projections excluded:
+  they run once per input), which is also its multiply-adds per example."""
   d, inner = config.d_model, config.inner_dim
   attention = 4 * d * inner + 2 * d * inner  # self q, k, v, o; cross q, o (cross K/V cached)
   feed_forward = (3 if config.is_gated else 2) * d * config.d_ff
@@ -74,7 +76,7 @@ def work_prices(config: T5Config, exit_config: ExitConfig, input_len: int,
   first, later = _check_prices(config, needs, classifier_size)
   d, inner = config.d_model, config.inner_dim
   return WorkPrices(
-      layer_weights=_layer_weights(config), attention_position=2 * inner,
+      layer_weights=layer_weight_elements(config), attention_position=2 * inner,
       input_len=int(input_len), head=d * config.vocab_size + d, kv_write=2 * d * inner + d,
       first_check=first, later_check=later,
       checks_at_lambda_one=needs.every_exit_point or needs.logits != "full")
