@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import rel_entr
 
 from calm_jax.decoding.exit_rule import ExitConfig, exit_point_layers
 from calm_jax.decoding.generate import generate
@@ -120,6 +121,25 @@ def test_jensen_shannon_matches_numpy():
   expected = [[_np_jsd(log_p[b], log_q[b, j]) for j in range(3)] for b in range(2)]
   np.testing.assert_allclose(got, expected, atol=1e-6)
   assert np.all(np.asarray(got) <= np.log(2) + 1e-6)
+
+
+def test_jensen_shannon_of_distributions_with_zero_probabilities():
+  """Tokens with probability 0 under p or q (log -inf) add nothing (0 log 0 = 0): against
+  SciPy's relative entropy, on a vocabulary wide enough for float32 sums to matter."""
+  rng = np.random.RandomState(1)
+  log_p = _np_log_softmax(4 * rng.randn(3, 4000))
+  log_q = _np_log_softmax(4 * rng.randn(3, 5, 4000))
+  log_p[0, :7] = -np.inf  # p puts nothing on 7 tokens that q covers
+  log_q[1, 2, 100:130] = -np.inf
+  log_p = log_p - np.logaddexp.reduce(log_p, axis=-1, keepdims=True)
+  log_q = log_q - np.logaddexp.reduce(log_q, axis=-1, keepdims=True)
+  got = np.asarray(contrastive.jensen_shannon(jnp.asarray(log_p, jnp.float32),
+                                              jnp.asarray(log_q, jnp.float32)))
+  p, q = np.exp(log_p)[:, None], np.exp(log_q)
+  m = 0.5 * (p + q)
+  expected = 0.5 * (rel_entr(p, m).sum(-1) + rel_entr(q, m).sum(-1))  # [3, 5]
+  assert np.isfinite(got).all()
+  np.testing.assert_allclose(got, expected, atol=2e-6)
 
 
 @pytest.fixture(scope="module")
