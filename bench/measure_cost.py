@@ -71,6 +71,9 @@ flags.DEFINE_integer("decoder_layers", 0, "Decoder layers to build (0: the shape
                      "A check's and a layer's cost do not depend on it, except the stores "
                      "of the attention and contrastive measures; fewer layers save memory.")
 flags.DEFINE_integer("batch", 1, "Rows per check.")
+flags.DEFINE_enum("head", "decoding", ["decoding", "d_v"], "The untied exit head the checks "
+                  "read: as the decoder on this backend stores it ('decoding': rows [V, d] "
+                  "where it decodes with per-layer weights) or the kernel [d, V].")
 flags.DEFINE_integer("checks", 32, "Checks per timed call (a loop inside one jit).")
 flags.DEFINE_integer("positions", 256, "Output positions (decoder self-attention cache).")
 flags.DEFINE_integer("input_len", 256, "Encoder output length (cross-attention).")
@@ -214,7 +217,7 @@ def layer_step(config, params, batch) -> LayerStep:
 def token_timer(config, params, batch, checks, check: Optional["MeasureCheck"] = None,
                 layer: Optional[LayerStep] = None):
   """A jitted call of `checks` exit points, grouped in tokens of L - 2 (layers 3..L) the way
-  the decoder runs them. At each exit point: the decoder layer step (with `layer`), then
+  the decoder runs them (unrolled: each exit point knows its layer statically). At each exit point: the decoder layer step (with `layer`), then
   the measure's check (with `check`) on the layer's output, or without a layer on a fresh
   state. A measure with a store of earlier positions reads it during the token and gets
   the token's entries written after its last check."""
@@ -237,8 +240,10 @@ def token_timer(config, params, batch, checks, check: Optional["MeasureCheck"] =
         total = total + jnp.sum(confidence)
       return total, x, cache, state, entries
 
-    total, x, cache, state, entries_out = jax.lax.fori_loop(
-        2, L, exit_point, (total, x, cache, state, entries))
+    carry = (total, x, cache, state, entries)
+    for index in range(2, L):  # unrolled, as the decoder unrolls its per-layer weights
+      carry = exit_point(index, carry)
+    total, x, cache, state, entries_out = carry
     if check is not None:
       memory = check.write(memory, entries_out)
     return total, x, cache, state, memory
@@ -267,6 +272,7 @@ class MeasureCheck:
     logits = (exit_logits(context.model_config, context.params, hidden)
               if self.measure.needs.logits == "full" else None)
     return LayerInputs(layer=jnp.int32(layer), hidden=hidden, logits=logits,
+                       static_layer=layer if isinstance(layer, int) else None,
                        position=jnp.int32(FLAGS.positions // 2), memory=memory)
 
   def start(self, hidden):
@@ -312,7 +318,8 @@ def main(_):
   params = init_params(config, jax.random.PRNGKey(0))
   # The checks read the exit head as the decoder stores it (layout 'auto': an untied head
   # as rows [V, d] where decoding runs per-layer buffers, model.layer_layout).
-  check_params = stored_head(params) if check_layout("auto") == "per_layer" else params
+  stores_rows = check_layout("auto") == "per_layer" and FLAGS.head == "decoding"
+  check_params = stored_head(params) if stores_rows else params
   batch = FLAGS.batch
   per_token = config.num_decoder_layers - 2  # the checks of one token (layers 3..L)
   checks = per_token * -(-FLAGS.checks // per_token)

@@ -197,6 +197,7 @@ def _layer_on_rows(plan: DecodePlan, constants: DecodeConstants, at: PositionInp
   batch = s.hidden.shape[0]
   memory = _memory_at_layer(at.memory, layer)
   inputs = LayerInputs(layer=jnp.int32(layer + 1), hidden=None, final_top1=at.final_top1,
+                       static_layer=layer + 1 if isinstance(layer, int) else None,
                        position=at.position, memory=memory)
   if size == batch:
     output = decoder_layer_rows(config, context.params, s.cache, layer, s.hidden,

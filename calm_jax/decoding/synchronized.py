@@ -162,7 +162,7 @@ def _measure_at(plan: DecodePlan, context, layer_no: int, hidden: Array,
   """((logits [B, V], confidence [B]), measure state) of the measure at 1-based layer
   `layer_no` on states hidden [B, d]."""
   logits = exit_logits(plan.model, context.params, hidden)  # [B, V]
-  inputs = LayerInputs(layer=jnp.int32(layer_no), hidden=hidden,
+  inputs = LayerInputs(layer=jnp.int32(layer_no), hidden=hidden, static_layer=layer_no,
                        logits=logits if plan.needs.logits == "full" else None)
   confidence, measure_state = plan.measure.confidence(context, inputs, measure_state)
   return (logits, confidence), measure_state

@@ -40,11 +40,11 @@ def _quantile_threshold(model, exit_config, quantile=0.5):
   return float(np.round(np.nanquantile(values[np.isfinite(values)], quantile), 3))
 
 
-def _assert_same_output(a, b):
+def _assert_same_output(a, b, atol=1e-6):
   np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
   np.testing.assert_array_equal(np.asarray(a.exit_layers), np.asarray(b.exit_layers))
   np.testing.assert_allclose(np.asarray(a.confidences), np.asarray(b.confidences),
-                             rtol=1e-5, atol=1e-6)
+                             rtol=1e-5, atol=atol)
 
 
 def test_conversions_round_trip_exactly(model):
@@ -117,9 +117,12 @@ def test_greedy_is_the_same_in_both_layouts(model):
 
 
 @pytest.mark.parametrize("propagation", ["copy_state", "full_compute"])
-@pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation", "softmax_topk"])
+@pytest.mark.parametrize("measure", ["softmax_diff", "state_saturation", "softmax_topk",
+                                     "contrastive_jsd"])
 def test_mixed_exits_are_the_same_in_both_layouts(model, measure, propagation):
   config, params, ids, mask, greedy = model
+  # contrastive_jsd compares a traced layer with all L + 1 stored ones when stacked, a
+  # static one with the layers before it when per-layer.
   # softmax_topk keeps 8 of the 53 ids: its later checks gather the head's stored rows.
   # Its confidences over 8 ids are high: a higher quantile leaves some tokens unexited.
   top_k, quantile = (8, 0.9) if measure == "softmax_topk" else (2000, 0.5)
@@ -129,7 +132,10 @@ def test_mixed_exits_are_the_same_in_both_layouts(model, measure, propagation):
   outs = {layout: generate(config, params, ids, mask, exit=exit_config, max_decode_len=T,
                            return_trace=True, layer_layout=layout)
           for layout in ("stacked", "per_layer")}
-  _assert_same_output(outs["stacked"], outs["per_layer"])
+  # contrastive_jsd's score is a softmax over log-probability differences: its rounding
+  # between the layouts' kernels reaches a few 1e-6 (3.7e-6 seen), as the trace's does.
+  _assert_same_output(outs["stacked"], outs["per_layer"],
+                      atol=5e-5 if measure == "contrastive_jsd" else 1e-6)
   # Confidences to float32 rounding (differently blocked kernels; up to 1.2e-5 seen).
   np.testing.assert_allclose(np.asarray(outs["stacked"].trace),
                              np.asarray(outs["per_layer"].trace), rtol=1e-4, atol=5e-5)

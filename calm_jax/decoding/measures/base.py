@@ -77,6 +77,9 @@ class LayerInputs:
   final_top1: Optional[Array] = None  # [R] int32 final layer's top-1 (Needs.final_top1)
   position: Optional[Array] = None  # [] int32, the output position
   memory: Any = ()  # this layer's slice of the position store, leaves [R, ...]
+  # `layer` as a Python int where the caller knows it statically (the unrolled layer loop),
+  # so a measure may shape its work by it; None where the layer is traced.
+  static_layer: Optional[int] = flax.struct.field(pytree_node=False, default=None)
 
 
 class PositionStore:

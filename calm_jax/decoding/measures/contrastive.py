@@ -83,14 +83,24 @@ def jensen_shannon(log_p: Array, log_q: Array) -> Array:
 
 
 def jsd_amateur(history: LayerHistory, layer: Array, log_probs: Array, candidates: np.ndarray,
-                by_distance: bool) -> Array:
+                by_distance: bool, static_layer: Optional[int] = None) -> Array:
   """log p [B, V] of the candidate layer j < i (candidates [L + 1] bool, static) farthest
-  from layer i by Jensen-Shannon divergence (divided by i - j with `by_distance`)."""
-  earlier = jnp.arange(candidates.size)  # [L + 1]
-  divergence = jensen_shannon(log_probs, history.log_probs)  # [B, L + 1]
+  from layer i by Jensen-Shannon divergence (divided by i - j with `by_distance`).
+
+  With `static_layer` (i known while tracing: the unrolled layer loop) only layers 0..i-1
+  are compared, a slice of the history; otherwise all L + 1 are, and the rest masked."""
+  if static_layer is not None:
+    earlier = np.arange(static_layer)  # [i]
+    compared = history.log_probs[:, :static_layer]  # [B, i, V]
+    allowed, distance = jnp.asarray(candidates[:static_layer]), static_layer - earlier
+  else:
+    earlier = jnp.arange(candidates.size)  # [L + 1]
+    compared = history.log_probs
+    allowed = jnp.asarray(candidates) & (earlier < layer)
+    distance = jnp.maximum(layer - earlier, 1)
+  divergence = jensen_shannon(log_probs, compared)  # [B, i] or [B, L + 1]
   if by_distance:
-    divergence = divergence / jnp.maximum(layer - earlier, 1)
-  allowed = jnp.asarray(candidates) & (earlier < layer)  # [L + 1]
+    divergence = divergence / distance
   chosen = jnp.argmax(jnp.where(allowed, divergence, -jnp.inf), axis=-1)  # [B]
   return jnp.take_along_axis(history.log_probs, chosen[:, None, None], axis=1)[:, 0]
 
@@ -131,16 +141,16 @@ class ContrastiveWeighted(Measure):
                  state: LayerHistory) -> Tuple[Array, LayerHistory]:
     log_probs = jax.nn.log_softmax(inputs.logits.astype(jnp.float32), axis=-1)  # [B, V]
     history = record(state, inputs.layer, log_probs)
-    amateur = self.amateur(context, history, inputs.layer, log_probs)
+    amateur = self.amateur(context, history, inputs, log_probs)
     contrast, mass = head_contrast(log_probs, amateur, self.alpha)
     first, second = top2_probabilities(contrast)
     return (first - second) * mass, history.replace(contrast=contrast)
 
-  def amateur(self, context: MeasureContext, history: LayerHistory, layer: Array,
+  def amateur(self, context: MeasureContext, history: LayerHistory, inputs: LayerInputs,
               log_probs: Array) -> Array:
     """log p [B, V] of the amateur layer."""
     del context, log_probs
-    return weighted_amateur(history, layer)
+    return weighted_amateur(history, inputs.layer)
 
   def token_logits(self, state: LayerHistory) -> Optional[Array]:
     return state.contrast if self.emit_contrastive else None
@@ -159,9 +169,10 @@ class ContrastiveJSD(ContrastiveWeighted):
   def needs(self) -> Needs:
     return Needs(logits="full", every_exit_point=True)
 
-  def amateur(self, context: MeasureContext, history: LayerHistory, layer: Array,
+  def amateur(self, context: MeasureContext, history: LayerHistory, inputs: LayerInputs,
               log_probs: Array) -> Array:
     num_layers = context.model_config.num_decoder_layers
     candidates = np.zeros(num_layers + 1, bool)  # [L + 1]: layer 0 and the exit points
     candidates[[0, *exit_point_layers(self.exit_rule, num_layers)]] = True
-    return jsd_amateur(history, layer, log_probs, candidates, self.by_distance)
+    return jsd_amateur(history, inputs.layer, log_probs, candidates, self.by_distance,
+                       inputs.static_layer)

@@ -150,9 +150,12 @@ def params():
   return dict(params, lm_head={"kernel": 0.25 * params["lm_head"]["kernel"]})
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("variant", sorted(MEASURES))
-def test_measure_over_layers_matches_the_numpy_reference(params, variant):
-  """The measure stepped by hand through the layers the decoder runs it at."""
+def test_measure_over_layers_matches_the_numpy_reference(params, variant, static):
+  """The measure stepped by hand through the layers the decoder runs it at, with the layer
+  traced (the stacked layer loop) or known statically (the unrolled one: contrastive_jsd
+  then compares only the layers before it)."""
   exit_config = MEASURES[variant]
   measure = build_measure(exit_config)
   context = MeasureContext(params=params, model_config=CONFIG)
@@ -163,10 +166,13 @@ def test_measure_over_layers_matches_the_numpy_reference(params, variant):
   run_at = range(1, L + 1) if measure.needs.every_layer else points
   state = measure.init(context, jnp.asarray(embedded))
   step = jax.jit(lambda layer, h, s: measure.confidence(context, LayerInputs(
-      layer=layer, hidden=h, logits=jnp.asarray(_logits_jax(params, h)), final_top1=None), s))
+      layer=jnp.int32(layer), hidden=h, logits=jnp.asarray(_logits_jax(params, h)),
+      final_top1=None, static_layer=layer if static else None), s),
+                 static_argnums=(0,) if static else ())
   got = {}
   for layer in run_at:
-    confidence, state = step(jnp.int32(layer), jnp.asarray(hidden[layer - 1]), state)
+    confidence, state = step(layer if static else jnp.int32(layer),
+                             jnp.asarray(hidden[layer - 1]), state)
     got[layer] = (np.asarray(confidence), np.asarray(state.contrast))
   for row in range(6):
     layer_logits = _np_logits(params, np.concatenate([embedded[None, row], hidden[:, row]]))
@@ -192,12 +198,16 @@ def test_jsd_amateur_is_the_farthest_earlier_candidate():
                                      contrast=jnp.zeros((1, 4)))
   candidates = np.array([True, False, True, True])
   current = jnp.asarray(log_probs[:, 3], jnp.float32)
-  pick = lambda by_distance: np.asarray(contrastive.jsd_amateur(
-      history, jnp.int32(3), current, candidates, by_distance))[0]
-  np.testing.assert_allclose(pick(False), log_probs[0, 2], rtol=1e-6)  # farther than layer 0
-  # Divided by the distance, layer 2 (distance 1) still wins over layer 0 (distance 3).
-  assert _np_jsd(log_probs[0, 3], log_probs[0, 2]) > _np_jsd(log_probs[0, 3], log_probs[0, 0]) / 3
-  np.testing.assert_allclose(pick(True), log_probs[0, 2], rtol=1e-6)
+  for static_layer in (None, 3):  # layer 3 traced, or known while tracing (a slice)
+    pick = lambda by_distance, static_layer=static_layer: np.asarray(contrastive.jsd_amateur(
+        history, jnp.int32(3), current, candidates, by_distance, static_layer))[0]
+    np.testing.assert_allclose(pick(False), log_probs[0, 2], rtol=1e-6)  # farther than 0
+    # Divided by the distance, layer 2 (distance 1) still wins over layer 0 (distance 3).
+    assert (_np_jsd(log_probs[0, 3], log_probs[0, 2])
+            > _np_jsd(log_probs[0, 3], log_probs[0, 0]) / 3)
+    np.testing.assert_allclose(pick(True), log_probs[0, 2], rtol=1e-6)
+  # Layer 1, not a candidate, is the farthest from layer 3: it is never picked.
+  assert _np_jsd(log_probs[0, 3], log_probs[0, 1]) > _np_jsd(log_probs[0, 3], log_probs[0, 2])
 
 
 # --- in the decoder ----------------------------------------------------------------------
