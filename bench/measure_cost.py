@@ -217,9 +217,9 @@ def layer_step(config, params, batch) -> LayerStep:
 def token_timer(config, params, batch, checks, check: Optional["MeasureCheck"] = None,
                 layer: Optional[LayerStep] = None):
   """A jitted call of `checks` exit points, grouped in tokens of L - 2 (layers 3..L) the way
-  the decoder runs them (unrolled: each exit point knows its layer statically). At each exit point: the decoder layer step (with `layer`), then
-  the measure's check (with `check`) on the layer's output, or without a layer on a fresh
-  state. A measure with a store of earlier positions reads it during the token and gets
+  the decoder runs them (unrolled: each exit point knows its layer statically). At each
+  exit point: the decoder layer step (with `layer`), then the measure's check (with
+  `check`) on the layer's output, or without a layer on a fresh state. A measure with a store of earlier positions reads it during the token and gets
   the token's entries written after its last check."""
   L = config.num_decoder_layers
   hidden = jax.random.normal(jax.random.PRNGKey(3), (batch, config.d_model))
