@@ -23,7 +23,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,11 +58,12 @@ class LayerRows:
     encoded = encode(self.config, self.params, ids, mask)
     self.cache = init_decoder_cache(self.config, self.params, encoded, mask, decode_len,
                                     per_layer=True)
-    self.position = decode_len // 2
-    self.self_bias = step_self_bias(self.config, self.params, jnp.int32(self.position),
-                                    decode_len)
+    self.self_bias = step_self_bias(self.config, self.params, jnp.int32(decode_len // 2),
+                                    decode_len)  # the middle output position
     self.hidden = jax.random.normal(jax.random.PRNGKey(2), (batch, 1, self.config.d_model))
     self.batch = batch
+    # What one row's caches hold at one layer: cross and self K and V, float32.
+    self.row_bytes = 2 * self.config.inner_dim * (input_len + decode_len) * 4
 
   def _on_rows(self, params, cache, hidden, rows):  # [B, 1, d] with rows [R] updated
     part = decoder_layer_rows(self.config, params, cache, FLAGS.layer,
@@ -97,37 +97,30 @@ class LayerRows:
     return self._repeated(step)
 
   def bytes_read(self, rows: int) -> int:
-    """Weights once, plus each row's cross and self K/V (float32)."""
-    config = self.config
-    per_row = 2 * config.inner_dim * (FLAGS.input_len + FLAGS.decode_len) * 4
-    return layer_weight_elements(config) * 4 + rows * per_row
+    """Weights once, plus each row's caches."""
+    return layer_weight_elements(self.config) * 4 + rows * self.row_bytes
 
 
 def main(_):
   bench = LayerRows(FLAGS.shape, FLAGS.batch, FLAGS.input_len, FLAGS.decode_len)
-  counts = [int(r) for r in FLAGS.rows]
-  fns = {f"all {FLAGS.batch}": bench.all_rows()}
-  for count in counts:
-    fns[f"{count} gathered"] = bench.gathered(count)
-  for count in counts:
-    fns[f"{FLAGS.batch} in {math.ceil(FLAGS.batch / count)} passes of {count}"] = (
-        bench.in_passes(count))
-  seconds, _ = interleaved(fns, FLAGS.rounds)
-  rows_of = {f"all {FLAGS.batch}": FLAGS.batch}
-  rows_of.update({f"{count} gathered": count for count in counts})
-  print(f"shape {FLAGS.shape}, batch {FLAGS.batch}, {FLAGS.input_len} inputs, "
+  batch, counts = FLAGS.batch, [int(r) for r in FLAGS.rows]
+  whole = f"all {batch}"
+  passes = {count: f"{batch} in {math.ceil(batch / count)} passes of {count}"
+            for count in counts}
+  runs = [(whole, batch, bench.all_rows())]  # (name, rows it runs, call)
+  runs += [(f"{count} gathered", count, bench.gathered(count)) for count in counts]
+  runs += [(passes[count], batch, bench.in_passes(count)) for count in counts]
+  seconds, _ = interleaved({name: call for name, _, call in runs}, FLAGS.rounds)
+  print(f"shape {FLAGS.shape}, batch {batch}, {FLAGS.input_len} inputs, "
         f"{FLAGS.decode_len} positions; one layer, median of {FLAGS.rounds} rounds of "
         f"{FLAGS.repeats} repeats")
-  for name, value in seconds.items():
-    per_layer = value / FLAGS.repeats
-    rows = rows_of.get(name, FLAGS.batch)
-    implied = bench.bytes_read(rows) / per_layer / 1e9
+  for name, rows, _ in runs:
+    per_layer, read = seconds[name] / FLAGS.repeats, bench.bytes_read(rows)
     print(f"  {name:28s} {per_layer * 1e6:8.1f} us  {per_layer * 1e6 / rows:6.2f} us/row  "
-          f"reads {bench.bytes_read(rows) / 1e6:6.2f} MB ({implied:5.1f} GB/s)")
-  full = np.float64(seconds[f"all {FLAGS.batch}"])
+          f"reads {read / 1e6:6.2f} MB ({read / per_layer / 1e9:5.1f} GB/s)")
   for count in counts:
-    name = f"{FLAGS.batch} in {math.ceil(FLAGS.batch / count)} passes of {count}"
-    print(f"  {name}: {seconds[name] / full:.2f}x the layer on all rows at once")
+    print(f"  {passes[count]}: {seconds[passes[count]] / seconds[whole]:.2f}x the layer on "
+          "all rows at once")
 
 
 if __name__ == "__main__":

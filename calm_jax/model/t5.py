@@ -231,8 +231,8 @@ def exit_logits(config: T5Config, params: Params, hidden: Array, *,
     # Rows multiplied as they lie, contracting the last axis of both operands: a transpose
     # handed to the product would be re-laid inside its fusion at every call XLA cannot
     # hoist out of a loop (the exit checks inside conditionals: V x d per check;
-    # utils/hlo_moves.py lists it), and on the CPU this product streams the head faster at
-    # a few rows than the [d, V] one.
+    # utils/hlo_moves.py lists it). Whether it streams faster than the [d, V] product at a
+    # few rows depends on the CPU (faster on one host, slower on another: WORKSPACE.md).
     logits = jnp.einsum("...d,vd->...v", normed, rows.astype(cfg.jnp_dtype))
   else:
     kernel = params["lm_head"]["kernel"]  # [d, V]
